@@ -1,0 +1,307 @@
+"""Administrative operations shared by the CLI and the HTTP API (one implementation of each rule).
+
+Synchronous: the CLI calls it directly, the API through the store's thread runner. It generates
+and encrypts secrets, checks the rules (an alias lives on a verified domain of its account...) and
+queues the alias verification email as system mail, which the running gateway delivers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import secrets as pysecrets
+from dataclasses import dataclass
+
+from relay import dkim, message
+from relay.config import Settings
+from relay.errors import Conflict, Forbidden, Invalid, NotFound
+from relay.pipeline import DEFAULT_POOL, new_queue_id
+from relay.secrets import MasterKey, generate_api_key
+from relay.store import Store, utcnow
+from relay.store.directory import AliasRec, DomainRec, KeyRec, UpstreamRec
+from relay.store.queue import NewMessage
+
+SCOPES = ("send", "send:transactional", "send:marketing", "sandbox", "aliases", "admin")
+ENCRYPTIONS = ("tls", "ssl", "none")
+VERIFY_PREFIX = "_relay-verification"
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+_EMAIL = re.compile(r"^[^@\s<>()\[\],;:\"\\]{1,64}@([a-z0-9-]+\.)+[a-z0-9-]{2,63}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_UPSTREAM_NAME = re.compile(r"^[^\s\x00-\x1f\x7f](?:[^\x00-\x1f\x7f]{0,198}[^\s\x00-\x1f\x7f])?$")
+
+
+@dataclass(frozen=True)
+class DnsRecord:
+    type: str
+    name: str
+    value: str
+    purpose: str
+
+
+def check_name(value: str, what: str) -> str:
+    if not _NAME.match(value or ""):
+        raise Invalid(f"invalid {what} {value!r}: letters, digits, '.', '_' and '-' only", field=what)
+    return value
+
+
+def check_upstream_name(value: str) -> str:
+    """An upstream's display name (the seeds' "Amazon SES — us-east-1"): one line, 1-200 characters."""
+    if not _UPSTREAM_NAME.match(value or ""):
+        raise Invalid(f"invalid name {value!r}: 1-200 characters on one line", field="name")
+    return value
+
+
+def check_domain(value: str) -> str:
+    value = (value or "").strip().lower().rstrip(".")
+    if not _DOMAIN.match(value):
+        raise Invalid(f"invalid domain {value!r}", field="domain")
+    return value
+
+
+def check_email(value: str, field: str = "email") -> str:
+    value = (value or "").strip().lower()
+    if not _EMAIL.match(value):
+        raise Invalid(f"invalid email address {value!r}", field=field)
+    return value
+
+
+class Admin:
+    def __init__(self, settings: Settings, store: Store, master_key: MasterKey) -> None:
+        self.settings = settings
+        self.store = store
+        self.directory = store.directory
+        self.master_key = master_key
+
+    # -- accounts and keys ----------------------------------------------------------------
+    def create_account(self, name: str):
+        return self.directory.create_account(check_name(name, "account"))
+
+    def create_key(self, account: str, scopes: list[str], name: str | None = None) -> tuple[str, KeyRec]:
+        """A new API key: the full key is returned here, once, and stored only as a hash."""
+        scopes = [s.strip() for s in scopes if s.strip()]
+        bad = [s for s in scopes if s not in SCOPES]
+        if not scopes or bad:
+            raise Invalid(f"invalid scopes {bad or scopes!r}; choose from {', '.join(SCOPES)}", field="scopes")
+        full, key_id, key_hash = generate_api_key()
+        return full, self.directory.create_api_key(account, key_id, key_hash, scopes, name)
+
+    # -- domains ----------------------------------------------------------------------------
+    def add_domain(self, domain: str, account: str) -> tuple[DomainRec, list[DnsRecord]]:
+        """Register a domain with a fresh RSA-2048 and Ed25519 DKIM key; return the DNS records."""
+        domain = check_domain(domain)
+        stamp = utcnow().strftime("%Y%m")
+        keys = []
+        for algorithm, prefix in (("rsa", "rsa"), ("ed25519", "ed")):
+            pem, txt = dkim.generate_key(algorithm)
+            keys.append((f"relay-{prefix}-{stamp}", algorithm, self.master_key.encrypt_str(pem.decode(),
+                                                                                          aad=domain), txt))
+        rec = self.directory.add_domain(account, domain, pysecrets.token_urlsafe(24), keys)
+        return rec, self.dns_records(rec)
+
+    def dns_records(self, rec: DomainRec) -> list[DnsRecord]:
+        out = [DnsRecord("TXT", f"{k.selector}._domainkey.{rec.name}", k.public_txt,
+                         f"DKIM ({k.algorithm})" + ("" if k.status == "active" else f", {k.status}"))
+               for k in rec.keys if k.active or k.status in ("pending", "retiring")]
+        out.append(DnsRecord("TXT", f"{VERIFY_PREFIX}.{rec.name}", f"relay-verification={rec.verification_token}",
+                             "domain verification"))
+        out.append(DnsRecord("TXT", rec.name, "v=spf1 include:<your upstream provider's SPF domain> ~all",
+                             "SPF hint: authorize the upstream relays of your IP pools"))
+        return out
+
+    def verify_domain(self, domain: str, *, trust: bool = False) -> DomainRec:
+        """Check the verification TXT in DNS (``trust``: the sysadmin vouches for it)."""
+        domain = check_domain(domain)
+        rec = self.directory.get_domain(domain)
+        if rec.verified:
+            return rec
+        if not trust:
+            expected = f"relay-verification={rec.verification_token}"
+            found = self._txt(f"{VERIFY_PREFIX}.{domain}")
+            if expected not in found:
+                raise Invalid(f"TXT {VERIFY_PREFIX}.{domain} does not hold {expected!r} (found {found!r})",
+                              field="domain")
+        return self.directory.mark_domain_verified(domain)
+
+    def _txt(self, name: str) -> list[str]:
+        import dns.exception
+        import dns.resolver
+
+        resolver = dns.resolver.Resolver(configure=not self.settings.dns.nameservers)
+        if self.settings.dns.nameservers:
+            resolver.nameservers = list(self.settings.dns.nameservers)
+        resolver.port = self.settings.dns.port
+        resolver.lifetime = 5.0
+        try:
+            answer = resolver.resolve(name, "TXT")
+        except (dns.exception.DNSException, OSError):
+            return []
+        return [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
+
+    # -- upstreams ----------------------------------------------------------------------------
+    def add_upstream(self, *, name: str, ip_pool: str, host: str, port: int, encryption: str,
+                     username: str | None = None, password: str | None = None, verify_tls: bool | None = None,
+                     priority: int = 0, weight: int = 1, max_connections: int | None = None) -> UpstreamRec:
+        check_upstream_name(name)
+        check_name(ip_pool, "ip_pool")
+        if encryption not in ENCRYPTIONS:
+            raise Invalid(f"invalid encryption {encryption!r}; choose tls, ssl or none", field="encryption")
+        if not 0 < port < 65536:
+            raise Invalid(f"invalid port {port!r}", field="port")
+        if not host or any(c.isspace() for c in host):
+            raise Invalid(f"invalid host {host!r}", field="host")
+        if weight < 1 or (max_connections is not None and max_connections < 1):
+            raise Invalid("weight and max_connections must be at least 1", field="weight")
+        enc = self.master_key.encrypt_str(password, aad=name) if password else None
+        return self.directory.add_upstream(
+            name=name, ip_pool=ip_pool, host=host, port=port, encryption=encryption, username=username,
+            password_enc=enc, verify_tls=self.settings.delivery.verify_certificates if verify_tls is None else verify_tls,
+            priority=priority, weight=weight, max_connections=max_connections)
+
+    def upstream_password(self, rec: UpstreamRec) -> str | None:
+        return self.master_key.decrypt_str(rec.password_enc, aad=rec.name) if rec.password_enc else None
+
+    # -- aliases --------------------------------------------------------------------------------
+    def add_alias(self, email: str, *, account: str, ip_pool: str = DEFAULT_POOL, name: str | None = None,
+                  is_default: bool = False) -> tuple[AliasRec, str]:
+        """Create an unverified alias and queue its verification email. Returns (alias, queue id)."""
+        email = check_email(email)
+        check_name(ip_pool, "ip_pool")
+        if name is not None and ("\r" in name or "\n" in name):
+            raise Invalid("name must not contain line breaks", field="name")
+        domain = email.rpartition("@")[2]
+        acc = self.directory.get_account(account)
+        dom = self.directory.find_domain(domain)
+        if dom is None or dom.account_id != acc.id or not dom.verified:
+            raise Invalid(f"{domain!r} is not a verified domain of account {account!r}", field="email")
+        token = pysecrets.token_urlsafe(32)
+        alias = self.directory.add_alias(account=account, email=email, name=name, ip_pool=ip_pool,
+                                         is_default=is_default, token=token)
+        return alias, self.queue_verification(alias, token)
+
+    def verification_link(self, token: str) -> str:
+        return f"{self.settings.public_url}/api/v1/aliases/verify/{token}"
+
+    def queue_verification(self, alias: AliasRec, token: str) -> str:
+        queue_id = new_queue_id()
+        hostname = self.settings.hostname
+        sender = f"postmaster@{hostname}"
+        raw = message.alias_verification_message(sender=sender, alias=alias.email, hostname=hostname,
+                                                 link=self.verification_link(token), queue_id=queue_id)
+        now = utcnow()
+        self.store.queue.enqueue([NewMessage(
+            id=queue_id, ip_pool=DEFAULT_POOL, mail_from=sender, body=raw, recipients=[alias.email],
+            created_at=now, expires_at=now + dt.timedelta(seconds=self.settings.delivery.max_age),
+            account_id=alias.account_id, source="system", subject="Verify your sending address")])
+        return queue_id
+
+    def verify_alias(self, email: str | None = None, token: str | None = None) -> AliasRec:
+        if not email and not token:
+            raise NotFound("no such alias or verification link")
+        return self.directory.verify_alias(email=email, token=token)
+
+    # -- for the HTTP API ---------------------------------------------------------------------
+    def create_key_for(self, account: str, scopes: list[str], granted_by: frozenset[str],
+                       name: str | None = None) -> tuple[str, KeyRec]:
+        """:meth:`create_key` for a key made with another key: it cannot grant a scope it lacks."""
+        if name is not None and not _LINE.match(name):
+            raise Invalid("name must be at most 200 characters on one line", field="name")
+        missing = sorted({s.strip() for s in scopes if s.strip()} - granted_by)
+        if missing:
+            raise Forbidden(f"this key cannot grant scopes it does not have: {', '.join(missing)}")
+        return self.create_key(account, scopes, name)
+
+    def update_alias(self, alias: AliasRec, **changes: object) -> AliasRec:
+        """Only ``name``, ``is_default`` and ``ip_pool`` change after creation."""
+        bad = sorted(set(changes) - {"name", "is_default", "ip_pool"})
+        if bad:
+            raise Invalid("only name, is_default and ip_pool can be changed after creation", field=bad[0])
+        name = changes.get("name")
+        if name is not None and not _LINE.match(str(name)):
+            raise Invalid("name must be at most 200 characters on one line", field="name")
+        if changes.get("ip_pool") is not None:
+            check_name(str(changes["ip_pool"]), "ip_pool")
+        if "ip_pool" in changes and changes["ip_pool"] is None:
+            raise Invalid("ip_pool cannot be empty", field="ip_pool")
+        if "is_default" in changes and changes["is_default"] is None:
+            changes["is_default"] = False
+        return self.directory.update_alias(alias.id, **changes)
+
+    def remove_alias_checked(self, alias: AliasRec) -> None:
+        """Refuse to remove the account's only verified alias (403) or one queued mail still uses (409)."""
+        if alias.verified and not any(a.verified and a.id != alias.id
+                                      for a in self.directory.list_aliases(self._account_name(alias.account_id))):
+            raise Forbidden("Cannot delete the only remaining verified alias")
+        pending = self.directory.alias_pending_mail(alias.id)
+        if pending:
+            raise Conflict(f"Alias is used by {pending} queued recipient(s): wait for their delivery or "
+                           "remove them from the queue first")
+        self.directory.remove_alias(alias.id)
+
+    def _account_name(self, account_id: str) -> str:
+        return self.directory.get_account_by_id(account_id).name
+
+    def update_upstream(self, rec: UpstreamRec, *, password: str | None = None, **changes: object) -> UpstreamRec:
+        """Validate as :meth:`add_upstream` does; the password is re-encrypted when the name changes."""
+        merged = {f: getattr(rec, f) for f in ("name", "ip_pool", "host", "port", "encryption", "priority",
+                                              "weight", "max_connections")}
+        merged.update({k: v for k, v in changes.items() if k in merged})
+        check_upstream_name(str(merged["name"]))
+        check_name(str(merged["ip_pool"]), "ip_pool")
+        if merged["encryption"] not in ENCRYPTIONS:
+            raise Invalid(f"invalid encryption {merged['encryption']!r}; choose tls, ssl or none", field="encryption")
+        if not 0 < int(merged["port"]) < 65536:  # type: ignore[call-overload]
+            raise Invalid(f"invalid port {merged['port']!r}", field="port")
+        host = str(merged["host"])
+        if not host or len(host) > 253 or any(c.isspace() for c in host):
+            raise Invalid(f"invalid host {host!r}", field="host")
+        if int(merged["weight"]) < 1:  # type: ignore[call-overload]
+            raise Invalid("weight must be at least 1", field="weight")
+        values = dict(changes)
+        if password is not None or ("name" in changes and changes["name"] != rec.name):
+            secret = password if password is not None else self.upstream_password(rec)
+            values["password_enc"] = self.master_key.encrypt_str(secret, aad=str(merged["name"])) if secret else None
+        return self.directory.update_upstream(rec.id, **values)
+
+    def rotate_dkim(self, domain: str) -> DomainRec:
+        """New RSA-2048 and Ed25519 keys under new selectors, published but not signing: they take over
+        when :meth:`check_dkim_rotation` sees their DNS records. A rotation already pending is returned as is."""
+        rec = self.directory.get_domain(check_domain(domain))
+        if any(k.status == "pending" for k in rec.keys):
+            return rec
+        stamp = utcnow().strftime("%Y%m%d") + pysecrets.token_hex(2)
+        keys = []
+        for algorithm, prefix in (("rsa", "rsa"), ("ed25519", "ed")):
+            pem, txt = dkim.generate_key(algorithm)
+            enc = self.master_key.encrypt_str(pem.decode(), aad=rec.name)
+            keys.append((f"relay-{prefix}-{stamp}", algorithm, enc, txt))
+        return self.directory.add_dkim_keys(rec.name, keys, status="pending")
+
+    def check_dkim_rotation(self, domain: str, now: dt.datetime | None = None) -> DomainRec:
+        """Switch signing to the pending keys once every one of their TXT records is in DNS (the keys
+        that signed until then stay published for :attr:`dkim_grace`); drop keys whose grace is over."""
+        now = now or utcnow()
+        self.directory.drop_retired_dkim(now)
+        rec = self.directory.get_domain(check_domain(domain))
+        pending = [k for k in rec.keys if k.status == "pending"]
+        if pending and all(_dkim_published(k.public_txt, self._txt(f"{k.selector}._domainkey.{rec.name}"))
+                           for k in pending):
+            rec = self.directory.activate_dkim(rec.name, [k.selector for k in pending], now + self.dkim_grace)
+        return rec
+
+    dkim_grace = dt.timedelta(days=7)
+
+
+_LINE = re.compile(r"^[^\r\n\x00]{1,200}$")
+
+
+def _dkim_p(txt: str) -> str:
+    tags = dict(part.strip().split("=", 1) for part in txt.split(";") if "=" in part)
+    return "".join(tags.get("p", "").split())
+
+
+def _dkim_published(expected: str, found: list[str]) -> bool:
+    want = _dkim_p(expected)
+    return bool(want) and any(_dkim_p(f) == want for f in found)
+
+
+__all__ = ["Admin", "DnsRecord", "SCOPES", "Conflict", "Forbidden", "Invalid", "NotFound"]

@@ -1,0 +1,63 @@
+"""Background work behind the HTTP API's features, started once per gateway process:
+
+- the webhook delivery worker (:class:`relay.webhooks.WebhookService`);
+- DKIM rotation: every ``DKIM_CHECK_INTERVAL`` seconds, domains with a pending selector switch
+  signing to it once its DNS record is seen, and keys past their grace period are dropped;
+- pruning of expired idempotency keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from relay import webhooks
+
+log = logging.getLogger(__name__)
+
+DKIM_CHECK_INTERVAL = 60.0
+PRUNE_INTERVAL = 3600.0
+
+
+def start(gateway: Any) -> list[asyncio.Task[Any]]:
+    """Every process works the webhook queue; one (worker 0) does the housekeeping."""
+    tasks = [webhooks.service(gateway).start()]
+    if getattr(gateway, "worker", 0) == 0:
+        tasks.append(asyncio.create_task(_housekeeping(gateway), name="api-housekeeping"))
+    return tasks
+
+
+async def check_rotations(gateway: Any) -> int:
+    """One DKIM rotation pass over the domains that have one under way. Returns how many changed."""
+    recs = await gateway.runner.read(gateway.store.directory.domains_rotating)
+    changed = 0
+    for rec in recs:
+        try:
+            after = await asyncio.to_thread(gateway.admin.check_dkim_rotation, rec.name)
+        except Exception:
+            log.exception("DKIM rotation check failed", extra={"domain": rec.name})
+            continue
+        if after.keys != rec.keys:
+            changed += 1
+            log.info("DKIM keys changed", extra={"domain": rec.name,
+                                                 "active": [k.selector for k in after.keys if k.active]})
+    if changed:
+        gateway.pipeline.invalidate()
+    return changed
+
+
+async def _housekeeping(gateway: Any) -> None:
+    loop = asyncio.get_running_loop()
+    next_prune = loop.time() + 60.0
+    while True:
+        await asyncio.sleep(DKIM_CHECK_INTERVAL)
+        try:
+            await check_rotations(gateway)
+            if loop.time() >= next_prune:
+                next_prune = loop.time() + PRUNE_INTERVAL
+                await gateway.runner.write(gateway.pipeline.idempotency.store.prune)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("API housekeeping failed")

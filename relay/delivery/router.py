@@ -1,0 +1,80 @@
+"""IP pools -> their upstreams, in delivery order, with a circuit breaker per upstream.
+
+Order: healthy upstreams of the best priority first, weighted-random among equals; then the next
+priority. An upstream that failed ``threshold`` times in a row is skipped until ``cooldown`` has
+passed; then one attempt probes it (half-open), and a success closes the breaker again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from itertools import groupby
+from typing import Callable
+
+from relay.delivery.policy import weighted_order
+from relay.delivery.upstream import Upstream
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Breaker:
+    failures: int = 0
+    open_until: float = 0.0
+    probing: float = 0.0  # when a half-open probe started (0: none)
+
+
+class Router:
+    def __init__(self, *, threshold: int = 3, cooldown: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.threshold = threshold
+        self.cooldown = cooldown
+        self.clock = clock
+        self.pools: dict[str, list[Upstream]] = {}
+        self.breakers: dict[str, Breaker] = {}
+
+    def set_pools(self, pools: dict[str, list[Upstream]]) -> None:
+        self.pools = pools
+        for ups in pools.values():
+            for u in ups:
+                self.breakers.setdefault(u.cfg.id, Breaker())
+
+    def all_upstreams(self) -> list[Upstream]:
+        return [u for ups in self.pools.values() for u in ups]
+
+    def healthy(self, up: Upstream) -> bool:
+        """Closed breaker, or open one whose cooldown is over and that no delivery is probing yet."""
+        b = self.breakers[up.cfg.id]
+        if b.failures < self.threshold:
+            return True
+        now = self.clock()
+        return now >= b.open_until and (not b.probing or now - b.probing > self.cooldown)
+
+    def order(self, pool: str) -> list[Upstream]:
+        ups = sorted(self.pools.get(pool, []), key=lambda u: u.cfg.priority)
+        out: list[Upstream] = []
+        for _, group in groupby(ups, key=lambda u: u.cfg.priority):
+            members = [u for u in group if self.healthy(u)]
+            for u in members:
+                b = self.breakers[u.cfg.id]
+                if b.failures >= self.threshold:
+                    b.probing = self.clock()  # half-open: this delivery probes it; the others skip it
+            out.extend(weighted_order(members, [u.cfg.weight for u in members]))
+        return out
+
+    def success(self, up: Upstream) -> None:
+        b = self.breakers[up.cfg.id]
+        if b.failures >= self.threshold:
+            log.info("upstream back up", extra={"upstream": up.name})
+        b.failures, b.open_until, b.probing = 0, 0.0, 0.0
+
+    def failure(self, up: Upstream) -> None:
+        b = self.breakers[up.cfg.id]
+        b.failures += 1
+        b.probing = 0.0
+        if b.failures >= self.threshold:
+            if b.failures == self.threshold:
+                log.warning("upstream marked down", extra={"upstream": up.name, "failures": b.failures})
+            b.open_until = self.clock() + self.cooldown

@@ -1,0 +1,270 @@
+"""The queue manager (Postfix's qmgr): a small in-memory active queue over the durable one.
+
+Fresh mail is pushed straight into the active queue by the pipeline after its commit (the body is
+still in memory, so nothing is read back). The store is polled only for deferred work that is due
+and for work whose lease expired (a crashed process or node). Outcomes and the pre-dot markers
+are written in group commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import random
+import time
+from typing import Any, Callable
+
+from relay import metrics
+from relay.delivery import dsn
+from relay.delivery.policy import backoff, is_hard_bounce, outcome_of
+from relay.delivery.router import Router
+from relay.delivery.upstream import UpstreamUnavailable
+from relay.store import Store, utcnow
+from relay.store.queue import Outcome, QueuedMessage
+from relay.store.runner import DbRunner, StoreWriter
+
+log = logging.getLogger(__name__)
+
+
+class Scheduler:
+    def __init__(self, *, store: Store, runner: DbRunner, writer: StoreWriter, router: Router, hostname: str, retry_base: float,
+                 retry_max: float, lease: float, poll_interval: float, concurrency: int,
+                 submit_dsn: Callable[..., Any] | None = None, clock: Callable[[], dt.datetime] = utcnow,
+                 rand: random.Random | None = None) -> None:
+        self.store = store
+        self.runner = runner
+        self.router = router
+        self.hostname = hostname
+        self.retry_base = retry_base
+        self.retry_max = retry_max
+        self.lease = lease
+        self.poll_interval = poll_interval
+        self.concurrency = concurrency
+        self.submit_dsn = submit_dsn
+        self.clock = clock
+        self.rand = rand or random.Random()
+        self.active: asyncio.Queue[QueuedMessage] = asyncio.Queue()
+        self.inflight: set[str] = set()
+        self._parked: dict[str, QueuedMessage] = {}  # claimed again while an attempt was in flight
+        self.writer = writer
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()
+        self._next_due: dt.datetime | None = None
+        self._next_renewal = clock()
+        self._busy = 0
+        self._stopping = False
+        self.policies: Any = None  # relay.policyset.PolicySet: after_delivery / after_bounce hooks
+
+    # -- feeding ------------------------------------------------------------------------------
+    def push(self, msg: QueuedMessage) -> None:
+        if msg.id in self.inflight:
+            # Some recipients fell due while others of the same message are in flight: park them
+            # and queue them when that attempt ends (their lease is ours; dropping them would strand it).
+            parked = self._parked.get(msg.id)
+            if parked is None:
+                self._parked[msg.id] = msg
+            else:
+                parked.recipients.extend(r for r in msg.recipients if r not in parked.recipients)
+            return
+        self.inflight.add(msg.id)
+        self.active.put_nowait(msg)
+
+    def wake(self) -> None:
+        """Look at the store now (``relay queue retry`` through the API, tests)."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        recovered = await self.runner.write(self.store.queue.recover, self.store.node_id)
+        if recovered:
+            log.warning("recovered deliveries whose final dot was sent before a stop",
+                        extra={"recipients": recovered})
+        self.writer.start()
+        self._tasks = [asyncio.create_task(self._worker(), name=f"delivery-{i}") for i in range(self.concurrency)]
+        self._tasks.append(asyncio.create_task(self._poller(), name="delivery-poller"))
+        self._tasks.append(asyncio.create_task(self._reaper(), name="delivery-reaper"))
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop claiming; deliver what is in flight and already in the active queue (bounded by
+        *timeout*), then stop. Leases of the rest are released by the caller or recovered at start."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        for t in self._tasks:
+            if t.get_name() == "delivery-poller":
+                t.cancel()
+        while (self._busy or not self.active.empty()) and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        self._stopping = True
+        while self._busy and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        await self.writer.close()
+        for up in self.router.all_upstreams():
+            up.close_idle()
+
+    # -- loops --------------------------------------------------------------------------------
+    async def _worker(self) -> None:
+        while True:
+            msg = await self.active.get()
+            if self._stopping:
+                continue
+            self._busy += 1
+            try:
+                await self.deliver(msg)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("delivery failed unexpectedly", extra={"queue_id": msg.id})
+            finally:
+                self._busy -= 1
+                self.inflight.discard(msg.id)
+                parked = self._parked.pop(msg.id, None)
+                if parked is not None:
+                    self.push(parked)
+
+    async def _poller(self) -> None:
+        while True:
+            timeout = self.poll_interval
+            if self._next_due is not None:
+                timeout = max(0.0, min(timeout, (self._next_due - self.clock()).total_seconds()))
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            self._next_due = None
+            try:
+                await self._poll_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("queue poll failed")
+
+    async def _poll_once(self) -> None:
+        now = self.clock()
+        if self.inflight and now >= self._next_renewal:
+            self._next_renewal = now + dt.timedelta(seconds=self.lease / 3)
+            await self.runner.write(self.store.queue.renew_leases, self.store.node_id, self.lease)
+        claimed = await self.runner.write(self.store.queue.claim_due, self.store.node_id, self.lease, 500)
+        for msg in claimed:
+            self.push(msg)
+        if len(claimed) >= 500:
+            self._wake.set()
+
+    async def _reaper(self) -> None:
+        while True:
+            await asyncio.sleep(15)
+            for up in self.router.all_upstreams():
+                up.close_idle(up.idle_timeout)
+
+    # -- one delivery attempt ----------------------------------------------------------------
+    async def deliver(self, msg: QueuedMessage) -> None:
+        now = self.clock()
+        pending = list(msg.recipients)
+        outcomes: list[Outcome] = []
+        last: UpstreamUnavailable | None = None
+        last_upstream: str | None = None  # who gave the last refusal (the metrics' label for deferrals)
+        tried = 0
+        for up in self.router.order(msg.ip_pool):
+            tried += 1
+
+            async def before_dot(accepted: list[str], release: Callable[[], None], _name: str = up.name) -> None:
+                await self.writer.mark([(msg.id, a, _name) for a in accepted], after=release)
+
+            started = time.perf_counter()
+            try:
+                result = await up.send(msg.mail_from, pending, msg.body, before_dot)
+            except UpstreamUnavailable as exc:
+                metrics.upstream_transaction(msg.ip_pool, up.name, time.perf_counter() - started, "failed")
+                last_upstream = up.name
+                for rcpt, (code, reply) in exc.refused.items():  # refused for good: bounce, don't retry
+                    outcomes.append(self._outcome(msg, rcpt, code, reply, up.name, now))
+                    pending.remove(rcpt)
+                self.router.failure(up)
+                log.info("upstream did not take the message", extra={
+                    "queue_id": msg.id, "account": msg.account_id, "alias": None, "pool": msg.ip_pool,
+                    "upstream": up.name, "reply": exc.reply, "code": exc.code})
+                last = exc
+                if not pending:
+                    break
+                continue
+            metrics.upstream_transaction(msg.ip_pool, up.name, time.perf_counter() - started, "ok")
+            self.router.success(up)
+            for rcpt, (code, reply) in result.results.items():
+                outcomes.append(self._outcome(msg, rcpt, code, reply, up.name, now))
+            pending = []
+            break
+        if pending:
+            if last is None or not last.reply:
+                last = UpstreamUnavailable(None, f"no upstream available in pool {msg.ip_pool!r}")
+            for rcpt in pending:
+                if last.permanent and last.code:
+                    outcomes.append(self._outcome(msg, rcpt, last.code, last.reply, None, now))
+                else:
+                    outcomes.append(self._outcome(msg, rcpt, last.code or 451, last.reply, None, now,
+                                                  force_defer=True))
+        await self.writer.record(outcomes)
+        for o in outcomes:
+            metrics.recipient_outcome(msg.ip_pool, o.upstream or last_upstream, o.state)
+            log.info("recipient %s", o.state, extra={"queue_id": msg.id, "account": msg.account_id, "alias": None,
+                                                     "pool": msg.ip_pool, "upstream": o.upstream,
+                                                     "reply": o.reply, "recipient": o.address, "code": o.code})
+        failed = [o for o in outcomes if o.state in ("bounced", "expired")]
+        if failed:
+            await self._bounce(msg, failed)
+        if self.policies is not None:
+            await self._notify_policies(msg, outcomes)
+
+    async def _notify_policies(self, msg: QueuedMessage, outcomes: list[Outcome]) -> None:
+        """The policies' after_delivery / after_bounce hooks (counters only; failures are logged)."""
+        delivered = [o for o in outcomes if o.state == "delivered"] if self.policies.has("after_delivery") else []
+        bounced = [o for o in outcomes if o.state in ("bounced", "expired")] if self.policies.has("after_bounce") else []
+        if not delivered and not bounced:
+            return
+        from relay.pipeline import Context
+
+        ctx = Context(listener="delivery", mail_from=msg.mail_from, recipients=list(msg.recipients),
+                      extra={"queue_id": msg.id, "account_id": msg.account_id, "ip_pool": msg.ip_pool,
+                             "source": msg.source})
+        for o in delivered:
+            await self.policies.notify("after_delivery", ctx, o.address, o.upstream)
+        for o in bounced:
+            hard = o.state == "bounced" and is_hard_bounce(o.code or 0, o.reply or "")
+            await self.policies.notify("after_bounce", ctx, o.address, f"{o.code} {o.reply or ''}".strip(), hard)
+
+    def _outcome(self, msg: QueuedMessage, rcpt: str, code: int, reply: str, upstream: str | None,
+                 now: dt.datetime, force_defer: bool = False) -> Outcome:
+        state = "deferred" if force_defer else outcome_of(code)
+        o = Outcome(message_id=msg.id, address=rcpt, state=state, code=code, reply=reply, upstream=upstream)
+        if state == "deferred":
+            if now >= msg.expires_at:
+                o.state = "expired"
+                o.reply = f"message expired after retries; last reply: {reply}"
+                return o
+            delay = backoff(msg.attempts + 1, self.retry_base, self.retry_max, self.rand)
+            o.next_attempt_at = min(now + dt.timedelta(seconds=delay), msg.expires_at)
+            if self._next_due is None or o.next_attempt_at < self._next_due:
+                self._next_due = o.next_attempt_at
+                self._wake.set()  # re-arm the poller's timer
+        elif state == "bounced" and msg.account_id and is_hard_bounce(code, reply):
+            o.suppress_account_id = msg.account_id
+        return o
+
+    async def _bounce(self, msg: QueuedMessage, failed: list[Outcome]) -> None:
+        """An RFC 3464 DSN to the envelope sender, from the null sender. A DSN never gets a DSN."""
+        if not msg.mail_from or msg.source == "dsn" or self.submit_dsn is None or dsn.is_dsn(msg.body):
+            return
+        from relay.pipeline import new_queue_id
+
+        body = dsn.build_dsn(hostname=self.hostname, queue_id=msg.id, original_sender=msg.mail_from,
+                             original=msg.body, arrival=msg.created_at.strftime("%a, %d %b %Y %H:%M:%S +0000"),
+                             failures=[(o.address, "failed", o.code, o.reply or "") for o in failed],
+                             dsn_id=new_queue_id())
+        try:
+            await self.submit_dsn(sender=f"MAILER-DAEMON@{self.hostname}", mail_from="",
+                                  recipients=[msg.mail_from], raw=body, source="dsn", account_id=msg.account_id)
+        except Exception:
+            log.exception("could not queue the DSN", extra={"queue_id": msg.id})

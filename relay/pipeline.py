@@ -1,0 +1,362 @@
+"""The one submission pipeline behind both front doors (SMTP and HTTP).
+
+identity (API key) -> sender (verified alias -> IP pool, scope check) -> recipients (policies)
+-> data (header checks, policies, Message-ID/Date, DKIM) -> durable commit -> active queue.
+
+The front doors only translate: they call these methods and turn the :class:`RelayError` they may
+raise into an SMTP reply or an HTTP status. Nothing here knows about sockets or wire syntax.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ipaddress
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from policies.spec import SIZE, Verdict
+from relay import message as msgs
+from relay import metrics
+from relay.cache import TTLCache
+from relay.dkim import DkimKey, SignerCache
+from relay.errors import RelayError, StoreError
+from relay.idempotency import Idempotency
+from relay.policyset import PolicySet
+from relay.secrets import MasterKey, parse_api_key, verify_api_key
+from relay.store import Store, utcnow
+from relay.store.directory import AliasRec, DomainRec
+from relay.store.idempotency import IdempotencyStore
+from relay.store.queue import NewMessage, QueuedMessage
+from relay.store.runner import DbRunner, StoreWriter
+from relay.throttle import AuthThrottle, ConnectionLimits
+
+log = logging.getLogger(__name__)
+
+SEND_SCOPES = frozenset({"send", "send:transactional", "send:marketing"})
+POOL_SCOPES = {"send:transactional": "transactional", "send:marketing": "marketing"}
+DEFAULT_POOL = "default"
+
+AUTH_FAILED = RelayError(535, "5.7.8", "Authentication credentials invalid", http_status=401)
+AUTH_REQUIRED = RelayError(530, "5.7.0", "Authentication required", http_status=401)
+RELAY_DENIED = RelayError(554, "5.7.1", "Relay access denied", http_status=403)
+SENDER_DENIED = RelayError(553, "5.7.1", "Sender address not allowed for this login", http_status=403)
+FROM_DENIED = RelayError(550, "5.7.1", "From header not allowed for this login", http_status=403)
+SCOPE_DENIED = RelayError(550, "5.7.1", "This key may not send through that sender's pool", http_status=403)
+BARE_NEWLINE = RelayError(550, "5.6.11", "Bare CR or LF in message data refused", http_status=400)
+TOO_MANY_RECIPIENTS = RelayError(452, "4.5.3", "Too many recipients", http_status=400)
+_OPEN = "_transaction_open"  # ctx.extra: MAIL accepted, neither committed nor aborted yet
+# ctx.extra keys of the HTTP front door (relay.api_send): what it stores with the message, and back
+TAGS, METADATA, SUPPRESSED, QUEUED = "api_tags", "api_metadata", "api_suppressed", "api_queued"
+ACCEPTED_AT, IDEMPOTENT = "accepted_at", "idempotent"  # set by data() for a submission with a key
+API_MAX_RECIPIENTS = 200  # to 100 + cc 50 + bcc 50
+
+
+@dataclass(frozen=True)
+class Identity:
+    account_id: str
+    account_name: str
+    key_id: str | None  # None for trusted networks
+    scopes: frozenset[str]
+
+
+@dataclass
+class Context:
+    """One transaction as policies and the pipeline see it (the same for SMTP and HTTP)."""
+
+    listener: str
+    peer: str = ""
+    identity: Identity | None = None
+    alias: AliasRec | None = None
+    mail_from: str = ""
+    recipients: list[str] = field(default_factory=list)
+    sandbox: bool = False
+    idempotency_key: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pool(self) -> str | None:
+        return self.alias.ip_pool if self.alias else None
+
+
+def verdict_error(v: Verdict) -> RelayError:
+    return RelayError(v.code, v.enhanced, v.message, v.reason, http_status=v.http_status)
+
+
+def may_use_pool(scopes: frozenset[str], pool: str) -> bool:
+    if scopes & {"send", "admin"}:
+        return True
+    return any(POOL_SCOPES.get(s) == pool for s in scopes)
+
+
+class Pipeline:
+    def __init__(self, *, store: Store, runner: DbRunner, master_key: MasterKey, hostname: str,
+                 lease_seconds: float, max_age: float, policies: PolicySet | None = None,
+                 trusted: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] | None = None,
+                 cache_ttl: float = 5.0, clock: Callable[[], dt.datetime] = utcnow, max_recipients: int = 100,
+                 auth_throttle: AuthThrottle | None = None, connections: ConnectionLimits | None = None) -> None:
+        self.store = store
+        self.runner = runner
+        self.master_key = master_key
+        self.hostname = hostname
+        self.lease_seconds = lease_seconds
+        self.max_age = max_age
+        self.policies = policies or PolicySet()
+        self.trusted = trusted or []
+        self.clock = clock
+        self.max_recipients = max_recipients
+        self.auth_throttle = auth_throttle or AuthThrottle(5, 900)
+        self.connections = connections or ConnectionLimits(1000, 50)
+        self.signers = SignerCache()
+        self._signer_of: dict[str, tuple[DomainRec, Any]] = {}
+        self._keys: TTLCache[Any] = TTLCache(cache_ttl)
+        self._aliases: TTLCache[AliasRec | None] = TTLCache(cache_ttl)
+        self._domains: TTLCache[DomainRec | None] = TTLCache(cache_ttl)
+        self._accounts: TTLCache[Identity] = TTLCache(cache_ttl)
+        # shared with the scheduler: one fsync per round
+        self.writer = StoreWriter(runner, store.queue.apply, on_commit=metrics.store_committed,
+                                  mark_fast=store.queue.mark_fast)
+        self.on_queued: Callable[[QueuedMessage], None] = lambda _m: None  # the scheduler plugs in here
+        self.idempotency = Idempotency(runner, IdempotencyStore(store.sessions, store.reads), clock=clock)
+        self._aborting: set[asyncio.Task[None]] = set()  # on_abort hooks started by abandon()
+
+    def start(self) -> None:
+        self.writer.start()
+
+    async def close(self) -> None:
+        if self._aborting:
+            await asyncio.gather(*self._aborting, return_exceptions=True)
+        await self.writer.close()
+
+    # -- identity -------------------------------------------------------------------------
+    async def authenticate(self, username: str, key: str, *, scopes: frozenset[str] = SEND_SCOPES) -> Identity:
+        """An API key, as SMTP password (user ``apikey`` or the account name) or Bearer token."""
+        key_id = parse_api_key(key)
+        if key_id is None:
+            raise AUTH_FAILED
+        rec = await self._keys.get(key_id, lambda: self.runner.read(self.store.directory.find_api_key, key_id))
+        if rec is None or rec.revoked or not verify_api_key(key, rec.key_hash):
+            raise AUTH_FAILED
+        if username not in ("apikey", rec.account_name, ""):
+            raise AUTH_FAILED
+        if scopes and not (rec.scopes & scopes):
+            raise AUTH_FAILED
+        return Identity(rec.account_id, rec.account_name, rec.id, rec.scopes)
+
+    async def trusted_identity(self, peer_ip: str) -> Identity | None:
+        """The account a trusted network submits as (the plain `relay` listener), or None."""
+        try:
+            ip = ipaddress.ip_address(peer_ip)
+        except ValueError:
+            return None
+        for network, account in self.trusted:
+            if ip in network:
+                return await self._accounts.get(("name", account), lambda: self._load_account(account))
+        return None
+
+    async def _load_account(self, name: str) -> Identity:
+        acc = await self.runner.read(self.store.directory.get_account, name)
+        return Identity(acc.id, acc.name, None, frozenset({"send"}))
+
+    def invalidate(self) -> None:
+        for c in (self._keys, self._aliases, self._domains, self._accounts):
+            c.invalidate()
+        self.signers.invalidate()
+        self._signer_of.clear()
+
+    # -- sender and recipients ------------------------------------------------------------
+    async def _alias(self, address: str) -> AliasRec | None:
+        address = address.lower()
+        return await self._aliases.get(address, lambda: self.runner.read(self.store.directory.find_alias, address))
+
+    async def _own_verified_alias(self, ident: Identity, address: str) -> AliasRec | None:
+        alias = await self._alias(address)
+        if alias is None or alias.account_id != ident.account_id or not alias.verified:
+            return None
+        return alias
+
+    async def mail(self, ctx: Context, sender: str) -> AliasRec:
+        """MAIL FROM: the sender must be a verified alias of the account; it picks the pool."""
+        ident = ctx.identity
+        if ident is None:
+            raise AUTH_REQUIRED
+        alias = await self._own_verified_alias(ident, sender)
+        if alias is None:
+            raise SENDER_DENIED
+        if not ctx.sandbox and not may_use_pool(ident.scopes, alias.ip_pool):  # a sandbox send goes nowhere
+            raise SCOPE_DENIED
+        ctx.alias, ctx.mail_from, ctx.recipients = alias, sender, []
+        ctx.extra[_OPEN] = True
+        verdict = await self.policies.run("on_mail", ctx, sender)
+        if verdict:
+            await self.abort(ctx)
+            raise verdict_error(verdict)
+        return alias
+
+    async def rcpt(self, ctx: Context, recipient: str) -> None:
+        """One recipient; a refusal applies to it alone."""
+        if len(ctx.recipients) >= (self.max_recipients if ctx.listener != "api" else
+                                   max(self.max_recipients, API_MAX_RECIPIENTS)):
+            raise TOO_MANY_RECIPIENTS
+        verdict = await self.policies.run("on_rcpt", ctx, recipient)
+        if verdict:
+            raise verdict_error(verdict)
+        ctx.recipients.append(recipient)
+
+    # -- the end of a transaction -----------------------------------------------------------
+    async def connect(self, ctx: Context) -> None:
+        """A client connected (``ctx.listener``, ``ctx.peer``): the policies' on_connect may refuse it."""
+        if self.policies.has("on_connect"):
+            verdict = await self.policies.run("on_connect", ctx)
+            if verdict:
+                raise verdict_error(verdict)
+
+    async def abort(self, ctx: Context) -> None:
+        """The transaction ended without a commit (RSET, QUIT, a lost connection, a refusal, a store
+        failure): policies give back what they reserved (``on_abort``). Idempotent, and a no-op once
+        ``data()`` has committed. A front door whose transaction ends without ``data()`` calls it."""
+        if ctx.extra.pop(_OPEN, False) and self.policies.has("on_abort"):
+            await self.policies.notify("on_abort", ctx)
+
+    def abandon(self, ctx: Context | None) -> None:
+        """:meth:`abort` for protocol callbacks that cannot await (a session's state reset)."""
+        if ctx is None or not ctx.extra.get(_OPEN):
+            return
+        if not self.policies.has("on_abort"):
+            ctx.extra.pop(_OPEN, None)
+            return
+        task = asyncio.get_running_loop().create_task(self.abort(ctx))
+        self._aborting.add(task)
+        task.add_done_callback(self._aborting.discard)
+
+    # -- data -----------------------------------------------------------------------------
+    async def data(self, ctx: Context, raw: bytes) -> str:
+        """Check, sign and durably commit one message. Returns its queue id. A failure aborts the
+        transaction (policies give back their reservations); a commit closes it."""
+        ctx.extra[SIZE] = len(raw)
+        try:
+            queue_id = await self._data(ctx, raw)
+        except asyncio.CancelledError:
+            ctx.extra.pop(_OPEN, None)  # the commit may still land: keep what was counted (high, never low)
+            raise
+        except Exception:
+            await self.abort(ctx)
+            raise
+        ctx.extra.pop(_OPEN, None)
+        if self.policies.has("on_commit"):
+            await self.policies.notify("on_commit", ctx, queue_id)
+        return queue_id
+
+    async def _data(self, ctx: Context, raw: bytes) -> str:
+        if ctx.identity is None or ctx.alias is None:
+            raise AUTH_REQUIRED
+        if msgs.bare_line_ending(raw):
+            raise BARE_NEWLINE
+        summary = msgs.summarize(raw)
+        if len(summary.from_addresses) != 1:
+            raise FROM_DENIED
+        from_addr = summary.from_addresses[0]
+        if from_addr != ctx.alias.email and await self._own_verified_alias(ctx.identity, from_addr) is None:
+            raise FROM_DENIED
+        if self.policies.has("on_data"):
+            verdict = await self.policies.run("on_data", ctx, msgs.parse(raw))
+            if verdict:
+                raise verdict_error(verdict)
+        queue_id = new_queue_id(ctx.sandbox)
+        raw, message_id = msgs.complete_headers(msgs.strip_bcc(raw), summary, queue_id, self.hostname)
+        raw = await self.sign(from_addr.rpartition("@")[2], raw)
+        queue_id = await self._commit_once(ctx, summary, NewMessage(
+            id=queue_id, ip_pool=ctx.alias.ip_pool, mail_from=ctx.mail_from, body=raw,
+            recipients=list(ctx.recipients), created_at=self.clock(), expires_at=self.clock(),
+            account_id=ctx.identity.account_id, api_key_id=ctx.identity.key_id, alias_id=ctx.alias.id,
+            header_message_id=message_id, subject=summary.subject, source=ctx.listener if ctx.listener == "api" else "smtp",
+            sandbox=ctx.sandbox, idempotency_key=ctx.idempotency_key))
+        if IDEMPOTENT in ctx.extra:
+            return queue_id  # a duplicate: the original's id, nothing committed
+        metrics.message_accepted(ctx.listener, ctx.alias.ip_pool)
+        log.info("message queued", extra={"queue_id": queue_id, "account": ctx.identity.account_name,
+                                          "alias": ctx.alias.email, "pool": ctx.alias.ip_pool, "upstream": None,
+                                          "reply": None, "recipients": len(ctx.recipients), "size": len(raw)})
+        return queue_id
+
+    async def _commit_once(self, ctx: Context, summary: msgs.HeaderSummary, new: NewMessage) -> str:
+        """:meth:`commit`, once per idempotency key (HTTP ``idempotency_key``, SMTP ``Idempotency-Key:``)
+        in 24 hours: a duplicate commits nothing and gets the original's id (``ctx.extra[IDEMPOTENT]``)."""
+        extra = ctx.extra
+        if TAGS in extra or METADATA in extra or SUPPRESSED in extra:  # set by the HTTP front door
+            new.tags, new.meta = extra.get(TAGS), extra.get(METADATA)
+            new.suppressed = dict(extra.get(SUPPRESSED) or {})
+            new.recipients = new.recipients + [r for r in new.suppressed if r not in new.recipients]
+        key = ctx.idempotency_key or summary.idempotency_key
+        new.idempotency_key = None  # the 24-hour claim lives in idempotency_keys, not in the message
+        if not key or new.account_id is None:
+            await self.commit(new)
+            return new.id
+        original, extra[ACCEPTED_AT] = await self.idempotency.begin(
+            new.account_id, key, new.id, "sandbox" if new.sandbox else "smtp", bool(extra.get(QUEUED)))
+        if original is not None:
+            extra[IDEMPOTENT] = original
+            await self.abort(ctx)
+            return original.message_id
+        try:
+            await self.commit(new)
+        except Exception:  # not committed: the key is free again (cancelled: the commit may land, keep it)
+            await self.idempotency.release(new.account_id, key, new.id)
+            raise
+        finally:
+            self.idempotency.finish(new.account_id, key)
+        return new.id
+
+    async def sign(self, domain: str, raw: bytes) -> bytes:
+        dom = await self._domains.get(domain, lambda: self.runner.read(self.store.directory.find_domain, domain))
+        if dom is None or not dom.verified:
+            return raw
+        cached = self._signer_of.get(domain)
+        if cached is None or cached[0] is not dom:  # keys are decrypted once per directory refresh
+            keys = [DkimKey(k.selector, k.algorithm,
+                            self.master_key.decrypt_str(k.private_key_enc, aad=dom.name).encode())
+                    for k in dom.keys if k.active]
+            cached = (dom, self.signers.get(domain, keys) if keys else None)
+            self._signer_of[domain] = cached
+        signer = cached[1]
+        if signer is None:
+            return raw
+        started = time.perf_counter()
+        signature = signer.sign(raw)
+        metrics.dkim_signed(time.perf_counter() - started)
+        return signature + raw
+
+    async def commit(self, new: NewMessage) -> None:
+        """Commit (group commit, fsync) and hand the message to the active queue. Never 250 before."""
+        now = self.clock()
+        new.created_at = now
+        new.expires_at = now + dt.timedelta(seconds=self.max_age)
+        if not new.sandbox:
+            new.lease_owner = self.store.node_id
+            new.lease_until = now + dt.timedelta(seconds=self.lease_seconds)
+        try:
+            await self.writer.enqueue(new)
+        except Exception as exc:
+            raise StoreError(f"enqueue failed: {exc!r}") from exc
+        pending = [r for r in new.recipients if r not in new.suppressed]
+        if pending and not new.sandbox:
+            self.on_queued(QueuedMessage(
+                id=new.id, ip_pool=new.ip_pool, mail_from=new.mail_from, body=new.body, recipients=pending,
+                account_id=new.account_id, expires_at=new.expires_at, created_at=now, source=new.source))
+
+    async def submit_system(self, *, sender: str, recipients: list[str], raw: bytes, source: str = "system",
+                            mail_from: str | None = None, account_id: str | None = None) -> str:
+        """System mail (alias verification, DSNs): default pool, no alias, no policies."""
+        queue_id = new_queue_id(False)
+        await self.commit(NewMessage(
+            id=queue_id, ip_pool=DEFAULT_POOL, mail_from=sender if mail_from is None else mail_from, body=raw,
+            recipients=recipients, created_at=self.clock(), expires_at=self.clock(), account_id=account_id,
+            source=source))
+        return queue_id
+
+
+def new_queue_id(sandbox: bool = False) -> str:
+    return ("sandbox_msg_" if sandbox else "msg_") + secrets.token_hex(8)

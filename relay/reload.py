@@ -1,0 +1,120 @@
+"""SIGHUP: re-read the configuration and the TLS certificate, apply what can change safely.
+
+Open sessions are never dropped: new limits and the new certificate apply to the next connection
+(and the next STARTTLS). Keys that need a restart (listeners, workers, database, data_dir...) are
+named in a warning and keep their running value until then. A configuration file that no longer
+loads is reported and changes nothing; the certificate is still re-read (a renewed file in place).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from relay import metrics
+from relay.config import RELOADABLE, Settings, changed_keys, load_settings
+from relay.errors import ConfigError
+from relay.logs import apply_log_settings
+from relay.tlsutil import ensure_certificate, server_context, swap_certificate
+
+__all__ = ["ReloadReport", "merge_reloadable", "reload_gateway"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReloadReport:
+    applied: list[str] = field(default_factory=list)  # changed keys now in force
+    restart_required: list[str] = field(default_factory=list)  # changed keys that wait for a restart
+    certificate: str | None = None  # the certificate file now served
+    error: str | None = None  # the file did not load: nothing changed but the certificate
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def merge_reloadable(old: Settings, new: Settings, keys: set[str]) -> Settings:
+    """*old* with the reloadable *keys* taken from *new* (frozen models: copied, never mutated)."""
+    sections: dict[str, Any] = {}
+    top: dict[str, Any] = {}
+    for key in keys:
+        section, _, name = key.partition(".")
+        if name:
+            sections.setdefault(section, {})[name] = getattr(getattr(new, section), name)
+        else:
+            top[key] = getattr(new, key)
+    update: dict[str, Any] = dict(top)
+    for section, values in sections.items():
+        current = getattr(old, section)
+        assert isinstance(current, BaseModel)
+        update[section] = current.model_copy(update=values)
+    merged = old.model_copy(update=update)
+    merged._source = old.source_path
+    return merged
+
+
+def reload_gateway(gw: Any, env: Mapping[str, str] | None = None) -> ReloadReport:
+    """Reload *gw* (a :class:`relay.server.Gateway`) in place. Never raises for bad input."""
+    report = ReloadReport()
+    old: Settings = gw.settings
+    try:
+        new = load_settings(old.source_path, env if env is not None else getattr(gw, "env", None) or os.environ)
+    except ConfigError as exc:
+        report.error = str(exc)
+        new = old
+    changed = changed_keys(old, new)
+    report.applied = sorted(changed & RELOADABLE)
+    report.restart_required = sorted(changed - RELOADABLE)
+    settings = merge_reloadable(old, new, set(report.applied))
+    try:
+        cert, key = ensure_certificate(settings.tls.cert, settings.tls.key, settings.data_dir, settings.hostname)
+        swap_certificate(gw.tls_context, server_context(cert, key))
+        report.certificate = str(cert)
+    except ConfigError as exc:  # keep serving the old certificate, and the old tls keys
+        report.error = f"{report.error}\n{exc}" if report.error else str(exc)
+        settings = merge_reloadable(old, settings.model_copy(update={"tls": old.tls}), set(report.applied))
+        report.applied = [k for k in report.applied if not k.startswith("tls.")]
+    _apply(gw, settings)
+    metrics.reloaded(report.ok)
+    if report.error:
+        log.error("reload: configuration not (fully) applied; still running with the previous values",
+                  extra={"error": report.error})
+    log.info("reloaded", extra={"changed": report.applied, "certificate": report.certificate,
+                                "worker": getattr(gw, "worker", 0)})
+    if report.restart_required:
+        log.warning("reload: these settings changed but need a restart: %s", ", ".join(report.restart_required),
+                    extra={"restart_required": report.restart_required})
+    return report
+
+
+def _apply(gw: Any, s: Settings) -> None:
+    """Push the reloadable values into the running objects (each read per use or per connection)."""
+    gw.settings = s
+    gw.admin.settings = s  # public_url, dns resolver, default verify_certificates for new upstreams
+    apply_log_settings(s.log.level, s.log.format)
+    smtp, d = s.smtp, s.delivery
+    for handler in getattr(gw, "handlers", {}).values():
+        options = getattr(handler, "session_options", None)
+        if options is not None:  # read by the listener's protocol factory on each new connection
+            options["data_size_limit"] = smtp.max_message_size
+            options["timeout"] = smtp.command_timeout
+        handler.data_timeout, handler.max_errors = smtp.data_timeout, smtp.max_errors
+    p = gw.pipeline
+    if [(t.network, t.account) for t in smtp.trusted] != p.trusted:
+        p.trusted = [(t.network, t.account) for t in smtp.trusted]
+        p.invalidate()
+    p.max_recipients = smtp.max_recipients
+    p.connections.max_total, p.connections.max_per_ip = smtp.max_connections, smtp.max_connections_per_ip
+    p.max_age = d.max_age
+    throttle = p.auth_throttle
+    throttle.max_failures, throttle.lockout, throttle.window = smtp.auth_max_failures, smtp.auth_lockout, smtp.auth_lockout
+    sch = gw.scheduler
+    sch.retry_base, sch.retry_max, sch.poll_interval = d.retry_base, d.retry_max, d.poll_interval
+    for up in gw.router.all_upstreams():
+        up.connect_timeout, up.command_timeout = d.connect_timeout, d.command_timeout

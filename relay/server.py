@@ -1,0 +1,319 @@
+"""``relay serve``: one asyncio process with the SMTP listeners, the HTTP API and delivery."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from relay import api_tasks, notify, smtp
+from relay.admin import Admin
+from relay.api import create_app
+from relay.config import Settings, parse_hostport
+from relay.delivery.router import Router
+from relay.delivery.scheduler import Scheduler
+from relay.delivery.upstream import Upstream, UpstreamConfig
+from relay.pipeline import Pipeline
+from relay.policyset import load as load_policies
+from relay.secrets import load_or_create_master_key
+from relay.store import Store, node_id
+from relay.store.runner import DbRunner
+from relay.throttle import AuthThrottle, ConnectionLimits
+from relay.tlsutil import ensure_certificate, server_context
+from relay.workers import WorkerLink, beat_interval, supervise
+
+log = logging.getLogger(__name__)
+
+
+class _Uvicorn(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self):  # the gateway owns the signals
+        yield
+
+
+class Gateway:
+    """Everything ``relay serve`` runs, wired once from the settings."""
+
+    def __init__(self, settings: Settings, env: dict[str, str] | None = None, *, worker: int = 0,
+                 sockets: dict[str, socket.socket] | None = None) -> None:
+        self.settings = settings
+        self.env = env  # None: os.environ (read again only by a reload, for the same overrides)
+        self.worker = worker
+        self.stopping = False
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.master_key = load_or_create_master_key(settings.master_key_path, env)
+        cert, key = ensure_certificate(settings.tls.cert, settings.tls.key, settings.data_dir, settings.hostname)
+        self.tls_context = server_context(cert, key)
+        nid = node_id(settings.data_dir) + (f".w{worker}" if worker else "")
+        self.store = Store(settings.database_url, node_id=nid)
+        self.store.migrate()
+        lock = str(settings.data_dir / "store.lock") if self.store.dialect == "sqlite" and settings.smtp.workers > 1 else None
+        self.runner = DbRunner(self.store.dialect, lock)
+        self.admin = Admin(settings, self.store, self.master_key)
+        d = settings.delivery
+        self.policies = load_policies(settings.policies.enabled, settings.policies.options, self)
+        self.pipeline = Pipeline(
+            store=self.store, runner=self.runner, master_key=self.master_key, hostname=settings.hostname,
+            lease_seconds=d.lease, max_age=d.max_age, policies=self.policies,
+            trusted=[(t.network, t.account) for t in settings.smtp.trusted],
+            max_recipients=settings.smtp.max_recipients,
+            auth_throttle=AuthThrottle(settings.smtp.auth_max_failures, settings.smtp.auth_lockout),
+            connections=ConnectionLimits(settings.smtp.max_connections, settings.smtp.max_connections_per_ip))
+        self.router = Router(threshold=d.breaker_threshold, cooldown=d.breaker_cooldown)
+        self.scheduler = Scheduler(
+            store=self.store, runner=self.runner, writer=self.pipeline.writer, router=self.router,
+            hostname=settings.hostname,
+            retry_base=d.retry_base, retry_max=d.retry_max, lease=d.lease, poll_interval=d.poll_interval,
+            concurrency=d.concurrency, submit_dsn=self.pipeline.submit_system)
+        self.pipeline.on_queued = self.scheduler.push
+        self.scheduler.policies = self.policies  # after_delivery / after_bounce
+        self.servers: dict[str, asyncio.AbstractServer] = {}
+        self.handlers: dict[str, smtp.SubmissionHandler] = {}
+        self.sockets: dict[str, socket.socket] = dict(sockets or {})
+        self._upstreams: dict[str, Upstream] = {}
+        self._api: _Uvicorn | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.stopped = asyncio.Event()
+
+    # -- upstreams ---------------------------------------------------------------------------
+    def load_upstreams(self, recs: list | None = None) -> None:
+        """(Re)build the pools from the store; unchanged upstreams keep their open sessions."""
+        d = self.settings.delivery
+        pools: dict[str, list[Upstream]] = {}
+        seen = {}
+        for rec in self.store.directory.list_upstreams() if recs is None else recs:
+            if not rec.is_active:
+                continue
+            cfg = UpstreamConfig(id=rec.id, name=rec.name, host=rec.host, port=rec.port, encryption=rec.encryption,
+                                 username=rec.username, password=self.admin.upstream_password(rec),
+                                 verify_tls=rec.verify_tls, priority=rec.priority, weight=rec.weight,
+                                 max_connections=rec.max_connections or d.max_connections)
+            up = self._upstreams.get(rec.id)
+            if up is None or up.cfg != cfg:
+                if up is not None:
+                    up.close_idle()
+                up = Upstream(cfg, local_hostname=self.settings.hostname, connect_timeout=d.connect_timeout,
+                              command_timeout=d.command_timeout, idle_timeout=d.idle_timeout)
+            seen[rec.id] = up
+            pools.setdefault(rec.ip_pool, []).append(up)
+        for uid, up in self._upstreams.items():
+            if uid not in seen:
+                up.close_idle()
+        self._upstreams = seen
+        self.router.set_pools(pools)
+
+    async def _refresh_upstreams(self) -> None:
+        while True:
+            await asyncio.sleep(10)
+            try:
+                self.load_upstreams(await self.runner.read(self.store.directory.list_upstreams))
+            except Exception:
+                log.exception("could not reload upstreams")
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def bind(self) -> None:
+        self.sockets = bind_listeners(self.settings)
+
+    async def start(self) -> None:
+        self.load_upstreams()
+        self.pipeline.start()
+        self._tasks += api_tasks.start(self)  # webhook deliveries, DKIM rotation (before outcomes flow)
+        await self.scheduler.start()
+        if not self.sockets:
+            self.bind()
+        s = self.settings
+        for name, sock in self.sockets.items():
+            self.servers[name], self.handlers[name] = await smtp.serve_listener(
+                self.pipeline, name=name, sock=sock, hostname=s.hostname, tls_context=self.tls_context,
+                max_message_size=s.smtp.max_message_size, timeout=s.smtp.command_timeout,
+                data_timeout=s.smtp.data_timeout, max_errors=s.smtp.max_errors)
+            log.info("listening", extra={"listener": name, "address": "%s:%d" % sock.getsockname()[:2]})
+        if s.api.listen and self.worker == 0:
+            host, port = parse_hostport(s.api.listen)
+            config = uvicorn.Config(create_app(self), host=host, port=port, log_level="warning", lifespan="off",
+                                    access_log=False)
+            self._api = _Uvicorn(config)
+            self._tasks.append(asyncio.create_task(self._api.serve(), name="api"))
+            while not self._api.started:
+                await asyncio.sleep(0.01)
+                if self._tasks[-1].done():
+                    self._tasks[-1].result()
+        self._tasks.append(asyncio.create_task(self._refresh_upstreams(), name="upstream-refresh"))
+
+    def reload(self) -> Any:
+        """SIGHUP: new certificate and reloadable settings for new connections (see relay.reload)."""
+        from relay.reload import reload_gateway
+
+        return reload_gateway(self)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful stop: no new connections; idle sessions get ``421 4.3.2`` at once, open SMTP
+        transactions may finish for ``grace`` seconds (``smtp.shutdown_timeout``), then the rest get
+        the 421. In-flight deliveries finish within what is left of it (at least a second), or are
+        released; the store is flushed and this node's leases are handed back."""
+        self.stopping = True
+        grace = self.settings.smtp.shutdown_timeout if grace is None else grace
+        for server in self.servers.values():
+            server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        await self._close_sessions(deadline)
+        await self.scheduler.stop(timeout=max(1.0, deadline - loop.time()))
+        await self.pipeline.close()
+        try:
+            await self.runner.write(self.store.queue.recover, self.store.node_id)
+        except Exception:
+            log.exception("could not release this node's leases; they expire or are recovered at restart")
+        if self._api:
+            self._api.should_exit = True
+        for t in self._tasks:
+            if t.get_name() != "api":
+                t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.runner.shutdown()
+        self.store.close()
+        self.stopped.set()
+
+    async def _close_sessions(self, deadline: float) -> None:
+        """Idle sessions get the 421 now; the others when their transaction ends, or at *deadline*."""
+        loop = asyncio.get_running_loop()
+        while any(h.live for h in self.handlers.values()):
+            late = loop.time() >= deadline
+            closing = [c for h in self.handlers.values() for c in list(h.live) if late or c.idle()]
+            if closing:
+                await asyncio.gather(*(c.shut_down() for c in closing), return_exceptions=True)
+            if late:
+                break
+            await asyncio.sleep(0.02)
+        end = loop.time() + 1.0  # let the closed sessions unwind
+        while any(h.live for h in self.handlers.values()) and loop.time() < end:
+            await asyncio.sleep(0.01)
+
+
+def bind_listeners(settings: Settings) -> dict[str, socket.socket]:
+    return {name: smtp._bind(hostport, settings.smtp.workers > 1)
+            for name, hostport in settings.smtp.listeners().items()}
+
+
+async def serve(settings: Settings, *, worker: int = 0, sockets: dict[str, socket.socket] | None = None,
+                link: WorkerLink | None = None) -> None:
+    """Run one gateway process until SIGTERM/SIGINT (graceful; a second one exits at once).
+
+    Alone (no *link*), the process speaks systemd's notify protocol itself: READY=1 once every
+    listener is bound and the store migrated, watchdog pings from the event loop, RELOADING=1 /
+    READY=1 around a SIGHUP reload, STOPPING=1. As a forked worker it reports to the parent instead.
+    """
+    gw = Gateway(settings, worker=worker, sockets=sockets)
+    await gw.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    first: list[float] = []
+
+    def on_stop() -> None:
+        if not first:
+            first.append(loop.time())
+            stop.set()
+        elif loop.time() - first[0] > 0.2:  # not the same Ctrl-C seen twice (terminal + parent)
+            log.warning("second stop signal: exiting now (every message answered 250 is committed)",
+                        extra={"worker": worker})
+            logging.shutdown()
+            os._exit(0)
+
+    def on_hup() -> None:
+        if link is None:
+            notify.reloading()
+        try:
+            gw.reload()
+        except Exception:
+            log.exception("reload failed")
+        if link is None:
+            notify.notify("READY=1")
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_stop)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    listeners = ", ".join(f"{n}={'%s:%d' % s.getsockname()[:2]}" for n, s in gw.sockets.items())
+    log.info("relay started: %s, api=%s", listeners, settings.api.listen if worker == 0 else "(worker 0)",
+             extra={"worker": worker})
+    beat = link.beat if link else notify.watchdog_interval()
+    if link is None:
+        notify.notify("READY=1", f"STATUS=Relay serving: {listeners}")
+        if beat:
+            gw._tasks.append(asyncio.create_task(notify.watchdog(beat), name="watchdog"))
+    else:
+        link.report()
+        if beat:
+            gw._tasks.append(asyncio.create_task(_heartbeat(link), name="heartbeat"))
+    await stop.wait()
+    log.info("stopping", extra={"worker": worker})
+    if link is None:
+        notify.notify("STOPPING=1", "STATUS=Relay stopping: finishing open transactions")
+    await gw.stop()
+    log.info("stopped", extra={"worker": worker})
+
+
+async def _heartbeat(link: WorkerLink) -> None:
+    while True:
+        await asyncio.sleep(link.beat or 1.0)
+        link.report()
+
+
+def _event_loop_policy() -> None:
+    """uvloop when installed (it is a dependency on Linux/macOS): the same asyncio API, with the
+    transports, timers and accept loop in C - a large share of the gateway's CPU per message."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def run(settings: Settings) -> int:
+    """``relay serve``: one process, or ``smtp.workers`` forked processes sharing the listeners.
+
+    With workers, the parent prepares what must exist once (master key, certificate, schema),
+    binds the listening sockets, forks, and forwards SIGTERM/SIGINT to the workers. Each worker has
+    its own delivery scheduler and store connections; worker 0 also serves the HTTP API.
+    """
+    n = settings.smtp.workers
+    _event_loop_policy()
+    # The store thread must get the GIL back within a fraction of a millisecond after a commit: it
+    # releases the final dots held for that commit (relay.delivery.upstream._DotGate), and the
+    # default 5 ms switch interval would leave a crash that long to lose a marked message.
+    sys.setswitchinterval(0.0002)
+    if n <= 1:
+        asyncio.run(serve(settings))
+        return 0
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    load_or_create_master_key(settings.master_key_path)
+    ensure_certificate(settings.tls.cert, settings.tls.key, settings.data_dir, settings.hostname)
+    store = Store(settings.database_url)
+    store.migrate()
+    store.close()
+    sockets = bind_listeners(settings)
+    beat = beat_interval()
+    read_fd, write_fd = os.pipe()
+    children: dict[int, int] = {}
+    for i in range(n):
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_fd)
+            code = 0
+            try:
+                asyncio.run(serve(settings, worker=i, sockets=sockets, link=WorkerLink(write_fd, i, beat)))
+            except BaseException:
+                log.exception("worker failed", extra={"worker": i})
+                code = 1
+            logging.shutdown()
+            os._exit(code)
+        children[pid] = i
+    os.close(write_fd)
+    return supervise(children, read_fd, beat=beat)

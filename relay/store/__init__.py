@@ -1,0 +1,130 @@
+"""The durable store: engine set-up, versioned migrations, and the two halves of the data.
+
+``Store.directory`` holds who may send what (accounts, keys, domains, aliases, pools, upstreams);
+``Store.queue`` holds the mail (messages, recipients, events, suppressions). Both are synchronous
+SQLAlchemy code; the async side calls them through :class:`relay.store.runner.DbRunner`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import secrets
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+_PG_MIGRATION_LOCK = 0x52454C4159  # "RELAY": one node migrates at a time
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def aware(value: dt.datetime | None) -> dt.datetime | None:
+    """SQLite hands datetimes back naive; everything we store is UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=dt.timezone.utc)
+    return value
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(8)}"
+
+
+def make_engine(url: str) -> Engine:
+    """An engine tuned for the store's dialect: SQLite in WAL with synchronous=FULL."""
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
+                                  pool_size=8, max_overflow=8)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # noqa: ANN001
+            # Let SQLAlchemy's own BEGIN work; pysqlite's implicit transactions break savepoints.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn):  # noqa: ANN001
+            # Writers take the write lock up front (no deadlock-prone lock upgrades); readers never
+            # wait for it: in WAL they see the last commit.
+            conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("relay_read") else "BEGIN IMMEDIATE")
+
+        return engine
+    return sa.create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+def migrate(engine: Engine) -> None:
+    """Create or upgrade the schema to the newest version (Alembic, run in-process)."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+def node_id(data_dir: Path) -> str:
+    """A stable id per data directory: after a restart this node recovers its own leases at once."""
+    path = data_dir / "node.id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        import socket
+
+        data_dir.mkdir(parents=True, exist_ok=True)
+        value = f"node_{socket.gethostname()}_{secrets.token_hex(4)}"
+        path.write_text(value + "\n")
+        return value
+
+
+class Store:
+    def __init__(self, url: str, *, node_id: str | None = None) -> None:
+        from relay.store.directory import Directory
+        from relay.store.queue import Queue
+
+        self.url = url
+        self.engine = make_engine(url)
+        self.sessions: sessionmaker[Session] = sessionmaker(self.engine, expire_on_commit=False)
+        self.reads: sessionmaker[Session] = sessionmaker(self.engine.execution_options(relay_read=True),
+                                                         expire_on_commit=False)
+        self.node_id = node_id or new_id("node")
+        self.directory = Directory(self.sessions, self.reads)
+        self.queue = Queue(self.sessions, self.reads)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def migrate(self) -> None:
+        migrate(self.engine)
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __repr__(self) -> str:
+        return f"Store(dialect={self.dialect!r})"

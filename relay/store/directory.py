@@ -1,0 +1,451 @@
+"""Who may send what: accounts, API keys, domains and DKIM keys, IP pools, upstreams, aliases.
+
+Synchronous; every method opens its own short transaction and returns frozen records, never ORM
+objects, so results cross threads safely. Secrets arrive here already encrypted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from relay.errors import Conflict, NotFound
+from relay.store import aware, new_id, utcnow
+from relay.store import models as m
+
+
+@dataclass(frozen=True)
+class AccountRec:
+    id: str
+    name: str
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class KeyRec:
+    id: str
+    account_id: str
+    account_name: str
+    key_hash: str = field(repr=False)
+    scopes: frozenset[str]
+    name: str | None
+    created_at: dt.datetime
+    revoked: bool
+
+
+@dataclass(frozen=True)
+class DkimKeyRec:
+    id: str
+    selector: str
+    algorithm: str
+    private_key_enc: str = field(repr=False)
+    public_txt: str
+    active: bool
+    status: str = "active"  # pending | active | retiring (see DkimKey)
+    retire_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class DomainRec:
+    id: str
+    account_id: str
+    name: str
+    verification_token: str
+    verified: bool
+    created_at: dt.datetime
+    keys: tuple[DkimKeyRec, ...] = ()
+
+
+@dataclass(frozen=True)
+class UpstreamRec:
+    id: str
+    name: str
+    ip_pool: str
+    host: str
+    port: int
+    username: str | None
+    password_enc: str | None = field(repr=False)
+    encryption: str
+    verify_tls: bool
+    priority: int
+    weight: int
+    max_connections: int | None
+    is_active: bool
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class AliasRec:
+    id: str
+    account_id: str
+    email: str
+    name: str | None
+    ip_pool: str
+    is_default: bool
+    verified: bool
+    created_at: dt.datetime
+
+
+def _account(r: m.Account) -> AccountRec:
+    return AccountRec(r.id, r.name, aware(r.created_at))
+
+
+def _key(r: m.ApiKey, account_name: str) -> KeyRec:
+    return KeyRec(r.id, r.account_id, account_name, r.key_hash, frozenset(filter(None, r.scopes.split(","))),
+                  r.name, aware(r.created_at), r.revoked_at is not None)
+
+
+def _dkim(r: m.DkimKey) -> DkimKeyRec:
+    return DkimKeyRec(r.id, r.selector, r.algorithm, r.private_key_enc, r.public_txt, r.active, r.status,
+                      aware(r.retire_at))
+
+
+def _upstream(r: m.Upstream) -> UpstreamRec:
+    return UpstreamRec(r.id, r.name, r.ip_pool, r.host, r.port, r.username, r.password_enc, r.encryption,
+                       r.verify_tls, r.priority, r.weight, r.max_connections, r.is_active, aware(r.created_at))
+
+
+def _alias(r: m.Alias) -> AliasRec:
+    return AliasRec(r.id, r.account_id, r.email, r.name, r.ip_pool, r.is_default, r.verified_at is not None,
+                    aware(r.created_at))
+
+
+def _ensure_pool(s: Session, name: str) -> None:
+    """An IP pool comes into being the first time something names it (its age drives warm-up)."""
+    if s.get(m.IpPool, name) is None:
+        s.add(m.IpPool(name=name, created_at=utcnow()))
+        s.flush()
+
+
+class Directory:
+    def __init__(self, sessions: sessionmaker[Session], reads: sessionmaker[Session] | None = None) -> None:
+        self._sessions = sessions
+        self._reads = reads or sessions
+
+    # -- accounts -------------------------------------------------------------------------
+    def _account_row(self, s: Session, name: str) -> m.Account:
+        row = s.scalar(sa.select(m.Account).where(m.Account.name == name))
+        if row is None:
+            raise NotFound(f"no account named {name!r}")
+        return row
+
+    def create_account(self, name: str) -> AccountRec:
+        with self._sessions.begin() as s:
+            if s.scalar(sa.select(m.Account.id).where(m.Account.name == name)):
+                raise Conflict(f"account {name!r} exists already")
+            row = m.Account(id=new_id("acc"), name=name, created_at=utcnow())
+            s.add(row)
+            return _account(row)
+
+    def get_account(self, name: str) -> AccountRec:
+        with self._reads() as s:
+            return _account(self._account_row(s, name))
+
+    def get_account_by_id(self, account_id: str) -> AccountRec:
+        with self._reads() as s:
+            row = s.get(m.Account, account_id)
+            if row is None:
+                raise NotFound(f"no account {account_id!r}")
+            return _account(row)
+
+    def list_accounts(self) -> list[AccountRec]:
+        with self._reads() as s:
+            return [_account(r) for r in s.scalars(sa.select(m.Account).order_by(m.Account.name))]
+
+    def remove_account(self, name: str) -> None:
+        with self._sessions.begin() as s:
+            s.delete(self._account_row(s, name))
+
+    # -- API keys -------------------------------------------------------------------------
+    def create_api_key(self, account: str, key_id: str, key_hash: str, scopes: list[str],
+                       name: str | None = None) -> KeyRec:
+        with self._sessions.begin() as s:
+            acc = self._account_row(s, account)
+            row = m.ApiKey(id=key_id, account_id=acc.id, key_hash=key_hash, scopes=",".join(scopes),
+                           name=name, created_at=utcnow())
+            s.add(row)
+            return _key(row, acc.name)
+
+    def find_api_key(self, key_id: str) -> KeyRec | None:
+        with self._reads() as s:
+            row = s.execute(sa.select(m.ApiKey, m.Account.name).join(m.Account)
+                            .where(m.ApiKey.id == key_id)).first()
+            return _key(row[0], row[1]) if row else None
+
+    def list_api_keys(self, account: str | None = None) -> list[KeyRec]:
+        with self._reads() as s:
+            q = sa.select(m.ApiKey, m.Account.name).join(m.Account).order_by(m.ApiKey.created_at)
+            if account:
+                q = q.where(m.Account.name == account)
+            return [_key(k, n) for k, n in s.execute(q)]
+
+    def revoke_api_key(self, key_id: str) -> None:
+        with self._sessions.begin() as s:
+            row = s.get(m.ApiKey, key_id)
+            if row is None:
+                raise NotFound(f"no API key {key_id!r}")
+            row.revoked_at = row.revoked_at or utcnow()
+
+    # -- domains and DKIM keys ------------------------------------------------------------
+    def _domain(self, s: Session, row: m.Domain) -> DomainRec:
+        keys = s.scalars(sa.select(m.DkimKey).where(m.DkimKey.domain_id == row.id).order_by(m.DkimKey.created_at))
+        return DomainRec(row.id, row.account_id, row.name, row.verification_token, row.verified_at is not None,
+                         aware(row.created_at), tuple(_dkim(k) for k in keys))
+
+    def add_domain(self, account: str, name: str, token: str,
+                   keys: list[tuple[str, str, str, str]]) -> DomainRec:
+        """``keys``: (selector, algorithm, encrypted private key, public TXT value)."""
+        with self._sessions.begin() as s:
+            acc = self._account_row(s, account)
+            if s.scalar(sa.select(m.Domain.id).where(m.Domain.name == name)):
+                raise Conflict(f"domain {name!r} exists already")
+            now = utcnow()
+            row = m.Domain(id=new_id("dom"), account_id=acc.id, name=name, verification_token=token,
+                           created_at=now)
+            s.add(row)
+            s.flush()
+            for selector, algorithm, enc, txt in keys:
+                s.add(m.DkimKey(id=new_id("dkim"), domain_id=row.id, selector=selector, algorithm=algorithm,
+                                private_key_enc=enc, public_txt=txt, active=True, created_at=now))
+            s.flush()
+            return self._domain(s, row)
+
+    def get_domain(self, name: str) -> DomainRec:
+        with self._reads() as s:
+            row = s.scalar(sa.select(m.Domain).where(m.Domain.name == name))
+            if row is None:
+                raise NotFound(f"no domain {name!r}")
+            return self._domain(s, row)
+
+    def find_domain(self, name: str) -> DomainRec | None:
+        try:
+            return self.get_domain(name)
+        except NotFound:
+            return None
+
+    def list_domains(self, account: str | None = None) -> list[DomainRec]:
+        with self._reads() as s:
+            q = sa.select(m.Domain).order_by(m.Domain.name)
+            if account:
+                q = q.join(m.Account).where(m.Account.name == account)
+            return [self._domain(s, r) for r in s.scalars(q)]
+
+    def mark_domain_verified(self, name: str) -> DomainRec:
+        with self._sessions.begin() as s:
+            row = s.scalar(sa.select(m.Domain).where(m.Domain.name == name))
+            if row is None:
+                raise NotFound(f"no domain {name!r}")
+            row.verified_at = row.verified_at or utcnow()
+            return self._domain(s, row)
+
+    def remove_domain(self, name: str) -> None:
+        with self._sessions.begin() as s:
+            row = s.scalar(sa.select(m.Domain).where(m.Domain.name == name))
+            if row is None:
+                raise NotFound(f"no domain {name!r}")
+            used = s.scalar(sa.select(sa.func.count()).select_from(m.Alias)
+                            .where(m.Alias.email.like(f"%@{name}")))
+            if used:
+                raise Conflict(f"domain {name!r} still has {used} alias(es); remove them first")
+            s.execute(sa.delete(m.DkimKey).where(m.DkimKey.domain_id == row.id))
+            s.delete(row)
+
+    # -- IP pools and upstreams -----------------------------------------------------------
+    def ensure_pool(self, name: str) -> None:
+        with self._sessions.begin() as s:
+            _ensure_pool(s, name)
+
+    def list_pools(self) -> list[tuple[str, dt.datetime]]:
+        with self._reads() as s:
+            return [(p.name, aware(p.created_at)) for p in s.scalars(sa.select(m.IpPool).order_by(m.IpPool.name))]
+
+    def add_upstream(self, *, name: str, ip_pool: str, host: str, port: int, encryption: str,
+                     username: str | None, password_enc: str | None, verify_tls: bool = True,
+                     priority: int = 0, weight: int = 1, max_connections: int | None = None) -> UpstreamRec:
+        with self._sessions.begin() as s:
+            if s.scalar(sa.select(m.Upstream.id).where(m.Upstream.name == name)):
+                raise Conflict(f"upstream {name!r} exists already")
+            _ensure_pool(s, ip_pool)
+            row = m.Upstream(id=new_id("smtp"), name=name, ip_pool=ip_pool, host=host, port=port,
+                             username=username, password_enc=password_enc, encryption=encryption,
+                             verify_tls=verify_tls, priority=priority, weight=weight,
+                             max_connections=max_connections, is_active=True, created_at=utcnow())
+            s.add(row)
+            return _upstream(row)
+
+    def get_upstream(self, name_or_id: str) -> UpstreamRec:
+        with self._reads() as s:
+            row = s.scalar(sa.select(m.Upstream).where(sa.or_(m.Upstream.name == name_or_id,
+                                                              m.Upstream.id == name_or_id)))
+            if row is None:
+                raise NotFound(f"no upstream {name_or_id!r}")
+            return _upstream(row)
+
+    def list_upstreams(self, ip_pool: str | None = None) -> list[UpstreamRec]:
+        with self._reads() as s:
+            q = sa.select(m.Upstream).order_by(m.Upstream.ip_pool, m.Upstream.priority, m.Upstream.name)
+            if ip_pool:
+                q = q.where(m.Upstream.ip_pool == ip_pool)
+            return [_upstream(r) for r in s.scalars(q)]
+
+    def remove_upstream(self, name_or_id: str) -> None:
+        with self._sessions.begin() as s:
+            row = s.scalar(sa.select(m.Upstream).where(sa.or_(m.Upstream.name == name_or_id,
+                                                              m.Upstream.id == name_or_id)))
+            if row is None:
+                raise NotFound(f"no upstream {name_or_id!r}")
+            s.delete(row)
+
+    # -- aliases --------------------------------------------------------------------------
+    def add_alias(self, *, account: str, email: str, name: str | None, ip_pool: str, is_default: bool,
+                  token: str) -> AliasRec:
+        with self._sessions.begin() as s:
+            acc = self._account_row(s, account)
+            if s.scalar(sa.select(m.Alias.id).where(m.Alias.email == email)):
+                raise Conflict(f"alias {email!r} exists already")
+            _ensure_pool(s, ip_pool)
+            if is_default:
+                s.execute(sa.update(m.Alias).where(m.Alias.account_id == acc.id).values(is_default=False))
+            row = m.Alias(id=new_id("ali"), account_id=acc.id, email=email, name=name, ip_pool=ip_pool,
+                          is_default=is_default, verification_token=token, created_at=utcnow())
+            s.add(row)
+            return _alias(row)
+
+    def find_alias(self, email: str) -> AliasRec | None:
+        with self._reads() as s:
+            row = s.scalar(sa.select(m.Alias).where(m.Alias.email == email.lower()))
+            return _alias(row) if row else None
+
+    def get_alias(self, email_or_id: str) -> AliasRec:
+        with self._reads() as s:
+            row = s.scalar(sa.select(m.Alias).where(sa.or_(m.Alias.email == email_or_id.lower(),
+                                                            m.Alias.id == email_or_id)))
+            if row is None:
+                raise NotFound(f"no alias {email_or_id!r}")
+            return _alias(row)
+
+    def list_aliases(self, account: str | None = None) -> list[AliasRec]:
+        with self._reads() as s:
+            q = sa.select(m.Alias).order_by(m.Alias.email)
+            if account:
+                q = q.join(m.Account).where(m.Account.name == account)
+            return [_alias(r) for r in s.scalars(q)]
+
+    def verify_alias(self, *, email: str | None = None, token: str | None = None) -> AliasRec:
+        """Mark an alias verified, by address (sysadmin override) or by its emailed token."""
+        with self._sessions.begin() as s:
+            q = sa.select(m.Alias)
+            q = q.where(m.Alias.email == email.lower()) if email else q.where(m.Alias.verification_token == token)
+            row = s.scalar(q) if (email or token) else None
+            if row is None:
+                raise NotFound("no such alias or verification link")
+            row.verified_at = row.verified_at or utcnow()
+            row.verification_token = None
+            return _alias(row)
+
+    def remove_alias(self, email_or_id: str) -> None:
+        with self._sessions.begin() as s:
+            row = s.scalar(sa.select(m.Alias).where(sa.or_(m.Alias.email == email_or_id.lower(),
+                                                            m.Alias.id == email_or_id)))
+            if row is None:
+                raise NotFound(f"no alias {email_or_id!r}")
+            s.delete(row)
+
+    # -- for the HTTP API: lookups by id, updates, DKIM rotation ----------------------------
+    def get_domain_by_id(self, domain_id: str) -> DomainRec:
+        with self._reads() as s:
+            row = s.get(m.Domain, domain_id)
+            if row is None:
+                raise NotFound(f"no domain {domain_id!r}")
+            return self._domain(s, row)
+
+    def add_dkim_keys(self, domain: str, keys: list[tuple[str, str, str, str]], status: str = "pending") -> DomainRec:
+        """New keys (selector, algorithm, encrypted private key, TXT) that do not sign yet."""
+        with self._sessions.begin() as s:
+            row = s.scalar(sa.select(m.Domain).where(m.Domain.name == domain))
+            if row is None:
+                raise NotFound(f"no domain {domain!r}")
+            now = utcnow()
+            for selector, algorithm, enc, txt in keys:
+                s.add(m.DkimKey(id=new_id("dkim"), domain_id=row.id, selector=selector, algorithm=algorithm,
+                                private_key_enc=enc, public_txt=txt, active=status == "active", status=status,
+                                created_at=now))
+            try:
+                s.flush()
+            except IntegrityError:
+                raise Conflict(f"DKIM selector exists already for {domain!r}") from None
+            return self._domain(s, row)
+
+    def activate_dkim(self, domain: str, selectors: list[str], retire_at: dt.datetime) -> DomainRec:
+        """The pending ``selectors`` sign from now on; the keys that signed until now retire at ``retire_at``."""
+        with self._sessions.begin() as s:
+            row = s.scalar(sa.select(m.Domain).where(m.Domain.name == domain))
+            if row is None:
+                raise NotFound(f"no domain {domain!r}")
+            keys = s.scalars(sa.select(m.DkimKey).where(m.DkimKey.domain_id == row.id)).all()
+            for k in keys:
+                if k.selector in selectors and k.status == "pending":
+                    k.status, k.active, k.retire_at = "active", True, None
+                elif k.status == "active" and k.selector not in selectors:
+                    k.status, k.active, k.retire_at = "retiring", False, retire_at
+            s.flush()
+            return self._domain(s, row)
+
+    def drop_retired_dkim(self, now: dt.datetime) -> int:
+        """Delete keys whose grace period is over (their DNS records may then be removed)."""
+        with self._sessions.begin() as s:
+            return s.execute(sa.delete(m.DkimKey).where(m.DkimKey.status == "retiring", m.DkimKey.retire_at <= now),
+                             execution_options={"synchronize_session": False}).rowcount
+
+    def domains_rotating(self) -> list[DomainRec]:
+        """Domains with a pending or retiring DKIM key (the rotation task's work)."""
+        with self._reads() as s:
+            ids = sa.select(m.DkimKey.domain_id).where(m.DkimKey.status.in_(("pending", "retiring")))
+            return [self._domain(s, r) for r in s.scalars(sa.select(m.Domain).where(m.Domain.id.in_(ids)))]
+
+    def update_upstream(self, upstream_id: str, **values: object) -> UpstreamRec:
+        """Change the given columns of one upstream (the caller validated and encrypted them)."""
+        with self._sessions.begin() as s:
+            row = s.get(m.Upstream, upstream_id)
+            if row is None:
+                raise NotFound(f"no upstream {upstream_id!r}")
+            name = values.get("name")
+            if name is not None and name != row.name and \
+                    s.scalar(sa.select(m.Upstream.id).where(m.Upstream.name == name)):
+                raise Conflict(f"upstream {name!r} exists already")
+            pool = values.get("ip_pool")
+            if pool is not None:
+                _ensure_pool(s, pool)
+            for column, value in values.items():
+                setattr(row, column, value)
+            s.flush()
+            return _upstream(row)
+
+    def update_alias(self, alias_id: str, **values: object) -> AliasRec:
+        """Change name, is_default or ip_pool (nothing else changes after creation); one default per account."""
+        with self._sessions.begin() as s:
+            row = s.get(m.Alias, alias_id)
+            if row is None:
+                raise NotFound(f"no alias {alias_id!r}")
+            pool = values.get("ip_pool")
+            if pool is not None:
+                _ensure_pool(s, pool)
+            if values.get("is_default"):
+                s.execute(sa.update(m.Alias).where(m.Alias.account_id == row.account_id, m.Alias.id != row.id)
+                          .values(is_default=False), execution_options={"synchronize_session": False})
+            for column in ("name", "is_default", "ip_pool"):
+                if column in values:
+                    setattr(row, column, values[column])
+            s.flush()
+            return _alias(row)
+
+    def alias_pending_mail(self, alias_id: str) -> int:
+        """Recipients of queued mail (queued, deferred, delivering) sent as this alias."""
+        with self._reads() as s:
+            return s.scalar(sa.select(sa.func.count()).select_from(m.Recipient).join(m.Message)
+                            .where(m.Message.alias_id == alias_id,
+                                   m.Recipient.state.in_(("queued", "deferred", "delivering")))) or 0

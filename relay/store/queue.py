@@ -1,0 +1,388 @@
+"""The durable queue: messages (body included), per-recipient state, events, suppressions.
+
+Hot-path writes take whole batches (one transaction, one fsync for many messages): the async
+side groups concurrent work through :class:`relay.store.runner.Batcher`. Recipient rows are
+addressed by (message id, address), so no generated key has to travel back to the caller.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from relay.errors import NotFound
+from relay.store import aware, utcnow
+from relay.store import models as m
+
+STATES = ("queued", "deferred", "delivering", "delivered", "bounced", "suppressed", "expired", "sandbox")
+PENDING = ("queued", "deferred", "delivering")
+FINAL = ("delivered", "bounced", "suppressed", "expired", "sandbox")  # sandbox: stored, never delivered
+_R = m.Recipient.__table__
+
+
+@dataclass
+class NewMessage:
+    id: str
+    ip_pool: str
+    mail_from: str
+    body: bytes = field(repr=False)
+    recipients: list[str]
+    created_at: dt.datetime
+    expires_at: dt.datetime
+    account_id: str | None = None
+    api_key_id: str | None = None
+    alias_id: str | None = None
+    header_message_id: str | None = None
+    subject: str | None = None
+    source: str = "smtp"
+    sandbox: bool = False
+    idempotency_key: str | None = None
+    tags: list[str] | None = None
+    meta: dict | None = None
+    lease_owner: str | None = None  # the accepting node makes the first attempt itself
+    lease_until: dt.datetime | None = None
+    suppressed: dict[str, str] = field(default_factory=dict)  # address -> reason: stored, never sent
+
+
+@dataclass
+class Outcome:
+    """One recipient's result after an attempt. ``state`` is one of STATES."""
+
+    message_id: str
+    address: str
+    state: str
+    code: int | None = None
+    reply: str | None = None
+    upstream: str | None = None
+    next_attempt_at: dt.datetime | None = None  # deferred only
+    attempted: bool = True
+    suppress_account_id: str | None = None  # hard bounce: add to that account's suppression list
+
+
+@dataclass
+class QueuedMessage:
+    """A message as the delivery side needs it: envelope, body and the recipients still to do."""
+
+    id: str
+    ip_pool: str
+    mail_from: str
+    body: bytes = field(repr=False)
+    recipients: list[str]
+    account_id: str | None
+    expires_at: dt.datetime
+    created_at: dt.datetime
+    source: str
+    attempts: int = 0
+
+
+@dataclass(frozen=True)
+class RecipientView:
+    address: str
+    state: str
+    attempts: int
+    next_attempt_at: dt.datetime | None
+    upstream: str | None
+    last_code: int | None
+    last_reply: str | None
+    updated_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class EventView:
+    type: str
+    at: dt.datetime
+    recipient: str | None
+    upstream: str | None
+    code: int | None
+    reply: str | None
+
+
+@dataclass(frozen=True)
+class MessageView:
+    id: str
+    account_id: str | None
+    alias_id: str | None
+    ip_pool: str
+    mail_from: str
+    header_message_id: str | None
+    subject: str | None
+    size: int
+    source: str
+    sandbox: bool
+    created_at: dt.datetime
+    expires_at: dt.datetime
+    recipients: tuple[RecipientView, ...] = ()
+    events: tuple[EventView, ...] = ()
+
+    @property
+    def state(self) -> str:
+        """The least-advanced recipient state, for listings (each recipient keeps its own)."""
+        order = {s: i for i, s in enumerate(STATES)}
+        return min((r.state for r in self.recipients), key=order.__getitem__, default="queued")
+
+
+class Queue:
+    def __init__(self, sessions: sessionmaker[Session], reads: sessionmaker[Session] | None = None) -> None:
+        self._sessions = sessions
+        self._reads = reads or sessions
+        self._engine = sessions.kw["bind"]
+        # Called inside the outcomes' transaction (relay.webhooks queues its events there).
+        self.on_outcomes: Callable[[sa.Connection, Sequence[Outcome], dt.datetime], None] | None = None
+
+    # -- hot path ---------------------------------------------------------------------------
+    def enqueue(self, batch: Sequence[NewMessage]) -> None:
+        """Commit many messages, their recipients and 'accepted' events in ONE transaction."""
+        self.apply(enqueue=batch)
+
+    def apply(self, *, enqueue: Sequence[NewMessage] = (), markers: Sequence[tuple[str, str, str]] = (),
+              outcomes: Sequence[Outcome] = (), now: dt.datetime | None = None) -> None:
+        """One transaction (one fsync) for everything the hot path has pending: new messages, pre-dot
+        markers and delivery outcomes. This is the group commit of :class:`relay.store.runner.StoreWriter`."""
+        now = now or utcnow()
+        with self._engine.begin() as conn:  # Core, not an ORM session: this is the hot path
+            if enqueue:
+                self._enqueue(conn, enqueue)
+            if markers:
+                self._mark(conn, markers, now)
+            if outcomes:
+                self._record(conn, outcomes, now)
+
+    def mark_fast(self, markers: Sequence[tuple[str, str, str]], now: dt.datetime | None = None,
+                  after: Sequence[Callable[[], None]] = ()) -> None:
+        """Pre-dot markers alone, committed without waiting for the disk flush; ``after`` runs the
+        moment the commit returns (it releases the held dots), before any other work.
+
+        A marker must survive a crash of THIS process (it then stops a second copy), which a commit
+        does once it is in the operating system's hands; it need not survive a power cut (a lost
+        marker only means a possible duplicate, never a loss, and any later full commit flushes it
+        anyway). Skipping the flush shortens the time between the marker becoming visible and the
+        held dot being released - the only window in which a crash can lose a message.
+        """
+        now = now or utcnow()
+        with self._engine.connect() as conn:
+            sqlite = conn.dialect.name == "sqlite"
+            if sqlite:
+                conn.connection.dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with conn.begin():
+                    if not sqlite:
+                        conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
+                    self._mark(conn, markers, now)
+                for fn in after:  # first thing after the commit: no round trip, no pool reset before it
+                    fn()
+            finally:
+                if sqlite:
+                    conn.connection.dbapi_connection.execute("PRAGMA synchronous=FULL")
+
+    def _enqueue(self, conn: sa.Connection, batch: Sequence[NewMessage]) -> None:
+        msgs, rcpts, events = [], [], []
+        for n in batch:
+            msgs.append(dict(
+                id=n.id, account_id=n.account_id, api_key_id=n.api_key_id, alias_id=n.alias_id,
+                ip_pool=n.ip_pool, mail_from=n.mail_from, header_message_id=n.header_message_id,
+                subject=n.subject, body=n.body, size=len(n.body), source=n.source, sandbox=n.sandbox,
+                idempotency_key=n.idempotency_key, tags=n.tags, meta=n.meta, created_at=n.created_at,
+                expires_at=n.expires_at))
+            for addr in n.recipients:
+                reason = n.suppressed.get(addr)
+                rcpts.append(dict(
+                    message_id=n.id, address=addr, attempts=0,
+                    state="suppressed" if reason else "sandbox" if n.sandbox else "queued",
+                    next_attempt_at=n.created_at, lease_owner=None if reason else n.lease_owner,
+                    lease_until=None if reason else n.lease_until, updated_at=n.created_at,
+                    last_reply=reason))
+                events.append(dict(message_id=n.id, recipient=addr, type="accepted", at=n.created_at))
+                if reason:
+                    events.append(dict(message_id=n.id, recipient=addr, type="suppressed", at=n.created_at,
+                                       reply=reason))
+        conn.execute(sa.insert(m.Message.__table__), msgs)
+        conn.execute(sa.insert(_R), rcpts)
+        conn.execute(sa.insert(m.Event.__table__), events)
+
+    def mark_dot_sent(self, items: Sequence[tuple[str, str, str]], now: dt.datetime | None = None) -> None:
+        """(message id, address, upstream): the final dot is about to go; commit that first."""
+        self.apply(markers=items, now=now)
+
+    def _mark(self, conn: sa.Connection, items: Sequence[tuple[str, str, str]], now: dt.datetime) -> None:
+        conn.execute(
+            sa.update(_R).where(_R.c.message_id == sa.bindparam("mid"), _R.c.address == sa.bindparam("addr"))
+            .values(state="delivering", dot_sent_at=now, upstream=sa.bindparam("up"), updated_at=now),
+            [dict(mid=i, addr=a, up=u) for i, a, u in items],
+        )
+
+    def record_outcomes(self, outcomes: Sequence[Outcome], now: dt.datetime | None = None) -> None:
+        """Write results and their events; release the leases; suppress hard bounces."""
+        self.apply(outcomes=outcomes, now=now)
+
+    def _record(self, conn: sa.Connection, outcomes: Sequence[Outcome], now: dt.datetime) -> None:
+        rows, events, suppress = [], [], []
+        for o in outcomes:
+            rows.append(dict(
+                mid=o.message_id, addr=o.address, st=o.state, code=o.code, reply=o.reply, up=o.upstream,
+                nxt=o.next_attempt_at or now, inc=1 if o.attempted else 0))
+            events.append(dict(message_id=o.message_id, recipient=o.address, type=o.state, at=now,
+                               upstream=o.upstream, code=o.code, reply=o.reply))
+            if o.suppress_account_id:
+                suppress.append((o.suppress_account_id, o.address, o.reply))
+        conn.execute(
+            sa.update(_R).where(_R.c.message_id == sa.bindparam("mid"), _R.c.address == sa.bindparam("addr"))
+            .values(state=sa.bindparam("st"), last_code=sa.bindparam("code"), last_reply=sa.bindparam("reply"),
+                    upstream=sa.bindparam("up"), next_attempt_at=sa.bindparam("nxt"),
+                    attempts=_R.c.attempts + sa.bindparam("inc"), lease_owner=None, lease_until=None,
+                    dot_sent_at=None, updated_at=now),
+            rows,
+        )
+        conn.execute(sa.insert(m.Event.__table__), events)
+        for account_id, address, reply in suppress:
+            self._suppress(conn, account_id, address, "hard_bounce", reply, now)
+        if self.on_outcomes is not None:
+            self.on_outcomes(conn, outcomes, now)
+
+    @staticmethod
+    def _suppress(conn: sa.Connection, account_id: str, address: str, reason: str, detail: str | None,
+                  now: dt.datetime) -> None:
+        t = m.Suppression.__table__
+        address = address.lower()  # one entry per address whatever its case (the policy matches lower())
+        where = (t.c.account_id == account_id, sa.func.lower(t.c.address) == address)
+        if conn.execute(sa.update(t).where(*where).values(reason=reason, detail=detail, expires_at=None)).rowcount == 0:
+            conn.execute(sa.insert(t).values(account_id=account_id, address=address, reason=reason, detail=detail,
+                                             created_at=now))
+
+    def recover(self, owner: str, now: dt.datetime | None = None) -> int:
+        """At start: finish what this node left mid-flight.
+
+        A recipient whose final dot had been sent may already be at the upstream: it is recorded
+        as delivered rather than sent a second time. Every other claim of this node is released so
+        the work is due at once. Returns how many recipients were resolved as delivered.
+        """
+        now = now or utcnow()
+        with self._sessions.begin() as s:
+            rows = s.execute(sa.select(m.Recipient.message_id, m.Recipient.address, m.Recipient.upstream)
+                             .where(m.Recipient.state == "delivering", m.Recipient.dot_sent_at.is_not(None),
+                                    sa.or_(m.Recipient.lease_owner == owner, m.Recipient.lease_until < now))).all()
+            self._resolve_dot_sent(s, rows, now)
+            s.execute(sa.update(m.Recipient)
+                      .where(m.Recipient.lease_owner == owner, m.Recipient.state.in_(PENDING))
+                      .values(lease_owner=None, lease_until=None), execution_options={"synchronize_session": False})
+            return len(rows)
+
+    def _resolve_dot_sent(self, s: Session, rows: Iterable, now: dt.datetime) -> None:
+        reply = "assumed delivered: the final dot had been sent when the delivering process stopped"
+        for mid, addr, upstream in rows:
+            s.execute(sa.update(m.Recipient)
+                      .where(m.Recipient.message_id == mid, m.Recipient.address == addr)
+                      .values(state="delivered", last_reply=reply, lease_owner=None, lease_until=None,
+                              dot_sent_at=None, updated_at=now))
+            s.add(m.Event(message_id=mid, recipient=addr, type="delivered", at=now, upstream=upstream, reply=reply))
+
+    def claim_due(self, owner: str, lease_seconds: float, limit: int = 200,
+                  now: dt.datetime | None = None) -> list[QueuedMessage]:
+        """Lease due recipients (deferred, or left by a dead node) and return their messages."""
+        now = now or utcnow()
+        until = now + dt.timedelta(seconds=lease_seconds)
+        with self._sessions.begin() as s:
+            stale = s.execute(sa.select(m.Recipient.message_id, m.Recipient.address, m.Recipient.upstream)
+                              .where(m.Recipient.state == "delivering", m.Recipient.lease_until < now)
+                              .with_for_update(skip_locked=True)).all()
+            self._resolve_dot_sent(s, stale, now)
+            q = (sa.select(m.Recipient.id, m.Recipient.message_id, m.Recipient.address, m.Recipient.attempts)
+                 .where(m.Recipient.state.in_(("queued", "deferred")), m.Recipient.next_attempt_at <= now,
+                        sa.or_(m.Recipient.lease_until.is_(None), m.Recipient.lease_until < now))
+                 .order_by(m.Recipient.next_attempt_at).limit(limit).with_for_update(skip_locked=True))
+            due = s.execute(q).all()
+            if not due:
+                return []
+            s.execute(sa.update(m.Recipient).where(m.Recipient.id.in_([r.id for r in due]))
+                      .values(lease_owner=owner, lease_until=until), execution_options={"synchronize_session": False})
+            by_msg: dict[str, list] = {}
+            for r in due:
+                by_msg.setdefault(r.message_id, []).append(r)
+            msgs = s.scalars(sa.select(m.Message).where(m.Message.id.in_(list(by_msg)))).all()
+            return [QueuedMessage(id=x.id, ip_pool=x.ip_pool, mail_from=x.mail_from, body=x.body,
+                                  recipients=[r.address for r in by_msg[x.id]], account_id=x.account_id,
+                                  expires_at=aware(x.expires_at), created_at=aware(x.created_at), source=x.source,
+                                  attempts=max(r.attempts for r in by_msg[x.id])) for x in msgs]
+
+    def renew_leases(self, owner: str, lease_seconds: float, now: dt.datetime | None = None) -> int:
+        """Extend this node's claims: a long backlog in the active queue must not be taken over by
+        another node while it is still being worked on here."""
+        now = now or utcnow()
+        with self._engine.begin() as conn:
+            return conn.execute(sa.update(_R).where(_R.c.lease_owner == owner, _R.c.state.in_(PENDING))
+                                .values(lease_until=now + dt.timedelta(seconds=lease_seconds))).rowcount
+
+    def next_due_at(self) -> dt.datetime | None:
+        with self._reads() as s:
+            return aware(s.scalar(sa.select(sa.func.min(m.Recipient.next_attempt_at))
+                                  .where(m.Recipient.state.in_(("queued", "deferred")))))
+
+    # -- admin --------------------------------------------------------------------------------
+    def _view(self, s: Session, msg: m.Message, detail: bool) -> MessageView:
+        rcpts = s.scalars(sa.select(m.Recipient).where(m.Recipient.message_id == msg.id).order_by(m.Recipient.id))
+        rv = tuple(RecipientView(r.address, r.state, r.attempts, aware(r.next_attempt_at), r.upstream, r.last_code,
+                                 r.last_reply, aware(r.updated_at)) for r in rcpts)
+        ev: tuple[EventView, ...] = ()
+        if detail:
+            ev = tuple(EventView(e.type, aware(e.at), e.recipient, e.upstream, e.code, e.reply)
+                       for e in s.scalars(sa.select(m.Event).where(m.Event.message_id == msg.id).order_by(m.Event.id)))
+        return MessageView(msg.id, msg.account_id, msg.alias_id, msg.ip_pool, msg.mail_from, msg.header_message_id,
+                           msg.subject, msg.size, msg.source, msg.sandbox, aware(msg.created_at),
+                           aware(msg.expires_at), rv, ev)
+
+    def list_messages(self, state: str | None = None, limit: int = 100) -> list[MessageView]:
+        with self._reads() as s:
+            q = sa.select(m.Message).order_by(m.Message.created_at.desc()).limit(limit)
+            if state:
+                q = q.where(m.Message.id.in_(sa.select(m.Recipient.message_id).where(m.Recipient.state == state)))
+            return [self._view(s, x, False) for x in s.scalars(q)]
+
+    def show(self, message_id: str) -> MessageView:
+        with self._reads() as s:
+            msg = s.get(m.Message, message_id)
+            if msg is None:
+                raise NotFound(f"no message {message_id!r}")
+            return self._view(s, msg, True)
+
+    def body(self, message_id: str) -> bytes:
+        with self._reads() as s:
+            body = s.scalar(sa.select(m.Message.body).where(m.Message.id == message_id))
+            if body is None:
+                raise NotFound(f"no message {message_id!r}")
+            return body
+
+    def retry(self, message_id: str | None = None, now: dt.datetime | None = None) -> int:
+        """Make deferred recipients (of one message, or all) due now. Returns how many."""
+        now = now or utcnow()
+        with self._sessions.begin() as s:
+            q = sa.update(m.Recipient).where(m.Recipient.state == "deferred")
+            if message_id:
+                if s.get(m.Message, message_id) is None:
+                    raise NotFound(f"no message {message_id!r}")
+                q = q.where(m.Recipient.message_id == message_id)
+            return s.execute(q.values(next_attempt_at=now), execution_options={"synchronize_session": False}).rowcount
+
+    def delete(self, message_id: str) -> None:
+        with self._sessions.begin() as s:
+            msg = s.get(m.Message, message_id)
+            if msg is None:
+                raise NotFound(f"no message {message_id!r}")
+            s.execute(sa.delete(m.Event).where(m.Event.message_id == message_id))
+            s.execute(sa.delete(m.Recipient).where(m.Recipient.message_id == message_id))
+            s.delete(msg)
+
+    def count_by_state(self) -> dict[str, int]:
+        with self._reads() as s:
+            return dict(s.execute(sa.select(m.Recipient.state, sa.func.count()).group_by(m.Recipient.state)).all())
+
+    # -- suppressions -------------------------------------------------------------------------
+    def suppressed(self, account_id: str, addresses: Sequence[str], now: dt.datetime | None = None) -> dict[str, str]:
+        now = now or utcnow()
+        with self._reads() as s:
+            rows = s.execute(sa.select(m.Suppression.address, m.Suppression.reason, m.Suppression.expires_at)
+                             .where(m.Suppression.account_id == account_id,
+                                    m.Suppression.address.in_(list(addresses)))).all()
+            return {a: r for a, r, exp in rows if exp is None or aware(exp) > now}

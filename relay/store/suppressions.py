@@ -1,0 +1,114 @@
+"""An account's suppression list: lookups for the policy, and the sysadmin's add/remove/import/export.
+
+Addresses are matched case-insensitively (``lower(address)``, indexed per account); entries whose
+``expires_at`` has passed no longer suppress. Hard bounces are added by the delivery side
+(:meth:`relay.store.queue.Queue.record_outcomes`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from relay.errors import NotFound
+from relay.store import aware, utcnow
+from relay.store import models as m
+
+REASONS = ("hard_bounce", "complaint", "unsubscribe", "manual")
+_S = m.Suppression
+
+
+@dataclass(frozen=True)
+class SuppressionRec:
+    address: str
+    reason: str
+    detail: str | None
+    expires_at: dt.datetime | None
+    created_at: dt.datetime
+
+    def active(self, now: dt.datetime) -> bool:
+        return self.expires_at is None or self.expires_at > now
+
+
+@dataclass(frozen=True)
+class NewSuppression:
+    address: str  # already normalized (lower case)
+    reason: str = "manual"
+    detail: str | None = None
+    expires_at: dt.datetime | None = None
+
+
+def _rec(r: m.Suppression) -> SuppressionRec:
+    return SuppressionRec(r.address.lower(), r.reason, r.detail, aware(r.expires_at), aware(r.created_at))
+
+
+class Suppressions:
+    def __init__(self, sessions: sessionmaker[Session], reads: sessionmaker[Session] | None = None) -> None:
+        self._sessions = sessions
+        self._reads = reads or sessions
+
+    def lookup(self, account_id: str, address: str, now: dt.datetime | None = None) -> SuppressionRec | None:
+        """The active entry for ``address`` (any case), or None."""
+        now = now or utcnow()
+        with self._reads() as s:
+            rows = s.scalars(sa.select(_S).where(_S.account_id == account_id,
+                                                 sa.func.lower(_S.address) == address.lower())).all()
+            recs = [_rec(r) for r in rows]
+        return next((r for r in recs if r.active(now)), None)
+
+    def add(self, account_id: str, entries: Iterable[NewSuppression], now: dt.datetime | None = None) -> tuple[int, int]:
+        """Insert or update entries (one transaction). Returns (added, updated)."""
+        now = now or utcnow()
+        entries = list(entries)
+        added = updated = 0
+        with self._sessions.begin() as s:
+            existing: dict[str, m.Suppression] = {}
+            if len(entries) > 20:
+                existing = {r.address.lower(): r for r in s.scalars(sa.select(_S).where(_S.account_id == account_id))}
+            else:
+                wanted = {e.address.lower() for e in entries}
+                if wanted:
+                    existing = {r.address.lower(): r for r in s.scalars(
+                        sa.select(_S).where(_S.account_id == account_id, sa.func.lower(_S.address).in_(wanted)))}
+            for e in entries:
+                key = e.address.lower()
+                row = existing.get(key)
+                if row is None:
+                    row = m.Suppression(account_id=account_id, address=key, reason=e.reason, detail=e.detail,
+                                        expires_at=e.expires_at, created_at=now)
+                    s.add(row)
+                    existing[key] = row
+                    added += 1
+                else:
+                    row.reason, row.detail, row.expires_at = e.reason, e.detail, e.expires_at
+                    updated += 1
+        return added, updated
+
+    def remove(self, account_id: str, addresses: Sequence[str]) -> int:
+        """Delete entries; NotFound names the first address that is not listed."""
+        with self._sessions.begin() as s:
+            total = 0
+            for a in addresses:
+                n = s.execute(sa.delete(_S).where(_S.account_id == account_id, sa.func.lower(_S.address) == a.lower()),
+                              execution_options={"synchronize_session": False}).rowcount
+                if not n:
+                    raise NotFound(f"{a} is not on the suppression list")
+                total += n
+            return total
+
+    def list(self, account_id: str, *, reason: str | None = None, include_expired: bool = False,
+             now: dt.datetime | None = None, limit: int | None = None) -> list[SuppressionRec]:
+        now = now or utcnow()
+        with self._reads() as s:
+            q = sa.select(_S).where(_S.account_id == account_id).order_by(_S.created_at.desc(), _S.id.desc())
+            if reason:
+                q = q.where(_S.reason == reason)
+            if not include_expired:
+                q = q.where(sa.or_(_S.expires_at.is_(None), _S.expires_at > now))
+            if limit:
+                q = q.limit(limit)
+            return [_rec(r) for r in s.scalars(q)]

@@ -1,0 +1,259 @@
+"""Crash recovery with real processes: ``relay serve`` killed with SIGKILL, then restarted.
+
+The gateway is provisioned with the ``relay`` CLI, runs as a subprocess, and delivers to a Sink
+(from conftest) running in the test's own event loop. Deliveries are counted by Message-ID at the
+sink; the alias verification mail also arrives there and is ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import json
+import os
+import shutil
+import signal
+import subprocess
+import uuid
+from collections import Counter
+from email import policy as email_policy
+from pathlib import Path
+
+import aiosmtplib
+import pytest
+from aiosmtpd.smtp import SMTP as AioSMTP, Envelope, Session
+
+from relay.config import load_settings
+from relay.store import Store
+from relay.store.queue import PENDING
+from tests.conftest import Received, Sink, free_port, wait_for
+
+SENDER = "app@example.com"
+N = 20
+
+
+class SlowSink(Sink):
+    """Takes the message when the final dot arrives (as an MTA that has committed it), then answers
+    only after ``delay`` seconds: a kill in that window leaves the gateway without the 250."""
+
+    delay: float = 0.3
+
+    async def handle_DATA(self, server: AioSMTP, session: Session, envelope: Envelope) -> str:
+        self.received.append(_received(envelope, session))
+        await asyncio.sleep(self.delay)
+        return "250 2.0.0 OK stored"
+
+
+def _received(envelope: Envelope, session: Session) -> Received:
+    return Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content, session.peer)
+
+
+class Node:
+    """One gateway data dir, its ports and its ``relay serve`` process."""
+
+    def __init__(self, tmp: Path, sink_port: int) -> None:
+        self.tmp = tmp
+        self.sink_port = sink_port
+        self.submission = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+        env.update({
+            "RELAY_DATA_DIR": str(tmp / "data"),
+            "RELAY_HOSTNAME": "relay.test",
+            "RELAY_SMTP_SUBMISSION": f"127.0.0.1:{self.submission}",
+            "RELAY_SMTP_SMTPS": f"127.0.0.1:{free_port()}",
+            "RELAY_API_LISTEN": f"127.0.0.1:{free_port()}",
+            "RELAY_DELIVERY_POLL_INTERVAL": "0.2",
+            "RELAY_DELIVERY_RETRY_BASE": "0.2",
+            "RELAY_DELIVERY_RETRY_MAX": "1",
+            "RELAY_DELIVERY_VERIFY_CERTIFICATES": "false",
+        })
+        self.env = env
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+        self.key = ""
+
+    def cli(self, *args: str) -> str:
+        res = subprocess.run(["relay", *args], env=self.env, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, f"relay {' '.join(args)} failed ({res.returncode}): {res.stdout}{res.stderr}"
+        return res.stdout
+
+    def provision(self) -> None:
+        self.cli("account", "create", "acme")
+        self.cli("domain", "add", "example.com", "--account", "acme")
+        self.cli("domain", "verify", "example.com", "--trust")
+        self.cli("pool", "add", "sink", "--ip-pool", "default", "--host", "127.0.0.1", "--port",
+                 str(self.sink_port), "--encryption", "none")
+        self.cli("alias", "add", SENDER, "--account", "acme")
+        self.cli("alias", "verify", SENDER)
+        self.key = json.loads(self.cli("key", "create", "--account", "acme", "--scopes", "send", "--json"))["key"]
+        assert self.key
+
+    async def start(self) -> None:
+        assert self.proc is None
+        self.starts += 1
+        log = open(self.tmp / f"serve{self.starts}.log", "wb")
+        self.proc = subprocess.Popen(["relay", "serve"], env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"relay serve exited with {self.proc.returncode}: {self.log()}")
+            try:
+                _, w = await asyncio.open_connection("127.0.0.1", self.submission)
+            except OSError:
+                if loop.time() > deadline:
+                    raise AssertionError(f"relay serve did not listen in time: {self.log()}")
+                await asyncio.sleep(0.05)
+                continue
+            w.close()
+            return
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        assert self.proc.returncode == -signal.SIGKILL
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def log(self) -> str:
+        return "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(self.tmp.glob("serve*.log")))
+
+    def pending(self) -> int:
+        store = Store(load_settings(None, env=self.env).database_url)
+        try:
+            counts = store.queue.count_by_state()
+        finally:
+            store.close()
+        return sum(counts.get(s, 0) for s in PENDING)
+
+    def states(self) -> Counter:
+        store = Store(load_settings(None, env=self.env).database_url)
+        try:
+            return Counter(store.queue.count_by_state())
+        finally:
+            store.close()
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    """Provisioned once with the CLI (~1 s a command); each test runs on its own copy of the data dir.
+    The upstream points at a port nobody listens on until a test starts its sink there."""
+    n = Node(tmp_path_factory.mktemp("template"), free_port())
+    n.provision()
+    return n
+
+
+@pytest.fixture
+def node(tmp_path, template):
+    nodes: list[Node] = []
+
+    def make() -> Node:
+        n = Node(tmp_path, template.sink_port)
+        shutil.copytree(template.tmp / "data", tmp_path / "data")
+        n.key = template.key
+        nodes.append(n)
+        return n
+
+    yield make
+    for n in nodes:
+        n.stop()
+
+
+async def submit_all(node: Node) -> list[str]:
+    """N messages on one connection; every one must get its 250. Returns the Message-IDs."""
+    mids = [f"<crash-{i}-{uuid.uuid4().hex}@example.com>" for i in range(N)]
+    smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=node.submission, start_tls=True, validate_certs=False,
+                           timeout=10)
+    await smtp.connect()
+    await smtp.login("apikey", node.key)
+    for i, mid in enumerate(mids):
+        raw = (f"From: App <{SENDER}>\r\nTo: r{i}@dest.org\r\nSubject: crash {i}\r\nMessage-ID: {mid}\r\n\r\n"
+               f"body {i}\r\n").encode()
+        errors, reply = await smtp.sendmail(SENDER, [f"r{i}@dest.org"], raw)
+        assert not errors and "queued as msg_" in reply, reply
+    await smtp.quit()
+    return mids
+
+
+def counts(sink: Sink, mids: list[str]) -> Counter:
+    wanted = set(mids)
+    c: Counter = Counter()
+    for rec in sink.received:
+        mid = (email.message_from_bytes(rec.data, policy=email_policy.compat32).get("Message-ID") or "").strip()
+        if mid in wanted:
+            c[mid] += 1
+    return c
+
+
+async def wait_settled(node: Node, timeout: float = 20) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while await asyncio.to_thread(node.pending):
+        if loop.time() > end:
+            raise AssertionError(f"queue not settled: {node.states()}\n{node.log()}")
+        await asyncio.sleep(0.1)
+
+
+async def test_kill9_right_after_accepting_then_restart_delivers_everything_once(node):
+    n = node()  # the upstream's port is closed for now
+    sink_port = n.sink_port
+    await n.start()
+    mids = await submit_all(n)
+    n.kill9()  # right after the 250s: nothing can have been delivered
+
+    sink = Sink(sink_port)
+    await sink.start()
+    try:
+        assert counts(sink, mids) == Counter()
+        await n.start()
+        await wait_for(lambda: len(counts(sink, mids)) == N, timeout=20)
+        await wait_settled(n)
+        await asyncio.sleep(0.3)  # a late duplicate would show up now
+        c = counts(sink, mids)
+        assert sorted(c) == sorted(mids)
+        assert all(v == 1 for v in c.values()), {k: v for k, v in c.items() if v != 1}
+        states = n.states()
+        assert states["delivered"] >= N + 1  # ours and the verification mail
+        assert set(states) == {"delivered"}
+    finally:
+        n.stop()
+        await sink.stop()
+
+
+async def test_kill9_with_deliveries_in_flight_loses_and_duplicates_nothing(node):
+    n = node()
+    sink = SlowSink(n.sink_port)
+    await sink.start()
+    try:
+        await n.start()
+        mids = await submit_all(n)
+        # kill while some bodies are at the sink and their 250 is still pending
+        await wait_for(lambda: len(counts(sink, mids)) >= 2, timeout=20, interval=0.005)
+        n.kill9()
+        got_before = len(counts(sink, mids))
+        assert 0 < got_before < N, "the kill came too late to hit deliveries in flight"
+
+        await n.start()
+        await wait_for(lambda: len(counts(sink, mids)) == N, timeout=20)
+        await wait_settled(n)
+        await asyncio.sleep(0.3)
+        c = counts(sink, mids)
+        assert sorted(c) == sorted(mids)  # every 250'd message arrived...
+        assert all(v == 1 for v in c.values()), {k: v for k, v in c.items() if v != 1}  # ...and none twice
+        assert set(n.states()) == {"delivered"}
+        assert "recovered deliveries whose final dot was sent" in n.log()
+    finally:
+        n.stop()
+        await sink.stop()

@@ -1,0 +1,595 @@
+"""Delivery over real SMTP: client -> gateway -> aiosmtpd upstream sinks.
+
+Every test asserts the per-recipient state the store keeps (``queue.show``) and exactly what each
+sink received. The alias verification mail that ``provision`` queues is delivered too; tests wait
+for it first (``settle``) so that scripted sink replies hit the test's own messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import uuid
+from collections import Counter
+from email import policy as email_policy
+
+import aiosmtplib
+import pytest
+from aiosmtpd.smtp import SMTP as AioSMTP, Envelope, Session
+
+from relay.delivery.upstream import Upstream, UpstreamConfig
+from relay.store.queue import FINAL, PENDING
+from tests.conftest import Sink, free_port, port_of, provision, wait_for
+
+SENDER = "app@example.com"
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+def make_msg(to: list[str], subject: str = "hello", message_id: str | None = None) -> tuple[bytes, str]:
+    mid = message_id or f"<{uuid.uuid4().hex}@example.com>"
+    raw = (f"From: App <{SENDER}>\r\nTo: {', '.join(to)}\r\nSubject: {subject}\r\nMessage-ID: {mid}\r\n"
+           f"\r\nhello {subject}\r\n").encode()
+    return raw, mid
+
+
+async def submit(gw, key: str, batch: list[tuple[list[str], bytes]]) -> list[str]:
+    """Send each (recipients, raw) on ONE authenticated submission connection; return the queue ids."""
+    smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port_of(gw, "submission"), start_tls=True,
+                           validate_certs=False, timeout=10)
+    await smtp.connect()
+    await smtp.login("apikey", key)
+    ids = []
+    try:
+        for rcpts, raw in batch:
+            errors, reply = await smtp.sendmail(SENDER, rcpts, raw)
+            assert not errors, errors
+            assert "queued as msg_" in reply, reply
+            ids.append(reply.rsplit(" ", 1)[1])
+    finally:
+        await smtp.quit()
+    return ids
+
+
+def pending(gw) -> int:
+    counts = gw.store.queue.count_by_state()
+    return sum(counts.get(s, 0) for s in PENDING)
+
+
+async def settle(gw, timeout: float = 10.0) -> None:
+    """Nothing left to deliver (every recipient in a final state)."""
+    await wait_for(lambda: pending(gw) == 0, timeout)
+
+
+def final(gw, qid: str) -> bool:
+    view = gw.store.queue.show(qid)
+    return all(r.state in FINAL for r in view.recipients)
+
+
+async def wait_final(gw, *qids: str, timeout: float = 10.0):
+    await wait_for(lambda: all(final(gw, q) for q in qids), timeout)
+    return [gw.store.queue.show(q) for q in qids]
+
+
+def rcpt_view(view, address: str):
+    (r,) = [r for r in view.recipients if r.address == address]
+    return r
+
+
+def events_of(view, address: str):
+    return [e for e in view.events if e.recipient == address]
+
+
+def by_message_id(sink: Sink) -> Counter:
+    c: Counter = Counter()
+    for rec in sink.received:
+        mid = email.message_from_bytes(rec.data, policy=email_policy.compat32).get("Message-ID")
+        c[(mid or "").strip()] += 1
+    return c
+
+
+def dsns(sink: Sink) -> list:
+    """What the sink received that is a delivery status notification (judged by its header block)."""
+    out = []
+    for r in sink.received:
+        head = r.data.split(b"\r\n\r\n", 1)[0].lower()
+        if b"multipart/report" in head and b"delivery-status" in head:
+            out.append(r)
+    return out
+
+
+def parse(raw: bytes):
+    return email.message_from_bytes(raw, policy=email_policy.default)
+
+
+def dsn_messages(gw):
+    return [m for m in gw.store.queue.list_messages(limit=1000) if m.source == "dsn"]
+
+
+# A short lease, so that a test that went wrong shows up as a retry rather than a 300 s hang.
+SHORT_LEASE = 2.0
+
+
+async def new_gw(gateway_factory, db_url: str | None = None, **delivery):
+    gw = await gateway_factory(db_url, delivery={"lease": SHORT_LEASE, **delivery})
+    gw.router.cooldown = 0.3
+    return gw
+
+
+async def start_gw(gateway_factory, sink_port: int, db_url: str | None = None, **delivery):
+    gw = await new_gw(gateway_factory, db_url, **delivery)
+    p = provision(gw, sink_port)
+    return gw, p
+
+
+class AlwaysSink(Sink):
+    """Answers every DATA with the same reply (a permanently unhappy upstream)."""
+
+    always: str = "451 4.3.0 try later"
+
+    async def handle_DATA(self, server: AioSMTP, session: Session, envelope: Envelope) -> str:
+        return self.always
+
+
+async def start_sink(cls, port: int | None = None) -> Sink:
+    sink = cls(port or free_port())
+    await sink.start()
+    return sink
+
+
+# -- retries and bounces ----------------------------------------------------------------------------
+async def test_4xx_then_250_is_delivered_on_retry(gateway_factory, sink_factory):
+    sink = await sink_factory()
+    gw, p = await start_gw(gateway_factory, sink.port)
+    await settle(gw)
+    before = len(sink.received)
+    sink.data_replies = ["451 4.3.0 try later"]
+    raw, mid = make_msg(["r@dest.org"], "retry me")
+    (qid,) = await submit(gw, p.key, [(["r@dest.org"], raw)])
+    (view,) = await wait_final(gw, qid)
+
+    r = rcpt_view(view, "r@dest.org")
+    assert r.state == "delivered"
+    assert r.attempts == 2
+    assert r.upstream == "sink"
+    assert r.last_code == 250
+    ev = events_of(view, "r@dest.org")
+    assert [e.type for e in ev] == ["accepted", "deferred", "delivered"]
+    assert ev[1].code == 451 and "try later" in ev[1].reply
+    assert ev[2].upstream == "sink" and ev[2].code == 250 and "stored" in ev[2].reply
+    assert ev[0].at <= ev[1].at <= ev[2].at
+
+    mine = sink.received[before:]
+    assert len(mine) == 1
+    assert mine[0].mail_from == SENDER and mine[0].rcpt_tos == ["r@dest.org"]
+    assert by_message_id(sink)[mid] == 1
+    assert not dsn_messages(gw)
+
+
+async def test_5xx_bounces_sends_one_dsn_and_suppresses(gateway_factory, sink_factory):
+    sink = await sink_factory()
+    gw, p = await start_gw(gateway_factory, sink.port)
+    await settle(gw)
+    before = len(sink.received)
+    sink.data_replies = ["550 5.1.1 no such user"]
+    raw, mid = make_msg(["gone@dest.org"], "Bounce subject 42")
+    (qid,) = await submit(gw, p.key, [(["gone@dest.org"], raw)])
+    (view,) = await wait_final(gw, qid)
+
+    r = rcpt_view(view, "gone@dest.org")
+    assert (r.state, r.attempts, r.last_code, r.upstream) == ("bounced", 1, 550, "sink")
+    ev = events_of(view, "gone@dest.org")
+    assert [e.type for e in ev] == ["accepted", "bounced"]
+    assert ev[1].upstream == "sink" and ev[1].reply == "5.1.1 no such user"
+
+    # the DSN: queued as system mail from <> to the envelope sender, delivered through the default pool
+    await wait_for(lambda: len(dsns(sink)) == 1)
+    await settle(gw)
+    (d,) = dsns(sink)
+    assert d.mail_from in ("", "<>") and d.rcpt_tos == [SENDER]  # aiosmtpd reports MAIL FROM:<> as "<>"
+    assert len(sink.received) == before + 1  # the original never arrived: only the DSN
+    assert by_message_id(sink)[mid] == 0
+    msg = parse(d.data)
+    assert msg.get_content_type() == "multipart/report"
+    assert msg.get_param("report-type") == "delivery-status"
+    parts = {p_.get_content_type(): p_ for p_ in msg.get_payload()}
+    _, block = parts["message/delivery-status"].get_payload()
+    assert block["Final-Recipient"] == "rfc822; gone@dest.org"
+    assert block["Action"] == "failed" and block["Status"] == "5.1.1"
+    headers = parts["text/rfc822-headers"].get_payload()
+    assert "Subject: Bounce subject 42" in headers and mid in headers
+
+    (dmsg,) = dsn_messages(gw)
+    assert dmsg.mail_from == "" and dmsg.account_id == view.account_id
+    assert [(x.address, x.state) for x in dmsg.recipients] == [(SENDER, "delivered")]
+
+    assert gw.store.queue.suppressed(view.account_id, ["gone@dest.org", "other@dest.org"]) == {
+        "gone@dest.org": "hard_bounce"}
+
+
+async def test_soft_5xx_bounces_without_suppression(gateway_factory, sink_factory):
+    sink = await sink_factory()
+    gw, p = await start_gw(gateway_factory, sink.port)
+    await settle(gw)
+    sink.data_replies = ["554 5.7.1 rejected as spam"]
+    raw, _ = make_msg(["x@dest.org"], "spammy")
+    (qid,) = await submit(gw, p.key, [(["x@dest.org"], raw)])
+    (view,) = await wait_final(gw, qid)
+    assert rcpt_view(view, "x@dest.org").state == "bounced"
+    await wait_for(lambda: len(dsns(sink)) == 1)
+    assert gw.store.queue.suppressed(view.account_id, ["x@dest.org"]) == {}
+
+
+async def test_a_bouncing_dsn_gets_no_dsn(gateway_factory, sink_factory):
+    sink = await sink_factory()
+    gw, p = await start_gw(gateway_factory, sink.port)
+    await settle(gw)
+    before = len(sink.received)
+    sink.data_replies = ["550 5.1.1 no such user", "550 5.1.1 sender mailbox gone"]
+    raw, _ = make_msg(["gone@dest.org"], "double bounce")
+    (qid,) = await submit(gw, p.key, [(["gone@dest.org"], raw)])
+    await wait_final(gw, qid)
+    await wait_for(lambda: len(dsn_messages(gw)) == 1 and final(gw, dsn_messages(gw)[0].id))
+    (dmsg,) = dsn_messages(gw)
+    dview = gw.store.queue.show(dmsg.id)
+    assert [(r.address, r.state, r.last_code) for r in dview.recipients] == [(SENDER, "bounced", 550)]
+    # give the scheduler time to (wrongly) produce a DSN about the DSN
+    await asyncio.sleep(0.5)
+    assert len(dsn_messages(gw)) == 1
+    assert len(gw.store.queue.list_messages(limit=1000)) == 3  # verification, original, one DSN
+    assert len(sink.received) == before  # both were refused; nothing else was sent
+    assert not sink.data_replies
+
+
+async def test_rcpt_level_550_bounces_one_recipient_delivers_the_other(gateway_factory, sink_factory):
+    sink = await sink_factory()
+    gw, p = await start_gw(gateway_factory, sink.port)
+    await settle(gw)
+    before = len(sink.received)
+    sink.rcpt_replies = {"bad@dest.org": "550 5.1.1 no such user"}
+    raw, mid = make_msg(["good@dest.org", "bad@dest.org"], "mixed")
+    (qid,) = await submit(gw, p.key, [(["good@dest.org", "bad@dest.org"], raw)])
+    (view,) = await wait_final(gw, qid)
+    good, bad = rcpt_view(view, "good@dest.org"), rcpt_view(view, "bad@dest.org")
+    assert (good.state, good.attempts, good.last_code) == ("delivered", 1, 250)
+    assert (bad.state, bad.attempts, bad.last_code, bad.last_reply) == ("bounced", 1, 550, "5.1.1 no such user")
+    assert [e.type for e in events_of(view, "bad@dest.org")] == ["accepted", "bounced"]
+    assert events_of(view, "bad@dest.org")[1].upstream == "sink"
+
+    await wait_for(lambda: len(dsns(sink)) == 1)
+    await settle(gw)
+    mine = [r for r in sink.received[before:] if r not in dsns(sink)]
+    assert len(mine) == 1 and mine[0].rcpt_tos == ["good@dest.org"]
+    assert by_message_id(sink)[mid] == 1
+    (d,) = dsns(sink)
+    _, *blocks = [x for x in parse(d.data).get_payload() if x.get_content_type() == "message/delivery-status"][0] \
+        .get_payload()
+    assert [b["Final-Recipient"] for b in blocks] == ["rfc822; bad@dest.org"]
+    assert len(dsn_messages(gw)) == 1
+    assert gw.store.queue.suppressed(view.account_id, ["bad@dest.org", "good@dest.org"]) == {
+        "bad@dest.org": "hard_bounce"}
+
+
+class OnceRcptSink(Sink):
+    """``rcpt_once``: address -> reply given to the first RCPT for it only."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(port)
+        self.rcpt_once: dict[str, str] = {}
+
+    async def handle_RCPT(self, server, session, envelope, address, options):
+        reply = self.rcpt_once.pop(address, None)
+        if reply:
+            return reply
+        return await super().handle_RCPT(server, session, envelope, address, options)
+
+
+async def test_rcpt_level_4xx_retries_only_that_recipient(gateway_factory):
+    sink = await start_sink(OnceRcptSink)
+    try:
+        gw, p = await start_gw(gateway_factory, sink.port)
+        await settle(gw)
+        before = len(sink.received)
+        sink.rcpt_once = {"later@dest.org": "452 4.2.2 mailbox busy"}
+        raw, mid = make_msg(["now@dest.org", "later@dest.org"], "partly later")
+        (qid,) = await submit(gw, p.key, [(["now@dest.org", "later@dest.org"], raw)])
+        (view,) = await wait_final(gw, qid)
+        now, later = rcpt_view(view, "now@dest.org"), rcpt_view(view, "later@dest.org")
+        assert (now.state, now.attempts) == ("delivered", 1)
+        assert (later.state, later.attempts) == ("delivered", 2)
+        assert [e.type for e in events_of(view, "later@dest.org")] == ["accepted", "deferred", "delivered"]
+        assert [r.rcpt_tos for r in sink.received[before:]] == [["now@dest.org"], ["later@dest.org"]]
+        assert by_message_id(sink)[mid] == 2  # one copy per recipient, nobody twice
+        assert not dsn_messages(gw)
+    finally:
+        await sink.stop()
+
+
+async def test_rcpt_550_and_451_with_none_accepted_bounces_the_550(gateway_factory, sink_factory):
+    sink = await sink_factory()
+    gw, p = await start_gw(gateway_factory, sink.port)
+    await settle(gw)
+    sink.rcpt_replies = {"bad@dest.org": "550 5.1.1 no such user", "busy@dest.org": "451 4.2.0 busy"}
+    raw, _ = make_msg(["bad@dest.org", "busy@dest.org"], "none accepted")
+    (qid,) = await submit(gw, p.key, [(["bad@dest.org", "busy@dest.org"], raw)])
+    await wait_for(lambda: rcpt_view(gw.store.queue.show(qid), "bad@dest.org").attempts >= 1
+                   and rcpt_view(gw.store.queue.show(qid), "busy@dest.org").attempts >= 1)
+    view = gw.store.queue.show(qid)
+    bad, busy = rcpt_view(view, "bad@dest.org"), rcpt_view(view, "busy@dest.org")
+    assert busy.state in ("deferred", "queued", "delivering")
+    assert (bad.state, bad.last_code) == ("bounced", 550)
+
+
+# -- upstream selection -------------------------------------------------------------------------------
+async def test_priority_failover_when_the_first_upstream_is_down(gateway_factory, sink_factory):
+    sink = await sink_factory()
+    gw = await new_gw(gateway_factory)
+    dead = free_port()
+    gw.admin.add_upstream(name="primary", ip_pool="default", host="127.0.0.1", port=dead, encryption="none",
+                          priority=0)
+    gw.admin.add_upstream(name="backup", ip_pool="default", host="127.0.0.1", port=sink.port, encryption="none",
+                          priority=1)
+    gw.load_upstreams()
+    p = provision(gw, sink.port, upstream="backup")
+    assert [u.name for u in gw.router.order("default")] == ["primary", "backup"]
+    await settle(gw)
+    batch = [make_msg([f"r{i}@dest.org"], f"failover {i}") for i in range(6)]
+    qids = await submit(gw, p.key, [([f"r{i}@dest.org"], raw) for i, (raw, _) in enumerate(batch)])
+    views = await wait_final(gw, *qids)
+    for i, v in enumerate(views):
+        r = rcpt_view(v, f"r{i}@dest.org")
+        assert (r.state, r.upstream, r.attempts) == ("delivered", "backup", 1)
+        ev = events_of(v, f"r{i}@dest.org")
+        assert [e.type for e in ev] == ["accepted", "delivered"] and ev[1].upstream == "backup"
+    counts = by_message_id(sink)
+    assert all(counts[mid] == 1 for _, mid in batch)
+    assert gw.router.breakers[[u for u in gw.router.all_upstreams() if u.name == "primary"][0].cfg.id].failures >= 1
+
+
+async def test_weights_share_the_load_among_equal_priorities(gateway_factory, sink_factory):
+    heavy, light = await sink_factory(), await sink_factory()
+    gw = await new_gw(gateway_factory)
+    gw.admin.add_upstream(name="heavy", ip_pool="default", host="127.0.0.1", port=heavy.port, encryption="none",
+                          weight=3)
+    gw.admin.add_upstream(name="light", ip_pool="default", host="127.0.0.1", port=light.port, encryption="none",
+                          weight=1)
+    p = provision(gw, heavy.port, upstream="heavy")
+    await settle(gw)
+    n = 48
+    batch = [make_msg([f"w{i}@dest.org"], f"weight {i}") for i in range(n)]
+    qids = await submit(gw, p.key, [([f"w{i}@dest.org"], raw) for i, (raw, _) in enumerate(batch)])
+    views = await wait_final(gw, *qids, timeout=20)
+    ups = Counter(v.recipients[0].upstream for v in views)
+    assert all(v.recipients[0].state == "delivered" for v in views)
+    h, l_ = by_message_id(heavy), by_message_id(light)
+    mids = [mid for _, mid in batch]
+    assert all(h[m] + l_[m] == 1 for m in mids)
+    got_heavy, got_light = sum(h[m] for m in mids), sum(l_[m] for m in mids)
+    assert (got_heavy, got_light) == (ups["heavy"], ups["light"])
+    assert got_light > 0 and got_heavy > got_light  # expected ~36 / ~12
+
+
+async def test_all_upstreams_down_then_one_comes_back(gateway_factory, sink_factory):
+    port_a, port_b = free_port(), free_port()
+    gw = await new_gw(gateway_factory)
+    gw.admin.add_upstream(name="a", ip_pool="default", host="127.0.0.1", port=port_a, encryption="none")
+    gw.admin.add_upstream(name="b", ip_pool="default", host="127.0.0.1", port=port_b, encryption="none",
+                          priority=1)
+    p = provision(gw, port_a, upstream="a")
+    batch = [make_msg([f"d{i}@dest.org"], f"down {i}") for i in range(5)]
+    qids = await submit(gw, p.key, [([f"d{i}@dest.org"], raw) for i, (raw, _) in enumerate(batch)])
+    await wait_for(lambda: all(gw.store.queue.show(q).recipients[0].attempts >= 2 for q in qids))
+    view = gw.store.queue.show(qids[0])
+    assert view.recipients[0].state in ("deferred", "queued", "delivering")
+    assert "deferred" in [e.type for e in view.events]
+
+    sink = await sink_factory(port_b)  # the second one comes back on its old port
+    views = await wait_final(gw, *qids)
+    assert all(v.recipients[0].state == "delivered" and v.recipients[0].upstream == "b" for v in views)
+    await settle(gw)
+    counts = by_message_id(sink)
+    assert all(counts[mid] == 1 for _, mid in batch)
+    assert sorted(counts.values()) == [1] * len(counts)  # verification mail included: nothing twice
+    assert not dsn_messages(gw)
+
+
+# -- sessions -------------------------------------------------------------------------------------------
+async def test_421_in_a_reused_session_is_retried_and_delivered_once(gateway_factory, sink_factory):
+    sink = await sink_factory()
+    gw, p = await start_gw(gateway_factory, sink.port)
+    await settle(gw)  # the verification mail opened the pooled session
+    assert sink.connections == 1
+    raw1, mid1 = make_msg(["one@dest.org"], "first")
+    (q1,) = await submit(gw, p.key, [(["one@dest.org"], raw1)])
+    (v1,) = await wait_final(gw, q1)
+    assert rcpt_view(v1, "one@dest.org").state == "delivered"
+    assert sink.connections == 1  # kept and reused
+
+    sink.data_replies = ["421 4.3.2 shutting down"]
+    raw2, mid2 = make_msg(["two@dest.org"], "second")
+    (q2,) = await submit(gw, p.key, [(["two@dest.org"], raw2)])
+    (v2,) = await wait_final(gw, q2)
+    r = rcpt_view(v2, "two@dest.org")
+    assert (r.state, r.attempts) == ("delivered", 2)
+    ev = events_of(v2, "two@dest.org")
+    assert [e.type for e in ev] == ["accepted", "deferred", "delivered"]
+    assert ev[1].code == 421
+    assert sink.connections == 2  # a fresh session after the 421
+    counts = by_message_id(sink)
+    assert counts[mid1] == 1 and counts[mid2] == 1
+
+
+async def test_connection_reuse(gateway_factory, sink_factory):
+    sink = await sink_factory()
+    gw = await new_gw(gateway_factory)
+    gw.admin.add_upstream(name="sink", ip_pool="default", host="127.0.0.1", port=sink.port, encryption="none",
+                          max_connections=3)
+    p = provision(gw, sink.port)
+    await settle(gw)
+    batch = [make_msg([f"c{i}@dest.org"], f"reuse {i}") for i in range(30)]
+    qids = await submit(gw, p.key, [([f"c{i}@dest.org"], raw) for i, (raw, _) in enumerate(batch)])
+    views = await wait_final(gw, *qids)
+    assert all(v.recipients[0].state == "delivered" for v in views)
+    counts = by_message_id(sink)
+    assert all(counts[mid] == 1 for _, mid in batch)
+    (up,) = gw.router.all_upstreams()
+    assert 1 <= sink.connections <= 3
+    assert up.connections_opened == sink.connections
+
+
+async def test_probe_reports_success_and_failure_without_raising(sink_factory):
+    sink = await sink_factory()
+    cfg = UpstreamConfig(id="up_probe", name="probe", host="127.0.0.1", port=sink.port, encryption="none")
+    up = Upstream(cfg, local_hostname="relay.test", connect_timeout=2, command_timeout=2)
+    ok = await up.probe()
+    assert ok["success"] is True
+    assert ok["message"] == "SMTP connection successful"
+    assert isinstance(ok["latencyMs"], int) and 0 <= ok["latencyMs"] < 2000
+    assert "error" not in ok
+    assert sink.connections == 1 and sink.received == []
+    assert up.open_connections == 0
+
+    dead = UpstreamConfig(id="up_dead", name="dead", host="127.0.0.1", port=free_port(), encryption="none")
+    bad = await Upstream(dead, local_hostname="relay.test", connect_timeout=2, command_timeout=2).probe()
+    assert bad["success"] is False
+    assert bad["message"] == "SMTP connection failed"
+    assert bad["error"] and str(dead.port) in bad["error"]
+    assert isinstance(bad["latencyMs"], int)
+
+
+async def test_dot_stuffing_is_transparent_end_to_end(gateway_factory, sink_factory):
+    sink = await sink_factory()
+    gw, p = await start_gw(gateway_factory, sink.port)
+    await settle(gw)
+    mid = f"<{uuid.uuid4().hex}@example.com>"
+    raw = (f"From: App <{SENDER}>\r\nTo: dots@dest.org\r\nSubject: dots\r\nMessage-ID: {mid}\r\n\r\n"
+           ".leading dot\r\n..two dots\r\n.\r\nlast line\r\n").encode()
+    (qid,) = await submit(gw, p.key, [(["dots@dest.org"], raw)])
+    (view,) = await wait_final(gw, qid)
+    assert view.recipients[0].state == "delivered"
+    (got,) = [r for r in sink.received if r.rcpt_tos == ["dots@dest.org"]]
+    body = got.data.split(b"\r\n\r\n", 1)[1]
+    assert body == b".leading dot\r\n..two dots\r\n.\r\nlast line\r\n"
+
+
+# -- expiry ---------------------------------------------------------------------------------------------
+async def test_expiry_marks_expired_and_queues_a_dsn(gateway_factory):
+    sink = await start_sink(AlwaysSink)
+    try:
+        gw = await new_gw(gateway_factory, max_age=0.5)
+        p = provision(gw, sink.port)
+        raw, mid = make_msg(["late@dest.org"], "too late")
+        (qid,) = await submit(gw, p.key, [(["late@dest.org"], raw)])
+        (view,) = await wait_final(gw, qid)
+        r = rcpt_view(view, "late@dest.org")
+        assert r.state == "expired"
+        assert r.attempts >= 1  # usually 2-4; a loaded machine may reach the deadline on the first try
+        assert r.last_reply.startswith("message expired after retries; last reply:")
+        types = [e.type for e in events_of(view, "late@dest.org")]
+        assert types == ["accepted"] + ["deferred"] * (r.attempts - 1) + ["expired"]
+        assert gw.store.queue.suppressed(view.account_id, ["late@dest.org"]) == {}
+
+        def my_dsn():
+            return [m for m in dsn_messages(gw) if [x.address for x in m.recipients] == [SENDER]]
+
+        await wait_for(lambda: len(my_dsn()) == 1)
+        (d,) = my_dsn()
+        assert d.mail_from == "" and d.source == "dsn"
+        assert d.account_id == view.account_id
+        assert d.recipients[0].state in ("queued", "deferred", "delivering", "expired")
+        body = parse(gw.store.queue.body(d.id))
+        assert body.get_param("report-type") == "delivery-status"
+        _, block = [x for x in body.get_payload() if x.get_content_type() == "message/delivery-status"][0] \
+            .get_payload()
+        assert block["Final-Recipient"] == "rfc822; late@dest.org" and block["Action"] == "failed"
+        assert mid in [x for x in body.get_payload() if x.get_content_type() == "text/rfc822-headers"][0].get_payload()
+        assert sink.received == []
+        # the DSN expires in turn (same max_age) without a DSN of its own
+        await wait_for(lambda: final(gw, d.id))
+        await asyncio.sleep(0.3)
+        assert len(my_dsn()) == 1
+        assert all(m.mail_from != "" or m.source == "dsn" for m in gw.store.queue.list_messages(limit=1000))
+    finally:
+        await sink.stop()
+
+
+# -- PostgreSQL -------------------------------------------------------------------------------------------
+async def test_happy_path_on_postgresql(gateway_factory, sink_factory, pg_url):
+    sink = await sink_factory()
+    gw, p = await start_gw(gateway_factory, sink.port, pg_url)
+    assert gw.store.dialect == "postgresql"
+    raw, mid = make_msg(["pg@dest.org", "pg2@dest.org"], "on postgres")
+    (qid,) = await submit(gw, p.key, [(["pg@dest.org", "pg2@dest.org"], raw)])
+    (view,) = await wait_final(gw, qid)
+    for addr in ("pg@dest.org", "pg2@dest.org"):
+        r = rcpt_view(view, addr)
+        assert (r.state, r.attempts, r.upstream, r.last_code) == ("delivered", 1, "sink", 250)
+        assert [e.type for e in events_of(view, addr)] == ["accepted", "delivered"]
+    assert view.header_message_id == mid and view.subject == "on postgres"
+    await settle(gw)
+    assert by_message_id(sink)[mid] == 1
+    (got,) = [r for r in sink.received if r.rcpt_tos != [p.alias]]
+    assert sorted(got.rcpt_tos) == ["pg2@dest.org", "pg@dest.org"] and got.mail_from == SENDER
+
+
+class _Alternating:
+    """A stand-in for the scheduler's Random: jitter 0.0, 0.999, 0.0, ... (deterministic spread)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def random(self) -> float:
+        self.n += 1
+        return 0.0 if self.n % 2 else 0.999
+
+
+class SlowOnceRcptSink(OnceRcptSink):
+    data_delay = 0.8
+
+    async def handle_DATA(self, server, session, envelope):
+        await asyncio.sleep(self.data_delay)
+        return await super().handle_DATA(server, session, envelope)
+
+
+async def test_recipients_of_one_message_due_at_different_times_are_all_retried(gateway_factory):
+    sink = await start_sink(SlowOnceRcptSink)
+    try:
+        gw, p = await start_gw(gateway_factory, sink.port, retry_base=1, retry_max=2, lease=300)
+        await settle(gw)
+        gw.scheduler.rand = _Alternating()  # A is due again after 0.5 s, B after ~1 s
+        sink.rcpt_once = {"a@dest.org": "452 4.2.2 busy", "b@dest.org": "452 4.2.2 busy"}
+        raw, mid = make_msg(["a@dest.org", "b@dest.org"], "two retry times")
+        (qid,) = await submit(gw, p.key, [(["a@dest.org", "b@dest.org"], raw)])
+        # A's retry takes 0.8 s at the sink; B falls due meanwhile. Both should be done well within 4 s.
+        await wait_final(gw, qid, timeout=4)
+        view = gw.store.queue.show(qid)
+        assert [(r.address, r.state) for r in view.recipients] == [("a@dest.org", "delivered"),
+                                                                  ("b@dest.org", "delivered")]
+        got = Counter(a for r in sink.received for a in r.rcpt_tos if a in ("a@dest.org", "b@dest.org"))
+        assert got == {"a@dest.org": 1, "b@dest.org": 1}
+    finally:
+        await sink.stop()
+
+
+class _Zero:
+    def random(self) -> float:
+        return 0.0
+
+
+async def test_a_retry_that_falls_due_before_the_attempt_has_finished_is_not_stranded(gateway_factory, sink_factory):
+    sink = await sink_factory()
+    gw, p = await start_gw(gateway_factory, sink.port, lease=300)
+    await settle(gw)
+    gw.scheduler.rand = _Zero()  # the retry is due 0.1 s after the attempt started
+    deliver = gw.scheduler.deliver
+
+    async def deliver_then_linger(msg):  # outcome committed, worker slow to come back (a busy loop)
+        await deliver(msg)
+        await asyncio.sleep(0.6)
+
+    gw.scheduler.deliver = deliver_then_linger
+    sink.data_replies = ["451 4.3.0 try later"]
+    raw, mid = make_msg(["r@dest.org"], "due early")
+    (qid,) = await submit(gw, p.key, [(["r@dest.org"], raw)])
+    (view,) = await wait_final(gw, qid, timeout=4)
+    assert (view.recipients[0].state, view.recipients[0].attempts) == ("delivered", 2)
+    assert by_message_id(sink)[mid] == 1

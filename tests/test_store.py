@@ -1,0 +1,283 @@
+"""relay.store: migrations, SQLite durability settings, and the queue's state machine.
+
+Every test that takes ``db_url`` runs on SQLite and on PostgreSQL. Time is passed explicitly
+(``now=``) so leases and retries are checked without sleeping.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+
+import pytest
+import sqlalchemy as sa
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy.exc import IntegrityError
+
+from relay.errors import NotFound
+from relay.store import MIGRATIONS, Store, utcnow
+from relay.store import models as m
+from relay.store.queue import NewMessage, Outcome
+
+T0 = utcnow().replace(microsecond=0) + dt.timedelta(days=1)  # in the future: nothing else is due then
+
+
+def at(seconds: float) -> dt.datetime:
+    return T0 + dt.timedelta(seconds=seconds)
+
+
+def new(mid: str, recipients: list[str], *, created: float = 0, owner: str | None = None, lease: float = 300,
+        account_id: str | None = None, suppressed: dict[str, str] | None = None, subject: str | None = None,
+        body: bytes = b"From: a@example.com\r\n\r\nbody\r\n") -> NewMessage:
+    return NewMessage(
+        id=mid, ip_pool="default", mail_from="a@example.com", body=body, recipients=recipients,
+        created_at=at(created), expires_at=at(created + 86400), account_id=account_id,
+        header_message_id=f"<{mid}@relay.test>", subject=subject or mid, lease_owner=owner,
+        lease_until=at(created + lease) if owner else None, suppressed=suppressed or {})
+
+
+@pytest.fixture
+def store(db_url):
+    s = Store(db_url, node_id="node_test")
+    s.migrate()
+    yield s
+    s.close()
+
+
+def rcpts(store: Store, mid: str) -> dict[str, tuple]:
+    return {r.address: (r.state, r.attempts, r.upstream, r.last_code) for r in store.queue.show(mid).recipients}
+
+
+def events(store: Store, mid: str) -> list[tuple]:
+    return [(e.type, e.recipient, e.upstream, e.code) for e in store.queue.show(mid).events]
+
+
+def claimed(msgs) -> dict[str, list[str]]:
+    return {q.id: sorted(q.recipients) for q in msgs}
+
+
+# -- schema ---------------------------------------------------------------------------------------------
+def test_migrations_run_twice_and_keep_data(db_url):
+    first = Store(db_url)
+    first.migrate()
+    first.directory.create_account("acme")
+    first.migrate()
+    second = Store(db_url)
+    second.migrate()
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    with second.engine.connect() as c:
+        assert c.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all() == [head]
+    tables = set(sa.inspect(second.engine).get_table_names())
+    assert {t.name for t in m.Base.metadata.sorted_tables} <= tables
+    assert [a.name for a in second.directory.list_accounts()] == ["acme"]
+    first.close()
+    second.close()
+
+
+def test_sqlite_is_in_wal_mode_with_full_sync(tmp_path):
+    store = Store(f"sqlite:///{tmp_path}/sub/relay.db")
+    store.migrate()
+    conns = [store.engine.raw_connection() for _ in range(2)]  # every pooled connection is set up
+    try:
+        for conn in conns:
+            cur = conn.cursor()
+            assert cur.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert cur.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+            assert cur.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+            cur.close()
+    finally:
+        for conn in conns:
+            conn.close()
+    assert (tmp_path / "sub" / "relay.db").exists()
+    store.close()
+
+
+def test_sqlite_reads_do_not_wait_for_an_open_write_transaction(tmp_path):
+    store = Store(f"sqlite:///{tmp_path}/relay.db")
+    store.migrate()
+    store.directory.create_account("acme")
+    writer = store.engine.connect()
+    tx = writer.begin()  # BEGIN IMMEDIATE: holds the write lock, as a slow group commit would
+    writer.execute(sa.insert(m.Account).values(id="acc_2", name="pending", created_at=utcnow()))
+    pool = ThreadPoolExecutor(1)
+    try:
+        read = pool.submit(store.directory.list_accounts)
+        try:
+            names = [a.name for a in read.result(timeout=0.5)]
+        except FutureTimeout:
+            names = None
+        assert names == ["acme"]  # the committed snapshot, at once
+    finally:
+        tx.rollback()
+        writer.close()
+        pool.shutdown(wait=True)
+        store.close()
+
+
+# -- enqueue and read back --------------------------------------------------------------------------------
+def test_enqueue_a_batch_and_read_it_back(store):
+    q = store.queue
+    q.enqueue([
+        new("msg_1", ["a@dest.org", "b@dest.org"], created=0, owner="node_test", subject="first"),
+        new("msg_2", ["c@dest.org"], created=1, subject="second", body=b"From: a@example.com\r\n\r\n" + b"x" * 1000),
+        new("msg_3", ["d@dest.org", "gone@dest.org"], created=2, suppressed={"gone@dest.org": "hard_bounce"}),
+    ])
+    listed = q.list_messages()
+    assert [v.id for v in listed] == ["msg_3", "msg_2", "msg_1"]  # newest first
+    assert [v.state for v in listed] == ["queued", "queued", "queued"]
+    assert listed[0].events == ()  # listings carry no events
+
+    v = q.show("msg_1")
+    assert (v.ip_pool, v.mail_from, v.subject, v.header_message_id, v.source, v.sandbox) == (
+        "default", "a@example.com", "first", "<msg_1@relay.test>", "smtp", False)
+    assert (v.created_at, v.expires_at) == (at(0), at(86400))
+    assert [(r.address, r.state, r.attempts, r.next_attempt_at, r.last_code) for r in v.recipients] == [
+        ("a@dest.org", "queued", 0, at(0), None), ("b@dest.org", "queued", 0, at(0), None)]
+    assert [(e.type, e.recipient, e.at) for e in v.events] == [
+        ("accepted", "a@dest.org", at(0)), ("accepted", "b@dest.org", at(0))]
+
+    assert q.show("msg_2").size == len(q.body("msg_2")) == len(b"From: a@example.com\r\n\r\n") + 1000
+    assert q.body("msg_1") == b"From: a@example.com\r\n\r\nbody\r\n"
+
+    v3 = q.show("msg_3")
+    assert rcpts(store, "msg_3") == {"d@dest.org": ("queued", 0, None, None), "gone@dest.org": ("suppressed", 0, None, None)}
+    assert [r.last_reply for r in v3.recipients if r.address == "gone@dest.org"] == ["hard_bounce"]
+    assert sorted((e.type, e.recipient) for e in v3.events) == [
+        ("accepted", "d@dest.org"), ("accepted", "gone@dest.org"), ("suppressed", "gone@dest.org")]
+    assert v3.state == "queued"
+    assert [x.id for x in q.list_messages(state="suppressed")] == ["msg_3"]
+    assert q.count_by_state() == {"queued": 4, "suppressed": 1}
+    assert q.next_due_at() == at(0)
+    with pytest.raises(NotFound):
+        q.show("msg_nope")
+
+
+def test_enqueue_is_one_transaction(store):
+    store.queue.enqueue([new("msg_1", ["a@dest.org"])])
+    with pytest.raises(IntegrityError):
+        store.queue.enqueue([new("msg_2", ["b@dest.org"]), new("msg_1", ["c@dest.org"])])
+    assert [v.id for v in store.queue.list_messages()] == ["msg_1"]
+    assert store.queue.count_by_state() == {"queued": 1}
+
+
+# -- crash recovery and leases ------------------------------------------------------------------------------
+def test_recover_resolves_dot_sent_recipients_once_and_releases_other_leases(store):
+    q = store.queue
+    q.enqueue([new("msg_a", ["r1@dest.org", "r2@dest.org", "r3@dest.org"], owner="node_a"),
+               new("msg_b", ["x1@dest.org", "x2@dest.org"], owner="node_b")])
+    q.mark_dot_sent([("msg_a", "r1@dest.org", "up1"), ("msg_b", "x1@dest.org", "up2")], now=at(1))
+    assert rcpts(store, "msg_a")["r1@dest.org"] == ("delivering", 0, "up1", None)
+
+    assert q.recover("node_a", now=at(2)) == 1
+    assert rcpts(store, "msg_a") == {"r1@dest.org": ("delivered", 0, "up1", None),
+                                     "r2@dest.org": ("queued", 0, None, None),
+                                     "r3@dest.org": ("queued", 0, None, None)}
+    assert events(store, "msg_a").count(("delivered", "r1@dest.org", "up1", None)) == 1
+    assert q.show("msg_a").recipients[0].last_reply.startswith("assumed delivered")
+    # node_b's work is untouched: its dot-sent recipient stays in flight, its lease holds
+    assert rcpts(store, "msg_b")["x1@dest.org"] == ("delivering", 0, "up2", None)
+
+    assert q.recover("node_a", now=at(3)) == 0  # exactly once
+    assert [e for e in events(store, "msg_a") if e[0] == "delivered"] == [("delivered", "r1@dest.org", "up1", None)]
+
+    # node_a's released recipients are due at once for anyone; node_b's are not (lease until t+300)
+    assert claimed(q.claim_due("node_c", 1000, now=at(4))) == {"msg_a": ["r2@dest.org", "r3@dest.org"]}
+
+    # once node_b's lease has expired, its dot-sent recipient is resolved (not sent again) and the
+    # rest is claimable
+    assert claimed(q.claim_due("node_c", 60, now=at(301))) == {"msg_b": ["x2@dest.org"]}
+    assert rcpts(store, "msg_b")["x1@dest.org"] == ("delivered", 0, "up2", None)
+    assert [e for e in events(store, "msg_b") if e[0] == "delivered"] == [("delivered", "x1@dest.org", "up2", None)]
+
+
+def test_claim_due_leases_recipients_until_the_lease_expires(store):
+    q = store.queue
+    q.enqueue([new("msg_1", ["a@dest.org", "b@dest.org"], created=0), new("msg_2", ["c@dest.org"], created=5)])
+    assert q.claim_due("node_a", 60, now=at(-1)) == []  # nothing is due before it was queued
+    got = q.claim_due("node_a", 60, now=at(1))
+    assert claimed(got) == {"msg_1": ["a@dest.org", "b@dest.org"]}
+    assert (got[0].body, got[0].mail_from, got[0].ip_pool, got[0].attempts) == (
+        q.body("msg_1"), "a@example.com", "default", 0)
+    assert got[0].created_at == at(0) and got[0].expires_at == at(86400)
+
+    assert claimed(q.claim_due("node_b", 60, now=at(30))) == {"msg_2": ["c@dest.org"]}
+    assert q.claim_due("node_b", 60, now=at(60)) == []  # both leases still held
+    assert claimed(q.claim_due("node_b", 60, now=at(62))) == {"msg_1": ["a@dest.org", "b@dest.org"]}
+
+    # node_b defers a; b stays leased to node_b until t+122
+    q.record_outcomes([Outcome("msg_1", "a@dest.org", "deferred", 451, "4.3.0 try later", "up1",
+                               next_attempt_at=at(200))], now=at(70))
+    assert rcpts(store, "msg_1")["a@dest.org"] == ("deferred", 1, "up1", 451)
+    # a is not due yet, b is leased to node_b until t+122; c's lease (node_b, t+90) has expired
+    assert claimed(q.claim_due("node_c", 60, now=at(100))) == {"msg_2": ["c@dest.org"]}
+    assert q.next_due_at() == at(0)  # b is still queued
+    got = q.claim_due("node_c", 60, now=at(201))
+    assert claimed(got) == {"msg_1": ["a@dest.org", "b@dest.org"], "msg_2": ["c@dest.org"]}
+    assert {x.id: x.attempts for x in got} == {"msg_1": 1, "msg_2": 0}
+    assert q.claim_due("node_d", 60, now=at(202)) == []
+    assert len(q.claim_due("node_d", 60, limit=1, now=at(300))) == 1
+
+
+def test_record_outcomes_with_suppress_account_id_adds_a_suppression(store):
+    acc = store.directory.create_account("acme")
+    q = store.queue
+    q.enqueue([new("msg_1", ["bad@dest.org", "good@dest.org"], account_id=acc.id),
+               new("msg_2", ["bad@dest.org"], account_id=acc.id)])
+    q.record_outcomes([
+        Outcome("msg_1", "bad@dest.org", "bounced", 550, "5.1.1 no such user", "up1", suppress_account_id=acc.id),
+        Outcome("msg_1", "good@dest.org", "delivered", 250, "2.0.0 OK", "up1"),
+    ], now=at(10))
+    assert rcpts(store, "msg_1") == {"bad@dest.org": ("bounced", 1, "up1", 550),
+                                     "good@dest.org": ("delivered", 1, "up1", 250)}
+    assert events(store, "msg_1")[2:] == [("bounced", "bad@dest.org", "up1", 550),
+                                          ("delivered", "good@dest.org", "up1", 250)]
+    assert q.suppressed(acc.id, ["bad@dest.org", "good@dest.org"]) == {"bad@dest.org": "hard_bounce"}
+    assert q.suppressed("acc_other", ["bad@dest.org"]) == {}
+    # the same address bouncing again updates the entry instead of failing on the unique key
+    q.record_outcomes([Outcome("msg_2", "bad@dest.org", "bounced", 550, "5.1.1 still no such user", "up1",
+                               suppress_account_id=acc.id)], now=at(20))
+    assert q.suppressed(acc.id, ["bad@dest.org"]) == {"bad@dest.org": "hard_bounce"}
+    with store.sessions() as s:
+        rows = s.execute(sa.select(m.Suppression.address, m.Suppression.detail)).all()
+    assert [tuple(r) for r in rows] == [("bad@dest.org", "5.1.1 still no such user")]
+
+
+def test_retry_makes_deferred_recipients_due_and_delete_removes_everything(store):
+    q = store.queue
+    q.enqueue([new("msg_1", ["a@dest.org", "b@dest.org"]), new("msg_2", ["c@dest.org"])])
+    q.record_outcomes([
+        Outcome("msg_1", "a@dest.org", "deferred", 421, "4.4.2 later", "up1", next_attempt_at=at(3600)),
+        Outcome("msg_1", "b@dest.org", "delivered", 250, "2.0.0 OK", "up1"),
+        Outcome("msg_2", "c@dest.org", "deferred", 451, "4.3.0 later", "up1", next_attempt_at=at(3600)),
+    ], now=at(1))
+    assert q.claim_due("node_a", 60, now=at(10)) == []
+    assert q.retry("msg_1", now=at(10)) == 1
+    assert claimed(q.claim_due("node_a", 60, now=at(10))) == {"msg_1": ["a@dest.org"]}
+    assert q.retry(now=at(20)) == 2  # every deferred recipient (a is still deferred while leased)
+    assert claimed(q.claim_due("node_b", 60, now=at(20))) == {"msg_2": ["c@dest.org"]}
+    with pytest.raises(NotFound):
+        q.retry("msg_nope")
+
+    q.delete("msg_1")
+    for call in (q.show, q.body, q.delete):
+        with pytest.raises(NotFound):
+            call("msg_1")
+    assert [v.id for v in q.list_messages()] == ["msg_2"]
+    assert q.count_by_state() == {"deferred": 1}
+    with store.sessions() as s:
+        assert s.scalar(sa.select(sa.func.count()).select_from(m.Event).where(m.Event.message_id == "msg_1")) == 0
+        assert s.scalar(sa.select(sa.func.count()).select_from(m.Recipient).where(m.Recipient.message_id == "msg_1")) == 0
+
+
+def test_renew_leases_keeps_another_node_off_work_still_held(store):
+    q = store.queue
+    q.enqueue([new("msg_r", ["a@dest.org"], created=0, owner="node_a", lease=60)])
+    assert q.claim_due("node_b", 60, now=at(30)) == []
+    assert q.renew_leases("node_a", 60, now=at(50)) == 1  # held until t+110 now
+    assert q.claim_due("node_b", 60, now=at(100)) == []
+    assert claimed(q.claim_due("node_b", 60, now=at(111))) == {"msg_r": ["a@dest.org"]}
+    assert q.renew_leases("node_a", 60, now=at(112)) == 0  # no longer ours
