@@ -117,8 +117,7 @@ class Pipeline:
         self._domains: TTLCache[DomainRec | None] = TTLCache(cache_ttl)
         self._accounts: TTLCache[Identity] = TTLCache(cache_ttl)
         # shared with the scheduler: one fsync per round
-        self.writer = StoreWriter(runner, store.queue.apply, on_commit=metrics.store_committed,
-                                  mark_fast=store.queue.mark_fast)
+        self.writer = StoreWriter(runner, store.queue.apply, on_commit=metrics.store_committed)
         self.on_queued: Callable[[QueuedMessage], None] = lambda _m: None  # the scheduler plugs in here
         self.idempotency = Idempotency(runner, IdempotencyStore(store.sessions, store.reads), clock=clock)
         self._aborting: set[asyncio.Task[None]] = set()  # on_abort hooks started by abandon()

@@ -18,6 +18,7 @@ from relay import api_tasks, notify, smtp
 from relay.admin import Admin
 from relay.api import create_app
 from relay.config import Settings, parse_hostport
+from relay.delivery.journal import DotJournal
 from relay.delivery.router import Router
 from relay.delivery.scheduler import Scheduler
 from relay.delivery.upstream import Upstream, UpstreamConfig
@@ -72,7 +73,8 @@ class Gateway:
             store=self.store, runner=self.runner, writer=self.pipeline.writer, router=self.router,
             hostname=settings.hostname,
             retry_base=d.retry_base, retry_max=d.retry_max, lease=d.lease, poll_interval=d.poll_interval,
-            concurrency=d.concurrency, submit_dsn=self.pipeline.submit_system)
+            concurrency=d.concurrency, journal=DotJournal(settings.data_dir / "journal", nid),
+            submit_dsn=self.pipeline.submit_system)
         self.pipeline.on_queued = self.scheduler.push
         self.scheduler.policies = self.policies  # after_delivery / after_bounce
         self.servers: dict[str, asyncio.AbstractServer] = {}
@@ -169,7 +171,7 @@ class Gateway:
         await self.scheduler.stop(timeout=max(1.0, deadline - loop.time()))
         await self.pipeline.close()
         try:
-            await self.runner.write(self.store.queue.recover, self.store.node_id)
+            await self.scheduler.recover()
         except Exception:
             log.exception("could not release this node's leases; they expire or are recovered at restart")
         if self._api:

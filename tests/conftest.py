@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import socket
 import uuid
 from dataclasses import dataclass, field
@@ -26,7 +27,35 @@ from relay.server import Gateway
 PG_ADMIN_URL = os.environ.get("RELAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = open("/proc/sys/net/ipv4/ip_local_port_range").read().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_EPHEMERAL = _ephemeral_range()
+_rand = random.Random()
+_given: set[int] = set()
+
+
 def free_port() -> int:
+    """A free loopback port OUTSIDE the kernel's ephemeral range: a gateway restarted on the same
+    ports under load must not find one taken by some outgoing connection in the meantime."""
+    lo, hi = _EPHEMERAL
+    candidates = [p for p in range(10000, 65000) if not lo <= p <= hi]
+    for _ in range(200):
+        port = _rand.choice(candidates)
+        if port in _given:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            _given.add(port)
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

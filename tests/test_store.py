@@ -194,6 +194,54 @@ def test_recover_resolves_dot_sent_recipients_once_and_releases_other_leases(sto
     assert [e for e in events(store, "msg_b") if e[0] == "delivered"] == [("delivered", "x1@dest.org", "up2", None)]
 
 
+def test_recover_resolves_journaled_dots_only_for_the_attempt_they_name(store):
+    """The dot journal (relay.delivery.journal) names each released dot's attempt: a record counts
+    while the recipient is still pending at that attempt, under this node's (or an expired) lease."""
+    q = store.queue
+    q.enqueue([new("msg_a", ["r1@dest.org", "r2@dest.org", "r3@dest.org"], owner="node_a"),
+               new("msg_b", ["x1@dest.org"], owner="node_b")])
+    # r3's first attempt ended (deferred by a 4xx after the dot): its record is stale
+    q.record_outcomes([Outcome("msg_a", "r3@dest.org", "deferred", 451, "later", "up1", next_attempt_at=at(50))],
+                      now=at(1))
+    dots = [("msg_a", "r1@dest.org", 0), ("msg_a", "r2@dest.org", 3), ("msg_a", "r3@dest.org", 0),
+            ("msg_b", "x1@dest.org", 0), ("msg_gone", "z@dest.org", 0)]
+    assert q.recover("node_a", dots, now=at(2)) == 1
+    assert rcpts(store, "msg_a") == {"r1@dest.org": ("delivered", 0, None, None),
+                                     "r2@dest.org": ("queued", 0, None, None),
+                                     "r3@dest.org": ("deferred", 1, "up1", 451)}
+    assert q.show("msg_a").recipients[0].last_reply.startswith("assumed delivered")
+    assert rcpts(store, "msg_b") == {"x1@dest.org": ("queued", 0, None, None)}  # node_b's lease holds
+    assert q.recover("node_a", dots, now=at(3)) == 0  # exactly once
+    assert q.recover("node_c", dots, now=at(400)) == 1  # node_b's lease expired: its record counts
+    assert rcpts(store, "msg_b") == {"x1@dest.org": ("delivered", 0, None, None)}
+
+
+def test_dot_journal_records_rotates_and_forgets_settled_generations(tmp_path):
+    from relay.delivery.journal import DotJournal
+
+    j = DotJournal(tmp_path / "journal", "node_a", rotate_bytes=30)
+    assert j.entries() == [] and j.files() == []
+    g0 = j.record([("msg_1", "a@dest.org", 0), ("msg_1", "b@dest.org", 0)])
+    g1 = j.record([("msg_2", "c@dest.org", 2)])  # over 30 bytes: a new generation
+    assert (g0, g1) == (0, 1)
+    assert [p.name for p in j.files()] == ["node_a.0.dots", "node_a.1.dots"]
+    assert j.entries() == [("msg_1", "a@dest.org", 0), ("msg_1", "b@dest.org", 0), ("msg_2", "c@dest.org", 2)]
+    j.settle(g1)  # the current generation stays while it is written to
+    j.settle(g0)  # a retired one goes once all its attempts are settled
+    assert [p.name for p in j.files()] == ["node_a.1.dots"]
+    # a crash mid-write leaves a torn line: skipped; another owner's files are not ours
+    with open(j.files()[0], "ab") as f:
+        f.write(b"msg_3\td@dest")
+    (tmp_path / "journal" / "node_b.0.dots").write_bytes(b"msg_9\tz@dest.org\t0\n")
+    assert j.entries() == [("msg_2", "c@dest.org", 2)]
+    # a new process of the same owner continues after the last generation, until reset
+    k = DotJournal(tmp_path / "journal", "node_a")
+    assert k.record([("msg_4", "e@dest.org", 1)]) == 2
+    k.reset()
+    assert k.files() == [] and k.entries() == []
+    assert (tmp_path / "journal" / "node_b.0.dots").exists()
+
+
 def test_claim_due_leases_recipients_until_the_lease_expires(store):
     q = store.queue
     q.enqueue([new("msg_1", ["a@dest.org", "b@dest.org"], created=0), new("msg_2", ["c@dest.org"], created=5)])

@@ -2,8 +2,8 @@
 
 Fresh mail is pushed straight into the active queue by the pipeline after its commit (the body is
 still in memory, so nothing is read back). The store is polled only for deferred work that is due
-and for work whose lease expired (a crashed process or node). Outcomes and the pre-dot markers
-are written in group commits.
+and for work whose lease expired (a crashed process or node). Outcomes and the dot markers
+are written in group commits; a released final dot is journaled at once (relay.delivery.journal).
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from typing import Any, Callable
 
 from relay import metrics
 from relay.delivery import dsn
+from relay.delivery.journal import DotJournal
 from relay.delivery.policy import backoff, is_hard_bounce, outcome_of
 from relay.delivery.router import Router
-from relay.delivery.upstream import UpstreamUnavailable
+from relay.delivery.upstream import DotHooks, UpstreamUnavailable
 from relay.store import Store, utcnow
 from relay.store.queue import Outcome, QueuedMessage
 from relay.store.runner import DbRunner, StoreWriter
@@ -29,11 +30,12 @@ log = logging.getLogger(__name__)
 
 class Scheduler:
     def __init__(self, *, store: Store, runner: DbRunner, writer: StoreWriter, router: Router, hostname: str, retry_base: float,
-                 retry_max: float, lease: float, poll_interval: float, concurrency: int,
+                 retry_max: float, lease: float, poll_interval: float, concurrency: int, journal: DotJournal,
                  submit_dsn: Callable[..., Any] | None = None, clock: Callable[[], dt.datetime] = utcnow,
                  rand: random.Random | None = None) -> None:
         self.store = store
         self.runner = runner
+        self.journal = journal
         self.router = router
         self.hostname = hostname
         self.retry_base = retry_base
@@ -66,6 +68,7 @@ class Scheduler:
                 self._parked[msg.id] = msg
             else:
                 parked.recipients.extend(r for r in msg.recipients if r not in parked.recipients)
+                parked.tries.update(msg.tries)
             return
         self.inflight.add(msg.id)
         self.active.put_nowait(msg)
@@ -74,11 +77,18 @@ class Scheduler:
         """Look at the store now (``relay queue retry`` through the API, tests)."""
         self._wake.set()
 
-    async def start(self) -> None:
-        recovered = await self.runner.write(self.store.queue.recover, self.store.node_id)
+    async def recover(self) -> int:
+        """Resolve what this node left mid-flight (its dot journal and markers), release its other
+        claims, and start a fresh journal. At start, and again at the end of a graceful stop."""
+        recovered = await self.runner.write(self.store.queue.recover, self.store.node_id, self.journal.entries())
+        self.journal.reset()
         if recovered:
             log.warning("recovered deliveries whose final dot was sent before a stop",
                         extra={"recipients": recovered})
+        return recovered
+
+    async def start(self) -> None:
+        await self.recover()
         self.writer.start()
         self._tasks = [asyncio.create_task(self._worker(), name=f"delivery-{i}") for i in range(self.concurrency)]
         self._tasks.append(asyncio.create_task(self._poller(), name="delivery-poller"))
@@ -167,16 +177,19 @@ class Scheduler:
         outcomes: list[Outcome] = []
         last: UpstreamUnavailable | None = None
         last_upstream: str | None = None  # who gave the last refusal (the metrics' label for deferrals)
-        tried = 0
+        journaled: list[int] = []  # dot-journal generations, settled once the outcomes are committed
         for up in self.router.order(msg.ip_pool):
-            tried += 1
 
-            async def before_dot(accepted: list[str], release: Callable[[], None], _name: str = up.name) -> None:
-                await self.writer.mark([(msg.id, a, _name) for a in accepted], after=release)
+            def on_dot(accepted: list[str], _name: str = up.name) -> DotHooks:
+                # the journal's write goes with the dot's release; the store's marker right after
+                write, gen = self.journal.prepare([(msg.id, a, msg.tries.get(a, 0)) for a in accepted])
+                journaled.append(gen)
+                items = [(msg.id, a, _name) for a in accepted]
+                return DotHooks(write, lambda: asyncio.ensure_future(self._mark(items)))
 
             started = time.perf_counter()
             try:
-                result = await up.send(msg.mail_from, pending, msg.body, before_dot)
+                result = await up.send(msg.mail_from, pending, msg.body, on_dot)
             except UpstreamUnavailable as exc:
                 metrics.upstream_transaction(msg.ip_pool, up.name, time.perf_counter() - started, "failed")
                 last_upstream = up.name
@@ -207,6 +220,8 @@ class Scheduler:
                     outcomes.append(self._outcome(msg, rcpt, last.code or 451, last.reply, None, now,
                                                   force_defer=True))
         await self.writer.record(outcomes)
+        for gen in journaled:
+            self.journal.settle(gen)
         for o in outcomes:
             metrics.recipient_outcome(msg.ip_pool, o.upstream or last_upstream, o.state)
             log.info("recipient %s", o.state, extra={"queue_id": msg.id, "account": msg.account_id, "alias": None,
@@ -217,6 +232,14 @@ class Scheduler:
             await self._bounce(msg, failed)
         if self.policies is not None:
             await self._notify_policies(msg, outcomes)
+
+    async def _mark(self, items: list[tuple[str, str, str]]) -> None:
+        """The store's dot marker, for another node taking over this one's leases. Best effort: this
+        node's own restart reads its journal."""
+        try:
+            await self.writer.mark(items)
+        except Exception:
+            log.exception("could not write the dot marker", extra={"queue_id": items[0][0]})
 
     async def _notify_policies(self, msg: QueuedMessage, outcomes: list[Outcome]) -> None:
         """The policies' after_delivery / after_bounce hooks (counters only; failures are logged)."""

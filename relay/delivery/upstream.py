@@ -8,7 +8,10 @@ exceptions are mapped to results here, in one place.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import functools
 import logging
+import operator
 import re
 import socket
 import ssl
@@ -148,14 +151,14 @@ class Upstream:
         self._idle = keep
 
     async def send(self, mail_from: str, recipients: list[str], body: bytes,
-                   before_dot: Callable[[list[str], Callable[[], None]], Awaitable[None]]) -> TransactionResult:
+                   on_dot: Callable[[list[str]], DotHooks]) -> TransactionResult:
         """One transaction on a pooled session. A stale reused session is replaced once, silently."""
         async with self._slots:
             for attempt in (0, 1):
                 conn = await self._acquire()
                 fresh = conn.used == 0
                 try:
-                    result = await self._transaction(conn, mail_from, recipients, body, before_dot)
+                    result = await self._transaction(conn, mail_from, recipients, body, on_dot)
                 except _Stale:
                     self._discard(conn)
                     if fresh or attempt:
@@ -173,7 +176,7 @@ class Upstream:
         raise AssertionError("unreachable")
 
     async def _transaction(self, conn: _Conn, mail_from: str, recipients: list[str], body: bytes,
-                           before_dot: Callable[[list[str], Callable[[], None]], Awaitable[None]]) -> TransactionResult:
+                           on_dot: Callable[[list[str]], DotHooks]) -> TransactionResult:
         smtp = conn.smtp
         out = TransactionResult(self.cfg.name)
         try:
@@ -206,7 +209,7 @@ class Upstream:
                     code, reply = out.results[temp[0]]
                     raise UpstreamUnavailable(code, reply, refused=refused)
                 return out
-            code, reply = await _data(smtp, body, lambda release: before_dot(accepted, release),
+            code, reply = await _data(smtp, body, lambda: on_dot(accepted),
                                       self.command_timeout)
             if 400 <= code < 500:
                 conn.clean = False
@@ -250,48 +253,80 @@ class _Stale(Exception):
 
 
 class _DotGate:
-    """Holds the final dot in the kernel until the pre-dot marker is durable (Linux).
+    """Holds the final dot in the kernel until the process lets it go (Linux).
 
     The body and the dot are written at once, but TCP_CORK keeps the last partial frame (the dot)
-    back, and SO_LINGER(on, 0) makes any close - a crash of this process included - a reset that
-    discards it. ``release`` (called by the store thread right after the marker's commit) uncorks:
-    the window in which a crash loses a message that was marked as sent shrinks from an event-loop
-    turn to two system calls. Elsewhere (no TCP_CORK), the dot is written after the commit.
+    back while the body drains, and SO_LINGER(on, 0) makes any close - a crash of this process
+    included - a reset that discards it. ``release`` uncorks and journals the dot
+    (relay.delivery.journal) in one C-level call chain: the two system calls follow each other with
+    no Python bytecode between them, so no other thread can take the GIL in the gap. A crash thus
+    leaves either no dot at the upstream and no record (the message is sent again), or both; the
+    gap between the two system calls can at worst cause a second copy, never a loss. Elsewhere (no
+    TCP_CORK) the window is the time the dot takes to leave the process's write buffer.
     """
 
     def __init__(self, transport: asyncio.BaseTransport) -> None:
-        self.sock = transport.get_extra_info("socket")
-        self.active = self.sock is not None and hasattr(socket, "TCP_CORK")
+        sock = transport.get_extra_info("socket")
+        self.fd = sock.fileno() if sock is not None else -1
+        self.active = self.fd >= 0 and _setsockopt is not None
 
     def arm(self) -> bool:
         if self.active:
-            try:
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
-            except OSError:
-                self.active = False
+            self.active = (_setsockopt(self.fd, socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET, 8) == 0
+                           and _setsockopt(self.fd, socket.IPPROTO_TCP, socket.TCP_CORK, _ONE, 4) == 0)
         return self.active
 
-    def release(self) -> None:
-        """Let the dot go. Thread-safe (system calls on the descriptor). A normal close from here
-        on: a crash now must not reset the connection, or the peer would drop the unread dot."""
-        try:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_OFF)
-            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
-        except OSError:
-            pass
+    def release(self, journal: Callable[[], object]) -> None:
+        """Let the dot go (a normal close from here on: a crash now must not reset the connection,
+        or the peer would drop the unread dot), then call ``journal`` - a C callable, see above."""
+        list(map(operator.call, (functools.partial(_setsockopt, self.fd, socket.SOL_SOCKET, socket.SO_LINGER,
+                                                   _LINGER_OFF, 8),
+                                 functools.partial(_setsockopt, self.fd, socket.IPPROTO_TCP, socket.TCP_CORK, _ZERO, 4),
+                                 journal)))
 
 
+def _libc_setsockopt() -> Callable[..., int] | None:
+    """setsockopt(2) through ctypes.PyDLL, which keeps the GIL across the call."""
+    if not hasattr(socket, "TCP_CORK"):
+        return None
+    try:
+        fn = ctypes.PyDLL(None).setsockopt
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_setsockopt = _libc_setsockopt()
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _LINGER_OFF = struct.pack("ii", 0, 0)
+_ONE = struct.pack("i", 1)
+_ZERO = struct.pack("i", 0)
 
 
-async def _data(smtp: aiosmtplib.SMTP, body: bytes, before_dot: Callable[[Callable[[], None]], Awaitable[None]],
+@dataclass
+class DotHooks:
+    """What the scheduler does the moment a dot goes: ``journal`` is a C callable (a
+    functools.partial of os.write) run in the same call chain as the release; ``after`` then
+    starts the store's marker, awaited once the reply is in."""
+
+    journal: Callable[[], object]
+    after: Callable[[], Awaitable[None]]
+
+
+async def _drained(transport: asyncio.WriteTransport) -> None:
+    while transport.get_write_buffer_size():  # the rest of the body is still in our buffer
+        await asyncio.sleep(0.001)
+
+
+async def _data(smtp: aiosmtplib.SMTP, body: bytes, on_dot: Callable[[], DotHooks],
                 timeout: float) -> tuple[int, str]:
-    """DATA, the body, and the final dot - which reaches the upstream only after ``before_dot`` has
-    committed the marker (see _DotGate and Queue.recover): a crash never sends a second copy.
+    """DATA, the body and the final dot. ``on_dot`` gives the hooks for the moment the dot goes
+    (see _DotGate and DotHooks); the store's marker is awaited after the reply, so it is committed
+    before the outcome.
 
-    aiosmtplib's own data() writes body and dot at once with no such gate.
+    aiosmtplib's own data() gives no moment at which the dot is known to have left.
     """
     protocol = smtp.protocol
     if protocol is None or protocol._command_lock is None or protocol.transport is None:  # noqa: SLF001
@@ -307,20 +342,23 @@ async def _data(smtp: aiosmtplib.SMTP, body: bytes, before_dot: Callable[[Callab
         if start.code != 354:
             return start.code, start.message
         gate = _DotGate(transport)
-        if gate.arm():
-            protocol._response_pending = True  # noqa: SLF001
-            protocol.write(body + b".\r\n")
-            while transport.get_write_buffer_size():  # all of it in the kernel, the dot held there
-                await asyncio.sleep(0.001)
-            try:
-                await before_dot(gate.release)
-            except BaseException:
+        corked = gate.arm()
+        protocol._response_pending = True  # noqa: SLF001
+        protocol.write(body + b".\r\n")
+        try:
+            await _drained(transport)
+        except BaseException:
+            if corked:
                 transport.abort()  # reset: the held dot is discarded, the upstream takes nothing
-                raise
+            raise
+        hooks = on_dot()
+        if corked:
+            gate.release(hooks.journal)
         else:
-            protocol.write(body)
-            await before_dot(lambda: None)
-            protocol._response_pending = True  # noqa: SLF001
-            protocol.write(b".\r\n")
-        resp = await protocol.read_response(timeout=timeout)
+            hooks.journal()
+        marker = hooks.after()
+        try:
+            resp = await protocol.read_response(timeout=timeout)
+        finally:
+            await marker
     return resp.code, resp.message

@@ -77,6 +77,7 @@ class QueuedMessage:
     created_at: dt.datetime
     source: str
     attempts: int = 0
+    tries: dict[str, int] = field(default_factory=dict)  # recipient -> attempts so far (absent: 0)
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ class Queue:
 
     def apply(self, *, enqueue: Sequence[NewMessage] = (), markers: Sequence[tuple[str, str, str]] = (),
               outcomes: Sequence[Outcome] = (), now: dt.datetime | None = None) -> None:
-        """One transaction (one fsync) for everything the hot path has pending: new messages, pre-dot
+        """One transaction (one fsync) for everything the hot path has pending: new messages, dot
         markers and delivery outcomes. This is the group commit of :class:`relay.store.runner.StoreWriter`."""
         now = now or utcnow()
         with self._engine.begin() as conn:  # Core, not an ORM session: this is the hot path
@@ -150,33 +151,6 @@ class Queue:
                 self._mark(conn, markers, now)
             if outcomes:
                 self._record(conn, outcomes, now)
-
-    def mark_fast(self, markers: Sequence[tuple[str, str, str]], now: dt.datetime | None = None,
-                  after: Sequence[Callable[[], None]] = ()) -> None:
-        """Pre-dot markers alone, committed without waiting for the disk flush; ``after`` runs the
-        moment the commit returns (it releases the held dots), before any other work.
-
-        A marker must survive a crash of THIS process (it then stops a second copy), which a commit
-        does once it is in the operating system's hands; it need not survive a power cut (a lost
-        marker only means a possible duplicate, never a loss, and any later full commit flushes it
-        anyway). Skipping the flush shortens the time between the marker becoming visible and the
-        held dot being released - the only window in which a crash can lose a message.
-        """
-        now = now or utcnow()
-        with self._engine.connect() as conn:
-            sqlite = conn.dialect.name == "sqlite"
-            if sqlite:
-                conn.connection.dbapi_connection.execute("PRAGMA synchronous=NORMAL")
-            try:
-                with conn.begin():
-                    if not sqlite:
-                        conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
-                    self._mark(conn, markers, now)
-                for fn in after:  # first thing after the commit: no round trip, no pool reset before it
-                    fn()
-            finally:
-                if sqlite:
-                    conn.connection.dbapi_connection.execute("PRAGMA synchronous=FULL")
 
     def _enqueue(self, conn: sa.Connection, batch: Sequence[NewMessage]) -> None:
         msgs, rcpts, events = [], [], []
@@ -204,12 +178,13 @@ class Queue:
         conn.execute(sa.insert(m.Event.__table__), events)
 
     def mark_dot_sent(self, items: Sequence[tuple[str, str, str]], now: dt.datetime | None = None) -> None:
-        """(message id, address, upstream): the final dot is about to go; commit that first."""
+        """(message id, address, upstream): the final dot has gone (see relay.delivery.journal)."""
         self.apply(markers=items, now=now)
 
     def _mark(self, conn: sa.Connection, items: Sequence[tuple[str, str, str]], now: dt.datetime) -> None:
         conn.execute(
-            sa.update(_R).where(_R.c.message_id == sa.bindparam("mid"), _R.c.address == sa.bindparam("addr"))
+            sa.update(_R).where(_R.c.message_id == sa.bindparam("mid"), _R.c.address == sa.bindparam("addr"),
+                                sa.or_(*(_R.c.state == st for st in PENDING)))  # (no IN with executemany)
             .values(state="delivering", dot_sent_at=now, upstream=sa.bindparam("up"), updated_at=now),
             [dict(mid=i, addr=a, up=u) for i, a, u in items],
         )
@@ -252,23 +227,37 @@ class Queue:
             conn.execute(sa.insert(t).values(account_id=account_id, address=address, reason=reason, detail=detail,
                                              created_at=now))
 
-    def recover(self, owner: str, now: dt.datetime | None = None) -> int:
-        """At start: finish what this node left mid-flight.
+    def recover(self, owner: str, dots: Sequence[tuple[str, str, int]] = (), now: dt.datetime | None = None) -> int:
+        """At start (and at a graceful stop): finish what this node left mid-flight.
 
-        A recipient whose final dot had been sent may already be at the upstream: it is recorded
-        as delivered rather than sent a second time. Every other claim of this node is released so
-        the work is due at once. Returns how many recipients were resolved as delivered.
+        A recipient whose final dot had been let go may already be at the upstream: it is recorded
+        as delivered rather than sent a second time. ``dots`` are this node's dot-journal records
+        (relay.delivery.journal): one counts while the recipient is still pending at the attempt
+        it names. The store's own markers (written after the release, for other nodes) count too.
+        Every other claim of this node is released so the work is due at once. Returns how many
+        recipients were resolved as delivered.
         """
         now = now or utcnow()
         with self._sessions.begin() as s:
             rows = s.execute(sa.select(m.Recipient.message_id, m.Recipient.address, m.Recipient.upstream)
                              .where(m.Recipient.state == "delivering", m.Recipient.dot_sent_at.is_not(None),
                                     sa.or_(m.Recipient.lease_owner == owner, m.Recipient.lease_until < now))).all()
-            self._resolve_dot_sent(s, rows, now)
+            found = {(mid, addr): up for mid, addr, up in rows}
+            wanted = {(qid, addr): n for qid, addr, n in dots}
+            ids = sorted({qid for qid, _ in wanted})
+            for i in range(0, len(ids), 500):
+                for r in s.execute(sa.select(m.Recipient.message_id, m.Recipient.address, m.Recipient.attempts,
+                                             m.Recipient.upstream)
+                                   .where(m.Recipient.message_id.in_(ids[i:i + 500]), m.Recipient.state.in_(PENDING),
+                                          sa.or_(m.Recipient.lease_owner == owner, m.Recipient.lease_owner.is_(None),
+                                                 m.Recipient.lease_until < now))):
+                    if wanted.get((r.message_id, r.address)) == r.attempts:
+                        found.setdefault((r.message_id, r.address), r.upstream)
+            self._resolve_dot_sent(s, [(mid, addr, up) for (mid, addr), up in found.items()], now)
             s.execute(sa.update(m.Recipient)
                       .where(m.Recipient.lease_owner == owner, m.Recipient.state.in_(PENDING))
                       .values(lease_owner=None, lease_until=None), execution_options={"synchronize_session": False})
-            return len(rows)
+            return len(found)
 
     def _resolve_dot_sent(self, s: Session, rows: Iterable, now: dt.datetime) -> None:
         reply = "assumed delivered: the final dot had been sent when the delivering process stopped"
@@ -305,7 +294,8 @@ class Queue:
             return [QueuedMessage(id=x.id, ip_pool=x.ip_pool, mail_from=x.mail_from, body=x.body,
                                   recipients=[r.address for r in by_msg[x.id]], account_id=x.account_id,
                                   expires_at=aware(x.expires_at), created_at=aware(x.created_at), source=x.source,
-                                  attempts=max(r.attempts for r in by_msg[x.id])) for x in msgs]
+                                  attempts=max(r.attempts for r in by_msg[x.id]),
+                                  tries={r.address: r.attempts for r in by_msg[x.id]}) for x in msgs]
 
     def renew_leases(self, owner: str, lease_seconds: float, now: dt.datetime | None = None) -> int:
         """Extend this node's claims: a long backlog in the active queue must not be taken over by

@@ -58,7 +58,7 @@ class DbRunner:
 
 
 class StoreWriter:
-    """Group commit for the hot path: new messages, pre-dot markers and outcomes, all together.
+    """Group commit for the hot path: new messages, dot markers and outcomes, all together.
 
     Callers await ``enqueue(msg)``, ``mark(items)`` or ``record(outcomes)``. While one round is being
     written, the next one gathers; a round is ONE transaction (one fsync) whatever it holds. If a
@@ -68,11 +68,9 @@ class StoreWriter:
     KINDS = ("enqueue", "markers", "outcomes")
 
     def __init__(self, runner: DbRunner, apply: Callable[..., None], *, max_batch: int = 1024,
-                 on_commit: Callable[[float, int], None] | None = None,
-                 mark_fast: Callable[..., None] | None = None) -> None:
+                 on_commit: Callable[[float, int], None] | None = None) -> None:
         self._runner = runner
         self._apply = apply
-        self._mark_fast = mark_fast
         self._max_batch = max_batch
         self._pending: list[tuple[str, Any, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
@@ -84,10 +82,8 @@ class StoreWriter:
         if self._task is None:
             self._task = asyncio.create_task(self._loop(), name="store-writer")
 
-    async def _submit(self, kind: str, items: Sequence[Any], after: Callable[[], None] | None = None) -> None:
+    async def _submit(self, kind: str, items: Sequence[Any]) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if after is not None:
-            fut.relay_after = after  # type: ignore[attr-defined]
         self._pending.append((kind, items, fut))
         self._wake.set()
         if self._task is None:
@@ -97,40 +93,18 @@ class StoreWriter:
     async def enqueue(self, msg: Any) -> None:
         await self._submit("enqueue", [msg])
 
-    async def mark(self, items: Sequence[Any], after: Callable[[], None] | None = None) -> None:
-        """Commit pre-dot markers; ``after`` runs in the store thread right after the commit (it
-        releases the held final dot, see relay.delivery.upstream._DotGate)."""
-        await self._submit("markers", items, after)
+    async def mark(self, items: Sequence[Any]) -> None:
+        """Commit dot markers (the final dot has gone: another node taking over must not resend)."""
+        await self._submit("markers", items)
 
     async def record(self, outcomes: Sequence[Any]) -> None:
         await self._submit("outcomes", outcomes)
 
     async def _write(self, batch: list[tuple[str, Any, asyncio.Future[None]]]) -> None:
         ops: dict[str, list[Any]] = {k: [] for k in self.KINDS}
-        after = []
-        for kind, items, fut in batch:
+        for kind, items, _ in batch:
             ops[kind].extend(items)
-            if hasattr(fut, "relay_after"):
-                after.append(fut.relay_after)
-        await self._runner.write(self._apply_then, ops, after)
-
-    def _apply_then(self, ops: dict[str, list[Any]], after: list[Callable[[], None]]) -> None:
-        if self._mark_fast is not None and ops["markers"]:
-            # markers first, in their own unflushed commit, and their dots released right away
-            self._mark_fast(ops.pop("markers"), after=after)
-            if ops["enqueue"] or ops["outcomes"]:
-                self._apply(markers=(), **ops)
-            return
-        self._apply(**ops)
-        self._release(after)
-
-    @staticmethod
-    def _release(after: list[Callable[[], None]]) -> None:
-        for fn in after:  # still in the store thread, microseconds after the commit
-            try:
-                fn()
-            except Exception:
-                log.exception("post-commit action failed")
+        await self._runner.write(self._apply, **ops)
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
