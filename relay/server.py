@@ -74,6 +74,11 @@ class Gateway:
             hostname=settings.hostname,
             retry_base=d.retry_base, retry_max=d.retry_max, lease=d.lease, poll_interval=d.poll_interval,
             concurrency=d.concurrency, journal=DotJournal(settings.data_dir / "journal", nid),
+            # one machine's SQLite: the journal alone covers every restart; PostgreSQL: other nodes
+            # read the store's markers
+            markers=self.store.dialect != "sqlite",
+            orphans=DotJournal.orphans(settings.data_dir / "journal", node_id(settings.data_dir),
+                                       settings.smtp.workers) if worker == 0 else (),
             submit_dsn=self.pipeline.submit_system)
         self.pipeline.on_queued = self.scheduler.push
         self.scheduler.policies = self.policies  # after_delivery / after_bounce

@@ -72,6 +72,11 @@ def _introspect(cls: type, handler: Any, excluded: tuple[str, ...]):
     return names
 
 
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_PLAIN_ADDR = re.compile(rf"[ \t]*<(({_ATOM}(?:\.{_ATOM})*)@{_LABEL}(?:\.{_LABEL})*)>[ \t]*")
+
+
 class RelaySMTP(SMTP):
     """aiosmtpd's protocol engine with enhanced status codes on every reply and async AUTH.
 
@@ -123,6 +128,15 @@ class RelaySMTP(SMTP):
         self._ehlo_buffer: list[bytes] | None = None
         self._errors = 0
         self._counted_ip: str | None = None
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """``<local@domain> PARAMS`` with a plain dot-atom address (nearly every MAIL and RCPT) is
+        split by one regular expression; anything else goes to aiosmtpd's RFC 5322 parser, which
+        gives the same result at ~10x the cost (tests/test_fuzz.py checks the two agree)."""
+        m = _PLAIN_ADDR.match(arg)
+        if m is None or "(" in arg or (self.local_part_limit and m.end(2) - m.start(2) > self.local_part_limit):
+            return SMTP._getaddr(self, arg)
+        return m.group(1), arg[m.end():]
 
     # every reply carries an enhanced status code, except the greeting and EHLO/HELO (RFC 2034)
     async def push(self, status: Any) -> None:

@@ -37,6 +37,29 @@ def test_summarize_and_line_checks_never_raise(raw):
     assert len(out) <= len(raw)
 
 
+class _Limits:
+    local_part_limit = 0
+
+
+@settings(max_examples=2000)
+@given(st.text(alphabet=st.sampled_from(list("<>@.aZ09-+_ \t\"()[]\\=:,;!~é")), max_size=40), st.sampled_from([0, 3, 64]))
+def test_fast_address_parser_agrees_with_aiosmtpd(arg, limit):
+    from aiosmtpd.smtp import SMTP
+
+    from relay.smtp import RelaySMTP
+
+    def outcome(fn, a):
+        try:
+            return fn(obj, a)
+        except Exception as exc:  # the stdlib parser itself fails on some inputs: so must we
+            return type(exc)
+
+    obj = _Limits()
+    obj.local_part_limit = limit
+    for a in (arg, "<" + arg.strip("<>") + "@example.com>", "<a.b@" + arg.strip("<>") + "> SIZE=10"):
+        assert outcome(RelaySMTP._getaddr, a) == outcome(SMTP._getaddr, a), a
+
+
 @given(st.lists(st.sampled_from([b"\r\n", b"\n", b"\r", b"a", b".", b" "]), max_size=60))
 def test_bare_line_ending_is_exact(parts):
     raw = b"".join(parts)

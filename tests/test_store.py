@@ -240,6 +240,12 @@ def test_dot_journal_records_rotates_and_forgets_settled_generations(tmp_path):
     k.reset()
     assert k.files() == [] and k.entries() == []
     assert (tmp_path / "journal" / "node_b.0.dots").exists()
+    # journals of workers a run with fewer workers no longer has are worker 0's to recover
+    for name in ("node_a.w1.0.dots", "node_a.w2.0.dots", "node_a.w2.1.dots", "node_b.w5.0.dots"):
+        (tmp_path / "journal" / name).write_bytes(b"msg_9\tz@dest.org\t0\n")
+    (orphan,) = DotJournal.orphans(tmp_path / "journal", "node_a", workers=2)
+    assert orphan.owner == "node_a.w2" and len(orphan.entries()) == 2
+    assert [o.owner for o in DotJournal.orphans(tmp_path / "journal", "node_a", workers=1)] == ["node_a.w1", "node_a.w2"]
 
 
 def test_claim_due_leases_recipients_until_the_lease_expires(store):

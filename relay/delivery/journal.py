@@ -39,6 +39,17 @@ class DotJournal:
         self._size = 0
         self._outstanding: dict[int, int] = {}  # generation -> attempts recorded and not yet settled
 
+    @classmethod
+    def orphans(cls, directory: Path, node: str, workers: int) -> tuple[DotJournal, ...]:
+        """Journals of this node's workers numbered ``workers`` or above: left by a run with more
+        workers than this one has (worker 0 recovers them at start)."""
+        owners = set()
+        if directory.is_dir():
+            pat = re.compile(re.escape(node) + r"\.w(\d+)\.\d+\.dots")
+            owners = {f"{node}.w{mt.group(1)}" for p in directory.iterdir()
+                      if (mt := pat.fullmatch(p.name)) and int(mt.group(1)) >= workers}
+        return tuple(cls(directory, o) for o in sorted(owners))
+
     # -- reading (start and stop) --------------------------------------------------------------
     def files(self) -> list[Path]:
         if not self.directory.is_dir():

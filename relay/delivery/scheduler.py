@@ -31,11 +31,14 @@ log = logging.getLogger(__name__)
 class Scheduler:
     def __init__(self, *, store: Store, runner: DbRunner, writer: StoreWriter, router: Router, hostname: str, retry_base: float,
                  retry_max: float, lease: float, poll_interval: float, concurrency: int, journal: DotJournal,
+                 markers: bool = True, orphans: tuple[DotJournal, ...] = (),
                  submit_dsn: Callable[..., Any] | None = None, clock: Callable[[], dt.datetime] = utcnow,
                  rand: random.Random | None = None) -> None:
         self.store = store
         self.runner = runner
         self.journal = journal
+        self.markers = markers  # the store's dot markers: for other nodes (PostgreSQL)
+        self.orphans = orphans  # journals of workers that no longer exist (fewer workers than before)
         self.router = router
         self.hostname = hostname
         self.retry_base = retry_base
@@ -82,6 +85,10 @@ class Scheduler:
         claims, and start a fresh journal. At start, and again at the end of a graceful stop."""
         recovered = await self.runner.write(self.store.queue.recover, self.store.node_id, self.journal.entries())
         self.journal.reset()
+        for orphan in self.orphans:
+            recovered += await self.runner.write(self.store.queue.recover, orphan.owner, orphan.entries())
+            orphan.reset()
+        self.orphans = ()
         if recovered:
             log.warning("recovered deliveries whose final dot was sent before a stop",
                         extra={"recipients": recovered})
@@ -184,6 +191,8 @@ class Scheduler:
                 # the journal's write goes with the dot's release; the store's marker right after
                 write, gen = self.journal.prepare([(msg.id, a, msg.tries.get(a, 0)) for a in accepted])
                 journaled.append(gen)
+                if not self.markers:
+                    return DotHooks(write, _nothing)
                 items = [(msg.id, a, _name) for a in accepted]
                 return DotHooks(write, lambda: asyncio.ensure_future(self._mark(items)))
 
@@ -291,3 +300,7 @@ class Scheduler:
                                   recipients=[msg.mail_from], raw=body, source="dsn", account_id=msg.account_id)
         except Exception:
             log.exception("could not queue the DSN", extra={"queue_id": msg.id})
+
+
+def _nothing() -> None:
+    return None

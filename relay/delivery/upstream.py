@@ -312,7 +312,7 @@ class DotHooks:
     starts the store's marker, awaited once the reply is in."""
 
     journal: Callable[[], object]
-    after: Callable[[], Awaitable[None]]
+    after: Callable[[], Awaitable[None] | None]
 
 
 async def _drained(transport: asyncio.WriteTransport) -> None:
@@ -360,5 +360,6 @@ async def _data(smtp: aiosmtplib.SMTP, body: bytes, on_dot: Callable[[], DotHook
         try:
             resp = await protocol.read_response(timeout=timeout)
         finally:
-            await marker
+            if marker is not None:
+                await marker
     return resp.code, resp.message
