@@ -113,8 +113,8 @@ async def test_metrics_parse_and_count_what_was_sent(gateway_factory, sink_facto
     assert delta("relay_recipients_total", pool="default", upstream="sink", outcome="bounced") == 0
     assert delta("relay_upstream_transaction_seconds_count", pool="default", upstream="sink", result="ok") == 3
     assert delta("relay_dkim_sign_seconds_count") == 3
-    assert delta("relay_store_commit_seconds_count") >= 2  # group commits: enqueues, markers, outcomes
-    assert delta("relay_store_commit_items_total") >= 9
+    assert delta("relay_store_commit_seconds_count") >= 2  # group commits: enqueues, outcomes (no markers on SQLite)
+    assert delta("relay_store_commit_items_total") >= 6
     # store-wide gauges, built at scrape time
     for state in ("queued", "deferred", "delivering"):
         assert value(after, "relay_queue_recipients", state=state) == 0
