@@ -85,7 +85,8 @@ async def test_kill9_while_the_dot_marker_is_being_written_delivers_exactly_once
             await asyncio.sleep(0.3)  # a late second copy would show up now
             assert counts(sink, [mid])[mid] == 1, stage
             assert set(n.states()) == {"delivered"}, (stage, n.states())
-            assert "recovered deliveries whose final dot was sent" in n.log(), stage
+            restarted = (tmp_path / f"serve{n.starts}.log").read_text(errors="replace")
+            assert "recovered deliveries whose final dot was sent" in restarted, stage
     finally:
         n.stop()
         await sink.stop()
