@@ -8,6 +8,7 @@ sink; the alias verification mail also arrives there and is ignored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import json
 import os
@@ -169,6 +170,20 @@ def node(tmp_path, template):
     yield make
     for n in nodes:
         n.stop()
+
+
+@contextlib.asynccontextmanager
+async def pg_node(tmp_path: Path, pg_url: str, sink: Sink):
+    """A Node on PostgreSQL, provisioned, delivering to *sink* (started here); stopped afterwards."""
+    await sink.start()
+    node = Node(tmp_path, sink.port)
+    node.env["RELAY_DATABASE_URL"] = pg_url
+    try:
+        await asyncio.to_thread(node.provision)
+        yield node
+    finally:
+        node.stop()
+        await sink.stop()
 
 
 async def submit_all(node: Node) -> list[str]:

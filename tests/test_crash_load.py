@@ -23,7 +23,7 @@ import pytest
 from aiosmtpd.smtp import SMTP as AioSMTP, Envelope, Session
 
 from tests.conftest import Sink
-from tests.test_crash import SENDER, Node, counts, template  # noqa: F401  (template is a fixture)
+from tests.test_crash import SENDER, Node, counts, pg_node, template  # noqa: F401  (template is a fixture)
 
 CLIENTS = 8
 PER_CLIENT = 150
@@ -132,12 +132,5 @@ async def test_sigkill_under_load_loses_nothing_and_sends_nothing_twice_postgres
     from tests.conftest import free_port
 
     sink = FlakySink(free_port())
-    await sink.start()
-    node = Node(tmp_path, sink.port)
-    node.env["RELAY_DATABASE_URL"] = pg_url
-    await asyncio.to_thread(node.provision)
-    try:
+    async with pg_node(tmp_path, pg_url, sink) as node:
         await _run(node, sink)
-    finally:
-        node.stop()
-        await sink.stop()

@@ -16,7 +16,7 @@ import aiosmtplib
 import pytest
 
 from tests.conftest import Sink, free_port, wait_for
-from tests.test_crash import SENDER, Node, counts, wait_settled
+from tests.test_crash import SENDER, Node, counts, pg_node, wait_settled
 
 STALL = """
 CREATE OR REPLACE FUNCTION relay_test_stall() RETURNS trigger LANGUAGE plpgsql AS
@@ -60,11 +60,7 @@ async def _send_one(node: Node) -> str:
 
 async def test_kill9_while_the_dot_marker_is_being_written_delivers_exactly_once(tmp_path, pg_url):
     sink = Sink(free_port())
-    await sink.start()
-    n = Node(tmp_path, sink.port)
-    n.env["RELAY_DATABASE_URL"] = pg_url
-    await asyncio.to_thread(n.provision)
-    try:
+    async with pg_node(tmp_path, pg_url, sink) as n:
         await n.start()
         await wait_settled(n)  # the alias verification mail is out of the way
         await asyncio.to_thread(_sql, pg_url, STALL)
@@ -87,9 +83,6 @@ async def test_kill9_while_the_dot_marker_is_being_written_delivers_exactly_once
             assert set(n.states()) == {"delivered"}, (stage, n.states())
             restarted = (tmp_path / f"serve{n.starts}.log").read_text(errors="replace")
             assert "recovered deliveries whose final dot was sent" in restarted, stage
-    finally:
-        n.stop()
-        await sink.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -219,10 +219,15 @@ def test_recover_resolves_journaled_dots_only_for_the_attempt_they_name(store):
 def test_dot_journal_records_rotates_and_forgets_settled_generations(tmp_path):
     from relay.delivery.journal import DotJournal
 
+    def record(journal, entries):
+        write, gen = journal.prepare(entries)
+        write()
+        return gen
+
     j = DotJournal(tmp_path / "journal", "node_a", rotate_bytes=30)
     assert j.entries() == [] and j.files() == []
-    g0 = j.record([("msg_1", "a@dest.org", 0), ("msg_1", "b@dest.org", 0)])
-    g1 = j.record([("msg_2", "c@dest.org", 2)])  # over 30 bytes: a new generation
+    g0 = record(j, [("msg_1", "a@dest.org", 0), ("msg_1", "b@dest.org", 0)])
+    g1 = record(j, [("msg_2", "c@dest.org", 2)])  # over 30 bytes: a new generation
     assert (g0, g1) == (0, 1)
     assert [p.name for p in j.files()] == ["node_a.0.dots", "node_a.1.dots"]
     assert j.entries() == [("msg_1", "a@dest.org", 0), ("msg_1", "b@dest.org", 0), ("msg_2", "c@dest.org", 2)]
@@ -236,7 +241,7 @@ def test_dot_journal_records_rotates_and_forgets_settled_generations(tmp_path):
     assert j.entries() == [("msg_2", "c@dest.org", 2)]
     # a new process of the same owner continues after the last generation, until reset
     k = DotJournal(tmp_path / "journal", "node_a")
-    assert k.record([("msg_4", "e@dest.org", 1)]) == 2
+    assert record(k, [("msg_4", "e@dest.org", 1)]) == 2
     k.reset()
     assert k.files() == [] and k.entries() == []
     assert (tmp_path / "journal" / "node_b.0.dots").exists()

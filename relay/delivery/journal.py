@@ -51,11 +51,13 @@ class DotJournal:
         return tuple(cls(directory, o) for o in sorted(owners))
 
     # -- reading (start and stop) --------------------------------------------------------------
-    def files(self) -> list[Path]:
+    def _generations(self) -> list[tuple[int, Path]]:
         if not self.directory.is_dir():
             return []
-        found = [(int(mt.group(1)), p) for p in self.directory.iterdir() if (mt := self._pattern.fullmatch(p.name))]
-        return [p for _, p in sorted(found)]
+        return sorted((int(mt.group(1)), p) for p in self.directory.iterdir() if (mt := self._pattern.fullmatch(p.name)))
+
+    def files(self) -> list[Path]:
+        return [p for _, p in self._generations()]
 
     def entries(self) -> list[Entry]:
         """Every record in this owner's files (a torn last line, from a crash mid-write, is skipped)."""
@@ -87,12 +89,6 @@ class DotJournal:
         self._outstanding[self._gen] = self._outstanding.get(self._gen, 0) + 1
         return functools.partial(os.write, self._fd, data), self._gen  # type: ignore[arg-type]
 
-    def record(self, entries: Iterable[Entry]) -> int:
-        """Note released dots now (prepare and write); returns the generation to settle."""
-        write, gen = self.prepare(entries)
-        write()
-        return gen
-
     def settle(self, gen: int) -> None:
         left = self._outstanding.get(gen, 0) - 1
         if left > 0:
@@ -118,7 +114,6 @@ class DotJournal:
             self._gen += 1
         else:
             self.directory.mkdir(parents=True, exist_ok=True)
-            existing = [int(mt.group(1)) for p in self.files() if (mt := self._pattern.fullmatch(p.name))]
-            self._gen = max(existing, default=-1) + 1
+            self._gen = max((g for g, _ in self._generations()), default=-1) + 1
         self._fd = os.open(self._path(self._gen), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         self._size = 0

@@ -76,8 +76,11 @@ class QueuedMessage:
     expires_at: dt.datetime
     created_at: dt.datetime
     source: str
-    attempts: int = 0
     tries: dict[str, int] = field(default_factory=dict)  # recipient -> attempts so far (absent: 0)
+
+    @property
+    def attempts(self) -> int:
+        return max(self.tries.values(), default=0)
 
 
 @dataclass(frozen=True)
@@ -294,7 +297,6 @@ class Queue:
             return [QueuedMessage(id=x.id, ip_pool=x.ip_pool, mail_from=x.mail_from, body=x.body,
                                   recipients=[r.address for r in by_msg[x.id]], account_id=x.account_id,
                                   expires_at=aware(x.expires_at), created_at=aware(x.created_at), source=x.source,
-                                  attempts=max(r.attempts for r in by_msg[x.id]),
                                   tries={r.address: r.attempts for r in by_msg[x.id]}) for x in msgs]
 
     def renew_leases(self, owner: str, lease_seconds: float, now: dt.datetime | None = None) -> int:
