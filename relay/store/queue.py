@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session, sessionmaker
 
 from relay.errors import NotFound
 from relay.store import aware, utcnow
+from relay.store import hotsql
 from relay.store import models as m
 
 STATES = ("queued", "deferred", "delivering", "delivered", "bounced", "suppressed", "expired", "sandbox")
@@ -129,11 +131,41 @@ class MessageView:
         return min((r.state for r in self.recipients), key=order.__getitem__, default="queued")
 
 
+def _event(message_id: str, recipient: str, type_: str, at: dt.datetime, upstream: str | None = None,
+           code: int | None = None, reply: str | None = None) -> dict:
+    return {"message_id": message_id, "recipient": recipient, "type": type_, "at": at, "upstream": upstream,
+            "code": code, "reply": reply}
+
+
+class _HotQueries:
+    """The group commit's statements (relay.store.hotsql): the per-message writes of the hot path."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        msg, ev = m.Message.__table__, m.Event.__table__
+        self.messages = hotsql.insert(dialect, msg, [c.name for c in msg.columns])
+        self.recipients = hotsql.insert(dialect, _R, ["message_id", "address", "attempts", "state", "next_attempt_at",
+                                                      "lease_owner", "lease_until", "updated_at", "last_reply"])
+        self.events = hotsql.insert(dialect, ev, [c.name for c in ev.columns if c.name != "id"])
+        c = _R.c
+        self.mark = hotsql.HotStatement(
+            dialect, "UPDATE recipients SET state = 'delivering', dot_sent_at = :now, upstream = :up, updated_at = :now"
+                     " WHERE message_id = :mid AND address = :addr AND state IN ('queued', 'deferred', 'delivering')",
+            {"now": c.dot_sent_at.type, "up": c.upstream.type, "mid": c.message_id.type, "addr": c.address.type})
+        self.outcome = hotsql.HotStatement(
+            dialect, "UPDATE recipients SET state = :st, last_code = :code, last_reply = :reply, upstream = :up,"
+                     " next_attempt_at = :nxt, attempts = attempts + :inc, lease_owner = NULL, lease_until = NULL,"
+                     " dot_sent_at = NULL, updated_at = :now WHERE message_id = :mid AND address = :addr",
+            {"st": c.state.type, "code": c.last_code.type, "reply": c.last_reply.type, "up": c.upstream.type,
+             "nxt": c.next_attempt_at.type, "inc": c.attempts.type, "now": c.updated_at.type,
+             "mid": c.message_id.type, "addr": c.address.type})
+
+
 class Queue:
     def __init__(self, sessions: sessionmaker[Session], reads: sessionmaker[Session] | None = None) -> None:
         self._sessions = sessions
         self._reads = reads or sessions
         self._engine = sessions.kw["bind"]
+        self._sql = _HotQueries(self._engine.dialect)
         # Called inside the outcomes' transaction (relay.webhooks queues its events there).
         self.on_outcomes: Callable[[sa.Connection, Sequence[Outcome], dt.datetime], None] | None = None
 
@@ -158,39 +190,34 @@ class Queue:
     def _enqueue(self, conn: sa.Connection, batch: Sequence[NewMessage]) -> None:
         msgs, rcpts, events = [], [], []
         for n in batch:
-            msgs.append(dict(
-                id=n.id, account_id=n.account_id, api_key_id=n.api_key_id, alias_id=n.alias_id,
-                ip_pool=n.ip_pool, mail_from=n.mail_from, header_message_id=n.header_message_id,
-                subject=n.subject, body=n.body, size=len(n.body), source=n.source, sandbox=n.sandbox,
-                idempotency_key=n.idempotency_key, tags=n.tags, meta=n.meta, created_at=n.created_at,
-                expires_at=n.expires_at))
+            msgs.append({
+                "id": n.id, "account_id": n.account_id, "api_key_id": n.api_key_id, "alias_id": n.alias_id,
+                "ip_pool": n.ip_pool, "mail_from": n.mail_from, "header_message_id": n.header_message_id,
+                "subject": n.subject, "body": n.body, "size": len(n.body), "source": n.source, "sandbox": n.sandbox,
+                "idempotency_key": n.idempotency_key, "tags": n.tags, "meta": n.meta, "created_at": n.created_at,
+                "expires_at": n.expires_at})
             for addr in n.recipients:
                 reason = n.suppressed.get(addr)
-                rcpts.append(dict(
-                    message_id=n.id, address=addr, attempts=0,
-                    state="suppressed" if reason else "sandbox" if n.sandbox else "queued",
-                    next_attempt_at=n.created_at, lease_owner=None if reason else n.lease_owner,
-                    lease_until=None if reason else n.lease_until, updated_at=n.created_at,
-                    last_reply=reason))
-                events.append(dict(message_id=n.id, recipient=addr, type="accepted", at=n.created_at))
+                rcpts.append({
+                    "message_id": n.id, "address": addr, "attempts": 0,
+                    "state": "suppressed" if reason else "sandbox" if n.sandbox else "queued",
+                    "next_attempt_at": n.created_at, "lease_owner": None if reason else n.lease_owner,
+                    "lease_until": None if reason else n.lease_until, "updated_at": n.created_at,
+                    "last_reply": reason})
+                events.append(_event(n.id, addr, "accepted", n.created_at))
                 if reason:
-                    events.append(dict(message_id=n.id, recipient=addr, type="suppressed", at=n.created_at,
-                                       reply=reason))
-        conn.execute(sa.insert(m.Message.__table__), msgs)
-        conn.execute(sa.insert(_R), rcpts)
-        conn.execute(sa.insert(m.Event.__table__), events)
+                    events.append(_event(n.id, addr, "suppressed", n.created_at, reply=reason))
+        sql = self._sql
+        sql.messages.run(conn, msgs)
+        sql.recipients.run(conn, rcpts)
+        sql.events.run(conn, events)
 
     def mark_dot_sent(self, items: Sequence[tuple[str, str, str]], now: dt.datetime | None = None) -> None:
         """(message id, address, upstream): the final dot has gone (see relay.delivery.journal)."""
         self.apply(markers=items, now=now)
 
     def _mark(self, conn: sa.Connection, items: Sequence[tuple[str, str, str]], now: dt.datetime) -> None:
-        conn.execute(
-            sa.update(_R).where(_R.c.message_id == sa.bindparam("mid"), _R.c.address == sa.bindparam("addr"),
-                                sa.or_(*(_R.c.state == st for st in PENDING)))  # (no IN with executemany)
-            .values(state="delivering", dot_sent_at=now, upstream=sa.bindparam("up"), updated_at=now),
-            [dict(mid=i, addr=a, up=u) for i, a, u in items],
-        )
+        self._sql.mark.run(conn, [{"mid": i, "addr": a, "up": u, "now": now} for i, a, u in items])
 
     def record_outcomes(self, outcomes: Sequence[Outcome], now: dt.datetime | None = None) -> None:
         """Write results and their events; release the leases; suppress hard bounces."""
@@ -199,22 +226,14 @@ class Queue:
     def _record(self, conn: sa.Connection, outcomes: Sequence[Outcome], now: dt.datetime) -> None:
         rows, events, suppress = [], [], []
         for o in outcomes:
-            rows.append(dict(
-                mid=o.message_id, addr=o.address, st=o.state, code=o.code, reply=o.reply, up=o.upstream,
-                nxt=o.next_attempt_at or now, inc=1 if o.attempted else 0))
-            events.append(dict(message_id=o.message_id, recipient=o.address, type=o.state, at=now,
-                               upstream=o.upstream, code=o.code, reply=o.reply))
+            rows.append({"mid": o.message_id, "addr": o.address, "st": o.state, "code": o.code, "reply": o.reply,
+                         "up": o.upstream, "nxt": o.next_attempt_at or now, "inc": 1 if o.attempted else 0,
+                         "now": now})
+            events.append(_event(o.message_id, o.address, o.state, now, o.upstream, o.code, o.reply))
             if o.suppress_account_id:
                 suppress.append((o.suppress_account_id, o.address, o.reply))
-        conn.execute(
-            sa.update(_R).where(_R.c.message_id == sa.bindparam("mid"), _R.c.address == sa.bindparam("addr"))
-            .values(state=sa.bindparam("st"), last_code=sa.bindparam("code"), last_reply=sa.bindparam("reply"),
-                    upstream=sa.bindparam("up"), next_attempt_at=sa.bindparam("nxt"),
-                    attempts=_R.c.attempts + sa.bindparam("inc"), lease_owner=None, lease_until=None,
-                    dot_sent_at=None, updated_at=now),
-            rows,
-        )
-        conn.execute(sa.insert(m.Event.__table__), events)
+        self._sql.outcome.run(conn, rows)
+        self._sql.events.run(conn, events)
         for account_id, address, reply in suppress:
             self._suppress(conn, account_id, address, "hard_bounce", reply, now)
         if self.on_outcomes is not None:
