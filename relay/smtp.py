@@ -19,6 +19,7 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Se
 from relay import metrics
 from relay.errors import RelayError
 from relay.pipeline import AUTH_FAILED, RELAY_DENIED, Context, Identity, Pipeline
+from relay.smtpdata import BlockData
 
 log = logging.getLogger(__name__)
 # On 465 the transport is TLS from the first byte, so aiosmtpd's "AUTH without TLS" warning is moot.
@@ -77,7 +78,7 @@ _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
 _PLAIN_ADDR = re.compile(rf"[ \t]*<(({_ATOM}(?:\.{_ATOM})*)@{_LABEL}(?:\.{_LABEL})*)>[ \t]*")
 
 
-class RelaySMTP(SMTP):
+class RelaySMTP(BlockData):
     """aiosmtpd's protocol engine with enhanced status codes on every reply and async AUTH.
 
     ``__init__`` sets exactly the state aiosmtpd 1.4's does, but takes the handler/method tables
