@@ -92,6 +92,14 @@ class Sink:
     connections: int = 0
     server: asyncio.AbstractServer | None = None
     drop_after_data: int = 0  # close the connection (no reply) after N more DATA dots
+    pipelining: bool = True  # advertise PIPELINING (RFC 2920), as Postfix, SES and the others do
+
+    async def handle_EHLO(self, server: AioSMTP, session: Session, envelope: Envelope, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_MAIL(self, server: AioSMTP, session: Session, envelope: Envelope, address: str, options: list) -> str:
         if self.mail_reply:
@@ -140,8 +148,8 @@ class Sink:
 async def sink_factory():
     sinks: list[Sink] = []
 
-    async def make(port: int | None = None) -> Sink:
-        sink = Sink(port or free_port())
+    async def make(port: int | None = None, *, pipelining: bool = True) -> Sink:
+        sink = Sink(port or free_port(), pipelining=pipelining)
         await sink.start()
         sinks.append(sink)
         return sink

@@ -130,8 +130,28 @@ class AlwaysSink(Sink):
         return self.always
 
 
+_MODE = {"pipelining": True}
+
+
+# Every test here runs twice: against upstreams that advertise PIPELINING (the envelope goes in one
+# write, relay.delivery.upstream._Pipelined) and against ones that do not (aiosmtplib, one by one).
+@pytest.fixture(params=["pipelining", "one-by-one"], autouse=True)
+def pipelining(request, monkeypatch) -> bool:
+    on = request.param == "pipelining"
+    monkeypatch.setitem(_MODE, "pipelining", on)
+    return on
+
+
+@pytest.fixture
+async def sink_factory(sink_factory, pipelining):
+    async def make(port: int | None = None) -> Sink:
+        return await sink_factory(port, pipelining=pipelining)
+
+    return make
+
+
 async def start_sink(cls, port: int | None = None) -> Sink:
-    sink = cls(port or free_port())
+    sink = cls(port or free_port(), pipelining=_MODE["pipelining"])
     await sink.start()
     return sink
 
@@ -272,8 +292,8 @@ async def test_rcpt_level_550_bounces_one_recipient_delivers_the_other(gateway_f
 class OnceRcptSink(Sink):
     """``rcpt_once``: address -> reply given to the first RCPT for it only."""
 
-    def __init__(self, port: int) -> None:
-        super().__init__(port)
+    def __init__(self, port: int, **kw) -> None:
+        super().__init__(port, **kw)
         self.rcpt_once: dict[str, str] = {}
 
     async def handle_RCPT(self, server, session, envelope, address, options):
@@ -593,3 +613,99 @@ async def test_a_retry_that_falls_due_before_the_attempt_has_finished_is_not_str
     (view,) = await wait_final(gw, qid, timeout=4)
     assert (view.recipients[0].state, view.recipients[0].attempts) == ("delivered", 2)
     assert by_message_id(sink)[mid] == 1
+
+
+class RawUpstream:
+    """A scripted upstream on plain asyncio streams that advertises PIPELINING: it records every
+    read it makes and answers every complete command; ``split`` writes each reply byte by byte."""
+
+    def __init__(self, split: bool) -> None:
+        self.split = split
+        self.reads: list[bytes] = []
+        self.messages: list[bytes] = []
+        self.server: asyncio.AbstractServer | None = None
+        self.port = free_port()
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._session, "127.0.0.1", self.port)
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 raw.test ESMTP\r\n")
+        buf, in_data = b"", False
+        while chunk := await reader.read(65536):
+            self.reads.append(chunk)
+            buf += chunk
+            out = b""
+            while True:
+                if in_data:
+                    end = buf.find(b"\r\n.\r\n")
+                    if end < 0:
+                        break
+                    self.messages.append(buf[:end + 2])
+                    buf, in_data = buf[end + 5:], False
+                    out += b"250 2.0.0 taken\r\n"
+                    continue
+                end = buf.find(b"\r\n")
+                if end < 0:
+                    break
+                line, buf = buf[:end], buf[end + 2:]
+                verb = line[:4].upper()
+                if verb == b"EHLO":
+                    out += b"250-raw.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
+                elif verb == b"DATA":
+                    out += b"354 go ahead\r\n"
+                    in_data = True
+                elif verb == b"QUIT":
+                    out += b"221 2.0.0 bye\r\n"
+                else:
+                    out += b"250 2.0.0 ok\r\n"
+            for piece in ([out[i:i + 1] for i in range(len(out))] if self.split else [out]):
+                writer.write(piece)
+                await writer.drain()
+                if self.split:
+                    await asyncio.sleep(0.001)
+        writer.close()
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["replies-whole", "replies-byte-by-byte"])
+async def test_a_pipelining_upstream_gets_the_envelope_in_one_write(gateway_factory, pipelining, split):
+    if not pipelining:
+        pytest.skip("the raw upstream always advertises PIPELINING")
+    up = RawUpstream(split)
+    await up.start()
+    try:
+        gw, p = await start_gw(gateway_factory, up.port)
+        await settle(gw)
+        raw, mid = make_msg(["a@dest.org", "b@dest.org"], "pipelined")
+        ids = await submit(gw, p.key, [(["a@dest.org", "b@dest.org"], raw), (["c@dest.org"], raw)])
+        views = await wait_final(gw, *ids)
+        assert [r.state for v in views for r in v.recipients] == ["delivered"] * 3
+        assert sum(mid.encode() in m for m in up.messages) == 2
+        # MAIL, both RCPTs and DATA arrived in one read (after RSET, on a reused session)
+        envelopes = [r for r in up.reads if b"MAIL FROM:" in r]
+        assert len(envelopes) == len(up.messages) >= 3
+        assert any(r.endswith(b"RCPT TO:<a@dest.org>\r\nRCPT TO:<b@dest.org>\r\nDATA\r\n") for r in envelopes)
+        assert all(r.startswith((b"MAIL FROM:", b"RSET\r\nMAIL FROM:")) and r.endswith(b"DATA\r\n")
+                   for r in envelopes), up.reads
+    finally:
+        up.server.close()
+
+
+@pytest.mark.parametrize("reply", ["550 5.7.1 sender refused", "451 4.3.0 try later"])
+async def test_a_refused_mail_from_bounces_or_defers_and_nothing_is_sent(gateway_factory, sink_factory, reply):
+    sink = await sink_factory()
+    gw, p = await start_gw(gateway_factory, sink.port, retry_base=1, retry_max=2)
+    await settle(gw)
+    sink.mail_reply = reply
+    raw, mid = make_msg(["x@dest.org"], "refused sender")
+    (qid,) = await submit(gw, p.key, [(["x@dest.org"], raw)])
+    await wait_for(lambda: rcpt_view(gw.store.queue.show(qid), "x@dest.org").attempts >= 1)
+    r = rcpt_view(gw.store.queue.show(qid), "x@dest.org")
+    assert (r.last_code, r.last_reply) == (int(reply[:3]), reply[4:])
+    assert r.state == ("bounced" if reply[0] == "5" else "deferred")
+    assert by_message_id(sink)[mid] == 0
+    sink.mail_reply = None
+    if reply[0] == "4":  # the upstream takes mail again: delivered on the retry, once
+        await wait_final(gw, qid)
+        assert rcpt_view(gw.store.queue.show(qid), "x@dest.org").state == "delivered"
+        assert by_message_id(sink)[mid] == 1

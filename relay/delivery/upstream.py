@@ -8,6 +8,7 @@ exceptions are mapped to results here, in one place.
 from __future__ import annotations
 
 import asyncio
+import collections
 import ctypes
 import functools
 import logging
@@ -21,7 +22,9 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 import aiosmtplib
-from aiosmtplib import SMTPException, SMTPResponseException, SMTPServerDisconnected, SMTPTimeoutError
+from aiosmtplib import (SMTPException, SMTPHeloError, SMTPReadTimeoutError, SMTPResponseException, SMTPServerDisconnected,
+                        SMTPTimeoutError)
+from aiosmtplib.email import quote_address
 
 from relay.tlsutil import client_context
 
@@ -108,6 +111,11 @@ class Upstream:
                                validate_certs=c.verify_tls)
         try:
             await smtp.connect(timeout=self.connect_timeout)
+            if smtp.is_ehlo_or_helo_needed:  # (plain, no AUTH: aiosmtplib would wait for the first MAIL)
+                try:
+                    await smtp.ehlo()
+                except SMTPHeloError:
+                    await smtp.helo()
             if c.username:
                 await smtp.login(c.username, c.password or "")
         except SMTPResponseException as exc:
@@ -180,43 +188,13 @@ class Upstream:
         smtp = conn.smtp
         out = TransactionResult(self.cfg.name)
         try:
-            if not conn.clean:
-                await smtp.rset()
-            conn.clean = False
+            commands = _envelope(mail_from, recipients) if smtp.supports_extension("pipelining") else None
+            channel: _Channel = _OneByOne(smtp, self.command_timeout) if commands is None else \
+                _Pipelined(smtp, self.command_timeout)
             try:
-                await smtp.mail(mail_from)
-            except SMTPResponseException as exc:
-                if exc.code == 421 and conn.used:
-                    raise _Stale() from None
-                raise UpstreamUnavailable(exc.code, exc.message, permanent=exc.code >= 500) from None
-            accepted = []
-            for rcpt in recipients:
-                try:
-                    resp = await smtp.rcpt(rcpt)
-                except SMTPResponseException as exc:
-                    if exc.code == 421:
-                        raise UpstreamUnavailable(exc.code, exc.message) from None
-                    out.results[rcpt] = (exc.code, exc.message)
-                else:
-                    accepted.append(rcpt)
-                    out.results[rcpt] = (resp.code, resp.message)
-            refused = {r: res for r, res in out.results.items() if res[0] >= 500}
-            if not accepted:
-                await smtp.rset()
-                conn.clean = True
-                temp = [r for r in recipients if out.results[r][0] < 500]
-                if temp:  # nothing taken here and something may go elsewhere: try the next upstream
-                    code, reply = out.results[temp[0]]
-                    raise UpstreamUnavailable(code, reply, refused=refused)
-                return out
-            code, reply = await _data(smtp, body, lambda: on_dot(accepted),
-                                      self.command_timeout)
-            if 400 <= code < 500:
-                conn.clean = False
-                raise UpstreamUnavailable(code, reply, refused=refused)
-            for rcpt in accepted:
-                out.results[rcpt] = (code, reply)
-            conn.clean = True
+                await self._exchange(conn, channel, commands, mail_from, recipients, body, on_dot, out)
+            finally:
+                channel.close()
             return out
         except SMTPServerDisconnected:
             if conn.used and not out.results:
@@ -230,6 +208,68 @@ class Upstream:
             raise UpstreamUnavailable(None, "timeout") from None
         except (SMTPException, OSError) as exc:
             raise UpstreamUnavailable(None, f"{type(exc).__name__}: {exc}") from None
+
+    async def _exchange(self, conn: _Conn, ch: "_Channel", commands: list[bytes] | None, mail_from: str,
+                        recipients: list[str], body: bytes, on_dot: Callable[[list[str]], DotHooks],
+                        out: TransactionResult) -> None:
+        """RSET (after an unfinished transaction), MAIL, RCPT..., DATA, the body. With ``commands``
+        (RFC 2920 PIPELINING) everything up to DATA goes in one write and the replies are read in
+        order; otherwise aiosmtplib sends each command and reads its reply."""
+        smtp = conn.smtp
+        if commands is not None:
+            ch.write(b"".join(([b"RSET\r\n"] if not conn.clean else []) + commands))
+        if not conn.clean:
+            code, reply = await ch.call(b"RSET")
+            if code != 250:
+                raise SMTPResponseException(code, reply)
+        conn.clean = False
+        if commands is None:
+            try:
+                await smtp.mail(mail_from)
+            except SMTPResponseException as exc:
+                code, reply = exc.code, exc.message
+            else:
+                code, reply = 250, ""
+        else:
+            code, reply = await ch.call(b"MAIL")
+        if code != 250:
+            if code == 421 and conn.used:
+                raise _Stale()
+            raise UpstreamUnavailable(code, reply, permanent=code >= 500)
+        accepted = []
+        for rcpt in recipients:
+            if commands is None:
+                try:
+                    resp = await smtp.rcpt(rcpt)
+                except SMTPResponseException as exc:
+                    code, reply = exc.code, exc.message
+                else:
+                    code, reply = resp.code, resp.message
+            else:
+                code, reply = await ch.call(b"RCPT")
+            if code == 421:
+                raise UpstreamUnavailable(code, reply)
+            out.results[rcpt] = (code, reply)
+            if code in (250, 251):
+                accepted.append(rcpt)
+        refused = {r: res for r, res in out.results.items() if res[0] >= 500}
+        if not accepted:
+            if commands is None:
+                await smtp.rset()
+                conn.clean = True
+            elif (await ch.call(b"DATA"))[0] == 354:  # a server that should have refused DATA: end it unsent
+                raise UpstreamUnavailable(None, "DATA accepted without any recipient")
+            temp = [r for r in recipients if out.results[r][0] < 500]
+            if temp:  # nothing taken here and something may go elsewhere: try the next upstream
+                code, reply = out.results[temp[0]]
+                raise UpstreamUnavailable(code, reply, refused=refused)
+            return
+        code, reply = await _data(ch, body, lambda: on_dot(accepted))
+        if 400 <= code < 500:
+            raise UpstreamUnavailable(code, reply, refused=refused)
+        for rcpt in accepted:
+            out.results[rcpt] = (code, reply)
+        conn.clean = True
 
     async def probe(self) -> dict:
         """The seeds' connection test: EHLO, TLS and AUTH, no mail. {success, message, latencyMs, error}."""
@@ -320,46 +360,215 @@ async def _drained(transport: asyncio.WriteTransport) -> None:
         await asyncio.sleep(0.001)
 
 
-async def _data(smtp: aiosmtplib.SMTP, body: bytes, on_dot: Callable[[], DotHooks],
-                timeout: float) -> tuple[int, str]:
-    """DATA, the body and the final dot. ``on_dot`` gives the hooks for the moment the dot goes
-    (see _DotGate and DotHooks); the store's marker is awaited after the reply, so it is committed
-    before the outcome.
+async def _data(ch: "_Channel", body: bytes, on_dot: Callable[[], DotHooks]) -> tuple[int, str]:
+    """DATA (already written when pipelined), the body and the final dot. ``on_dot`` gives the hooks
+    for the moment the dot goes (see _DotGate and DotHooks); the store's marker is awaited after the
+    reply, so it is committed before the outcome.
 
     aiosmtplib's own data() gives no moment at which the dot is known to have left.
     """
-    protocol = smtp.protocol
-    if protocol is None or protocol._command_lock is None or protocol.transport is None:  # noqa: SLF001
-        raise SMTPServerDisconnected("Connection lost")
     body = _PERIOD.sub(b"..", body)
     if not body.endswith(b"\r\n"):
         body += b"\r\n"
-    transport = protocol.transport
-    async with protocol._command_lock:  # noqa: SLF001
-        protocol._response_pending = True  # noqa: SLF001
-        protocol.write(b"DATA\r\n")
-        start = await protocol.read_response(timeout=timeout)
-        if start.code != 354:
-            return start.code, start.message
-        gate = _DotGate(transport)
-        corked = gate.arm()
-        protocol._response_pending = True  # noqa: SLF001
-        protocol.write(body + b".\r\n")
-        try:
-            await _drained(transport)
-        except BaseException:
-            if corked:
-                transport.abort()  # reset: the held dot is discarded, the upstream takes nothing
-            raise
-        hooks = on_dot()
+    code, reply = await ch.call(b"DATA")
+    if code != 354:
+        return code, reply
+    transport = ch.transport
+    gate = _DotGate(transport)
+    corked = gate.arm()
+    ch.write(body + b".\r\n")
+    try:
+        await _drained(transport)
+    except BaseException:
         if corked:
-            gate.release(hooks.journal)
-        else:
-            hooks.journal()
-        marker = hooks.after()
+            transport.abort()  # reset: the held dot is discarded, the upstream takes nothing
+        raise
+    hooks = on_dot()
+    if corked:
+        gate.release(hooks.journal)
+    else:
+        hooks.journal()
+    marker = hooks.after()
+    try:
+        return await ch.reply()
+    finally:
+        if marker is not None:
+            await marker
+
+
+def _envelope(mail_from: str, recipients: list[str]) -> list[bytes] | None:
+    """MAIL, RCPT... and DATA as one pipelined write; None when an address needs more than ASCII
+    (aiosmtplib's one-by-one path then says what is wrong with it)."""
+    addresses = [mail_from, *recipients]
+    if any(_CONTROL.search(a) for a in addresses):
+        return None
+    try:
+        quoted = [quote_address(a).encode("ascii") for a in addresses]
+    except UnicodeEncodeError:
+        return None
+    return [b"MAIL FROM:" + quoted[0] + b"\r\n", *(b"RCPT TO:" + q + b"\r\n" for q in quoted[1:]), b"DATA\r\n"]
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_MAX_REPLY_LINE = 8192
+
+
+class _Channel:
+    """How a transaction talks to the upstream: ``call`` a command and get its (code, reply),
+    ``write`` bytes whose reply ``reply`` then reads."""
+
+    transport: asyncio.WriteTransport
+
+    async def call(self, command: bytes) -> tuple[int, str]:
+        raise NotImplementedError
+
+    def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    async def reply(self) -> tuple[int, str]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class _OneByOne(_Channel):
+    """aiosmtplib's protocol: one command written, its reply read."""
+
+    def __init__(self, smtp: aiosmtplib.SMTP, timeout: float) -> None:
+        protocol = smtp.protocol
+        if protocol is None or protocol.transport is None:
+            raise SMTPServerDisconnected("Connection lost")
+        self._protocol = protocol
+        self.transport = protocol.transport
+        self._timeout = timeout
+
+    async def call(self, command: bytes) -> tuple[int, str]:
+        resp = await self._protocol.execute_command(command, timeout=self._timeout)
+        return resp.code, resp.message
+
+    def write(self, data: bytes) -> None:
+        self._protocol._response_pending = True  # noqa: SLF001  (what execute_command sets)
+        self._protocol.write(data)
+
+    async def reply(self) -> tuple[int, str]:
+        resp = await self._protocol.read_response(timeout=self._timeout)
+        return resp.code, resp.message
+
+
+class _Pipelined(_Channel):
+    """RFC 2920: the commands were written at once; ``call`` reads the next reply. The transport's
+    protocol is swapped for a :class:`_Replies` for the transaction (aiosmtplib's reads one reply per
+    command and drops what arrives early) and given back afterwards."""
+
+    def __init__(self, smtp: aiosmtplib.SMTP, timeout: float) -> None:
+        owner = smtp.protocol
+        if owner is None or owner.transport is None or owner.transport.is_closing():
+            raise SMTPServerDisconnected("Connection lost")
+        self._owner = owner
+        self.transport = owner.transport
+        self._timeout = timeout
+        self._replies = _Replies(owner)
+        self.transport.set_protocol(self._replies)
+
+    async def call(self, command: bytes) -> tuple[int, str]:
+        return await self._replies.next(self._timeout)
+
+    def write(self, data: bytes) -> None:
+        if self.transport.is_closing():
+            raise SMTPServerDisconnected("Connection lost")
+        self.transport.write(data)
+
+    async def reply(self) -> tuple[int, str]:
+        return await self._replies.next(self._timeout)
+
+    def close(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.set_protocol(self._owner)
+
+
+class _Replies(asyncio.Protocol):
+    """Every reply the upstream sends, in order, parsed as aiosmtplib parses one (multi-line
+    replies joined with newlines, the code of the last line)."""
+
+    def __init__(self, owner: asyncio.BaseProtocol) -> None:
+        self._owner = owner
+        self._buf = bytearray()
+        self._ready: collections.deque[tuple[int, str]] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: Exception | None = None
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
         try:
-            resp = await protocol.read_response(timeout=timeout)
-        finally:
-            if marker is not None:
-                await marker
-    return resp.code, resp.message
+            while (reply := _take_reply(self._buf)) is not None:
+                self._ready.append(reply)
+        except SMTPResponseException as exc:
+            self._fail(exc)
+        if len(self._buf) > 4 * _MAX_REPLY_LINE:
+            self._fail(SMTPResponseException(-1, "Response too long"))
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._fail(SMTPServerDisconnected("Unexpected EOF received"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(SMTPServerDisconnected("Connection lost"))
+        self._owner.connection_lost(exc)  # aiosmtplib learns the session is gone
+
+    def pause_writing(self) -> None:
+        self._owner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._owner.resume_writing()
+
+    def _fail(self, exc: Exception) -> None:
+        if self._error is None:
+            self._error = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def next(self, timeout: float) -> tuple[int, str]:
+        loop = asyncio.get_running_loop()
+        while not self._ready:
+            if self._error is not None:
+                raise self._error
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(timeout, _expire, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        return self._ready.popleft()
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(SMTPReadTimeoutError("Timed out waiting for server response"))
+
+
+def _take_reply(buf: bytearray) -> tuple[int, str] | None:
+    """One complete reply off the front of ``buf`` (removed from it), or None if it is not all in."""
+    offset, lines, code = 0, [], -1
+    while True:
+        end = buf.find(b"\n", offset)
+        if end < 0:
+            return None
+        line = bytes(buf[offset:end + 1])
+        if len(line) > _MAX_REPLY_LINE:
+            raise SMTPResponseException(-1, "Response too long")
+        try:
+            code = int(line[:3])
+        except ValueError:
+            raise SMTPResponseException(-1, "Malformed SMTP response line: "
+                                        + line.decode("utf-8", "ignore")) from None
+        offset = end + 1
+        lines.append(line[4:].strip(b" \t\r\n"))
+        if line[3:4] != b"-":
+            del buf[:offset]
+            return code, b"\n".join(lines).decode("utf-8", "surrogateescape")
