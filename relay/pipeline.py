@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import ipaddress
 import logging
 import secrets
@@ -105,7 +106,7 @@ class Pipeline:
         self.lease_seconds = lease_seconds
         self.max_age = max_age
         self.policies = policies or PolicySet()
-        self.trusted = trusted or []
+        self.trusted = tuple(trusted or ())
         self.clock = clock
         self.max_recipients = max_recipients
         self.auth_throttle = auth_throttle or AuthThrottle(5, 900)
@@ -147,14 +148,10 @@ class Pipeline:
 
     async def trusted_identity(self, peer_ip: str) -> Identity | None:
         """The account a trusted network submits as (the plain `relay` listener), or None."""
-        try:
-            ip = ipaddress.ip_address(peer_ip)
-        except ValueError:
+        account = _trusted_account(peer_ip, self.trusted)
+        if account is None:
             return None
-        for network, account in self.trusted:
-            if ip in network:
-                return await self._accounts.get(("name", account), lambda: self._load_account(account))
-        return None
+        return await self._accounts.get(("name", account), lambda: self._load_account(account))
 
     async def _load_account(self, name: str) -> Identity:
         acc = await self.runner.read(self.store.directory.get_account, name)
@@ -355,6 +352,21 @@ class Pipeline:
             recipients=recipients, created_at=self.clock(), expires_at=self.clock(), account_id=account_id,
             source=source))
         return queue_id
+
+
+@functools.lru_cache(maxsize=4096)
+def _trusted_account(peer_ip: str, trusted: tuple[tuple[Any, str], ...]) -> str | None:
+    """The account of the first trusted network holding ``peer_ip`` (parsed once per address)."""
+    try:
+        ip = ipaddress.ip_address(peer_ip)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # a dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d
+    for network, account in trusted:
+        if ip.version == network.version and ip in network:
+            return account
+    return None
 
 
 def new_queue_id(sandbox: bool = False) -> str:

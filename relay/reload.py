@@ -106,8 +106,8 @@ def _apply(gw: Any, s: Settings) -> None:
             options["timeout"] = smtp.command_timeout
         handler.data_timeout, handler.max_errors = smtp.data_timeout, smtp.max_errors
     p = gw.pipeline
-    if [(t.network, t.account) for t in smtp.trusted] != p.trusted:
-        p.trusted = [(t.network, t.account) for t in smtp.trusted]
+    if tuple((t.network, t.account) for t in smtp.trusted) != p.trusted:
+        p.trusted = tuple((t.network, t.account) for t in smtp.trusted)
         p.invalidate()
     p.max_recipients = smtp.max_recipients
     p.connections.max_total, p.connections.max_per_ip = smtp.max_connections, smtp.max_connections_per_ip

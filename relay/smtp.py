@@ -12,8 +12,10 @@ import re
 import socket
 import ssl
 import warnings
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+import aiosmtpd.smtp
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session, _AuthMechAttr, login_always_fail
 
 from relay import metrics
@@ -31,6 +33,21 @@ _REWRITE = {
     "552 Error: Too much mail data": "552 5.3.4 Message too big for system",
 }
 _KEY_SECRET = re.compile(r"(rk_[0-9a-f]{8})_\S+")
+
+
+def _sanitized_log(func: Any, msg: Any, *args: Any, **kwargs: Any) -> None:
+    """aiosmtpd logs every command line through ``sanitized_log``, which masks AUTH data before it
+    asks the logger whether the level is on at all. Ask first (two calls per command saved)."""
+    logger = getattr(func, "__self__", None)
+    level = _LOG_LEVELS.get(getattr(func, "__name__", ""))
+    if isinstance(logger, logging.Logger) and level is not None and not logger.isEnabledFor(level):
+        return
+    _aiosmtpd_sanitized_log(func, msg, *args, **kwargs)
+
+
+_LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+_aiosmtpd_sanitized_log = aiosmtpd.smtp.sanitized_log
+aiosmtpd.smtp.sanitized_log = _sanitized_log
 
 
 def redact(text: str) -> str:
@@ -71,6 +88,28 @@ def _introspect(cls: type, handler: Any, excluded: tuple[str, ...]):
                  tuple(n[5:] for n in dir(cls) if n.startswith("smtp_")))
         _NAMES[key] = names
     return names
+
+
+class _Commands(Mapping):
+    """aiosmtpd's command table (name -> bound ``smtp_*`` method), binding only the commands a
+    session uses instead of all ~20 at every connection."""
+
+    __slots__ = ("_session", "_names")
+
+    def __init__(self, session: SMTP, names: tuple[str, ...]) -> None:
+        self._session = session
+        self._names = names
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._names:
+            raise KeyError(name)
+        return getattr(self._session, "smtp_" + name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
@@ -120,9 +159,14 @@ class RelaySMTP(BlockData):
         self._auth_required = auth_required
         auth, hooks, commands = _introspect(type(self), handler, tuple(auth_exclude_mechanism))
         self._auth_methods = {mech: _AuthMechAttr(getattr(self, name), True) for mech, name in auth}
-        self._handle_hooks = {name: getattr(handler, "handle_" + name) for name in hooks}
+        tables = handler.__dict__.get("_hook_tables")
+        if tables is None:
+            tables = handler.__dict__["_hook_tables"] = {}
+        self._handle_hooks = tables.get(hooks)  # the handler's bound hooks: the same for every session
+        if self._handle_hooks is None:
+            self._handle_hooks = tables[hooks] = {name: getattr(handler, "handle_" + name) for name in hooks}
         self._ehlo_hook_ver = "new" if "EHLO" in self._handle_hooks else None
-        self._smtp_methods = {name: getattr(self, "smtp_" + name) for name in commands}
+        self._smtp_methods = _Commands(self, commands)
         self._enforce_call_limit = False
         self._implicit_tls = implicit_tls
         self._greeting_or_ehlo = False

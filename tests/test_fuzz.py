@@ -278,3 +278,22 @@ def test_block_data_reader_agrees_with_aiosmtpd(pieces, size_limit, cuts):
         plain = (plain[0].replace(errors[1], errors[0]), plain[1])
         block = (block[0].replace(errors[1], errors[0]), block[1])
     assert block == plain
+
+
+@settings(max_examples=1500)
+@given(st.text(alphabet=st.sampled_from(list("ab.@-+_'{}!#=<>\" ()[]\\,;:é\t")), max_size=30))
+def test_pipelined_envelope_quotes_addresses_as_aiosmtplib_does(addr):
+    from aiosmtplib.email import quote_address
+
+    from relay.delivery.upstream import _envelope
+
+    cmds = _envelope(addr, [addr])
+    if "\t" in addr:
+        assert cmds is None  # a control character: aiosmtplib's one-by-one path refuses it
+        return
+    try:
+        quoted = quote_address(addr).encode("ascii")
+    except ValueError:  # not an address aiosmtplib would send (UnicodeEncodeError included)
+        assert cmds is None
+        return
+    assert cmds == [b"MAIL FROM:" + quoted + b"\r\n", b"RCPT TO:" + quoted + b"\r\n", b"DATA\r\n"]

@@ -682,3 +682,16 @@ async def test_alias_verification_email_and_link(gateway_factory, sink_factory):
     await smtp.quit()
     assert (stage, code) == ("DATA", 250) and QUEUED.match(text), text
     await wait_for(lambda: len(received_from(sink, "new@example.com")) == 1)
+
+
+def test_trusted_networks_match_ipv4_mapped_peers():
+    import ipaddress
+
+    from relay.pipeline import _trusted_account
+
+    nets = ((ipaddress.ip_network("10.0.0.0/8"), "acme"), (ipaddress.ip_network("2001:db8::/32"), "six"))
+    assert _trusted_account("10.1.2.3", nets) == "acme"
+    assert _trusted_account("::ffff:10.1.2.3", nets) == "acme"  # a dual-stack listener's view of it
+    assert _trusted_account("2001:db8::1", nets) == "six"
+    assert _trusted_account("192.168.0.1", nets) is None
+    assert _trusted_account("not-an-ip", nets) is None
