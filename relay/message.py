@@ -6,9 +6,10 @@ No I/O here. Everything takes and returns bytes with CRLF line endings.
 from __future__ import annotations
 
 import email.utils
+import re
 import time
 from dataclasses import dataclass
-from email.message import EmailMessage
+from email.message import EmailMessage, Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
@@ -38,19 +39,106 @@ def _addresses(values: list[str]) -> list[str]:
 
 
 def summarize(raw: bytes) -> HeaderSummary:
-    """Read just the header block."""
+    """Read just the header block (the fast path when it can, else the email package)."""
+    summary = _summarize_fast(raw)
+    return _summarize_slow(raw) if summary is None else summary
+
+
+def _summarize_slow(raw: bytes) -> HeaderSummary:
+    """The reference: compat32 header parsing and email.utils.getaddresses."""
     end = raw.find(b"\r\n\r\n")
     head = raw if end < 0 else raw[: end + 2]
     msg = _HEADER_PARSER.parsebytes(head)
     return HeaderSummary(
         from_addresses=tuple(a.lower() for a in _addresses(msg.get_all("From", []))),
-        subject=msg.get("Subject"),
-        message_id=(msg.get("Message-ID") or "").strip() or None,
+        subject=_text(msg, "Subject"),
+        message_id=(_text(msg, "Message-ID") or "").strip() or None,
         has_date=msg.get("Date") is not None,
         to_count=len(_addresses(msg.get_all("To", []))),
         cc_count=len(_addresses(msg.get_all("Cc", []))),
         bcc_count=len(_addresses(msg.get_all("Bcc", []))),
-        idempotency_key=(msg.get("Idempotency-Key") or "").strip() or None,
+        idempotency_key=(_text(msg, "Idempotency-Key") or "").strip() or None,
+    )
+
+
+def _text(msg: Message, name: str) -> str | None:
+    """The first ``name`` field as text. compat32's ``get`` gives an ``email.header.Header`` for
+    8-bit (SMTPUTF8) values, which is not a str; the raw value is the same str for ASCII."""
+    wanted = name.lower()
+    for key, value in msg.raw_items():
+        if key.lower() == wanted:
+            return value.encode("ascii", "surrogateescape").decode("utf-8", "replace")
+    return None
+
+
+# The fast path takes only plain header blocks, where it gives what _summarize_slow gives:
+# printable ASCII and tabs, CRLF only, every line a "Name: value" field or its folding.
+# compat32 keeps a value as sent, minus the blanks after the colon, folding CRLFs included.
+# The last alternative takes whatever is left at the first spot that is not such a field.
+# (Possessive quantifiers, here and below, keep the matching linear on hostile input.)
+_FIELDS = re.compile(r"([!-9;-~]++):[ \t]*+([\t -~]*+(?:\r\n[ \t][\t -~]*+)*+)\r\n|([\s\S]+)")
+# One mailbox of an address list: addr-spec or [phrase] <addr-spec>, where the phrase has atoms,
+# dots, blanks and quoted strings (no backslash, no folding inside); no comments, groups,
+# domain literals, quoted local parts or route addresses. Anything else goes the slow way.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]++"
+_ADDR_SPEC = rf"{_ATOM}(?:\.{_ATOM})*+@[A-Za-z0-9-]++(?:\.[A-Za-z0-9-]++)*+"
+_PHRASE = r"""(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~. \t\r\n-]|"[^"\\\r\n]*+")*+"""
+_MAILBOX = rf"[ \t\r\n]*+(?:({_ADDR_SPEC})|{_PHRASE}<({_ADDR_SPEC})>)[ \t\r\n]*+"
+# Mailboxes separated by commas (no empty element, no trailing comma), or else the rest.
+_MAILBOXES = re.compile(rf"{_MAILBOX}(?:,(?!\Z)|\Z)|([\s\S]+)")
+_ADDRESS_FIELDS = ("from", "to", "cc", "bcc")
+
+
+def _addresses_fast(values: list[str]) -> list[str] | None:
+    """getaddresses' non-empty addresses, for simple address lists only (else None).
+
+    Blank fields give none; next to non-blank ones they are left to getaddresses, whose strict
+    mode (Python 3.12+, and recent 3.11 releases) may then discard every address of the list.
+    """
+    out: list[str] = []
+    blank = False
+    for value in values:
+        if not value.strip():
+            blank = True
+            continue
+        for bare, angle, rest in _MAILBOXES.findall(value):
+            if rest:
+                return None
+            out.append(bare or angle)
+    return None if blank and out else out
+
+
+def _summarize_fast(raw: bytes) -> HeaderSummary | None:
+    """summarize for plain header blocks; None when the block is not plain (see above)."""
+    end = raw.find(b"\r\n\r\n")
+    if end <= 0:  # no blank line, or one first: rare, left to the email package
+        return None
+    head = raw[: end + 2]
+    if not head.isascii():
+        return None
+    first: dict[str, str] = {}
+    lists: dict[str, list[str]] = {name: [] for name in _ADDRESS_FIELDS}
+    for name, value, rest in _FIELDS.findall(head.decode("ascii")):
+        if rest:
+            return None
+        name = name.lower()
+        if name not in first:
+            first[name] = value
+        if name in lists:
+            lists[name].append(value)
+    found = [_addresses_fast(lists[name]) for name in _ADDRESS_FIELDS]
+    if None in found:
+        return None
+    from_, to, cc, bcc = found
+    return HeaderSummary(
+        from_addresses=tuple(a.lower() for a in from_),
+        subject=first.get("subject"),
+        message_id=first.get("message-id", "").strip() or None,
+        has_date="date" in first,
+        to_count=len(to),
+        cc_count=len(cc),
+        bcc_count=len(bcc),
+        idempotency_key=first.get("idempotency-key", "").strip() or None,
     )
 
 

@@ -227,6 +227,21 @@ async def test_existing_message_id_and_date_are_kept(env):
     assert gw.store.queue.show(QUEUED.match(text).group(1)).header_message_id == "<own.id@app.example.com>"
 
 
+async def test_8bit_subject_and_message_id_are_queued_as_text(env):
+    """An SMTPUTF8/8BITMIME message: the stored subject is the UTF-8 text, not a tempfail."""
+    gw, sink, p = env.gw, env.sink, env.p
+    extra = "Message-ID: <idé@app.example.com>\r\n".encode()
+    smtp = await client(gw)
+    await smtp.login("apikey", p.key)
+    stage, code, text = await transaction(smtp, p.alias, ["r@dest.org"],
+                                          message(subject="Grüße, héllo", extra=extra))
+    await smtp.quit()
+    assert (stage, code) == ("DATA", 250) and QUEUED.match(text)
+    view = gw.store.queue.show(QUEUED.match(text).group(1))
+    assert (view.subject, view.header_message_id) == ("Grüße, héllo", "<idé@app.example.com>")
+    await wait_for(lambda: len(received_from(sink, p.alias)) == 1)
+
+
 async def test_each_alias_goes_out_through_its_own_pool(gateway_factory, sink_factory):
     sink_a, sink_b = await sink_factory(), await sink_factory()
     gw = await gateway_factory()
