@@ -23,6 +23,7 @@ from typing import Any, Iterable, Sequence
 
 import httpx
 
+from relay.aio import wait_event
 from relay.delivery.policy import backoff
 from relay.store import utcnow
 from relay.store.webhooks import Attempt, Result, Subscriptions, WebhookStore
@@ -136,10 +137,7 @@ class WebhookService:
                 except Exception:
                     log.exception("webhook round failed")
                 assert self._wake is not None
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
-                except asyncio.TimeoutError:
-                    pass
+                await wait_event(self._wake, self.poll_interval)
                 self._wake.clear()
 
     async def _round(self, client: httpx.AsyncClient) -> bool:

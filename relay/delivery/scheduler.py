@@ -16,6 +16,7 @@ import time
 from typing import Any, Callable
 
 from relay import metrics
+from relay.aio import wait_event
 from relay.delivery import dsn
 from relay.delivery.journal import DotJournal
 from relay.delivery.policy import backoff, is_hard_bounce, outcome_of
@@ -147,10 +148,7 @@ class Scheduler:
             timeout = self.poll_interval
             if self._next_due is not None:
                 timeout = max(0.0, min(timeout, (self._next_due - self.clock()).total_seconds()))
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except asyncio.TimeoutError:
-                pass
+            await wait_event(self._wake, timeout)
             self._wake.clear()
             self._next_due = None
             try:
