@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Throughput benchmark: Relay vs Postfix, same load, same sink.
 
-    python bench/run.py [--messages 5000] [--sessions 20] [--size 4096] [--workers 2] [--no-postfix]
+    python bench/run.py [--messages 5000] [--sessions 20] [--size 4096] [--workers 2] [--no-postfix] [--rounds 1]
 
 Needs Postfix's smtp-sink and smtp-source (Debian package ``postfix``; run as root for the
 Postfix comparison, which reconfigures the local Postfix instance as a relay to the sink).
@@ -243,22 +243,35 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--workers", type=int, default=2, help="Relay worker processes (SO_REUSEPORT)")
     ap.add_argument("--no-postfix", action="store_true")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="alternate Relay and Postfix this many times and print the median ratio "
+                         "(on a noisy machine one round's ratio can be off by a third)")
     args = ap.parse_args()
     for tool in ("smtp-sink", "smtp-source"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} not found: apt-get install postfix")
     sink_port = free_port()
     sink = start_sink(sink_port)
+    ratios: list[float] = []
     try:
-        relay = bench_relay(args, sink_port)
-        print(f"relay:   accepted {relay['accepted_per_s']:.0f} msg/s, delivered {relay['delivered_per_s']:.0f} msg/s, "
-              f"p50 {relay['p50_ms']:.1f} ms, p99 {relay['p99_ms']:.1f} ms to 250 (STARTTLS+AUTH loader), "
-              f"CPU {relay['cpu_s']:.1f} s, lost {relay['lost']}")
-        if not args.no_postfix:
+        for n in range(1, args.rounds + 1):
+            if args.rounds > 1:
+                print(f"round {n} of {args.rounds}")
+            relay = bench_relay(args, sink_port)
+            print(f"relay:   accepted {relay['accepted_per_s']:.0f} msg/s, delivered {relay['delivered_per_s']:.0f} msg/s, "
+                  f"p50 {relay['p50_ms']:.1f} ms, p99 {relay['p99_ms']:.1f} ms to 250 (STARTTLS+AUTH loader), "
+                  f"CPU {relay['cpu_s']:.1f} s ({relay['cpu_s'] / args.messages * 1000:.2f} ms/msg), "
+                  f"lost {relay['lost']}")
+            if args.no_postfix:
+                continue
             pf = bench_postfix(args, sink_port)
             if pf:
+                ratios.append(relay["delivered_per_s"] / pf["delivered_per_s"])
                 print(f"postfix: accepted {pf['accepted_per_s']:.0f} msg/s, delivered {pf['delivered_per_s']:.0f} msg/s")
-                print(f"ratio (delivered, relay/postfix): {relay['delivered_per_s'] / pf['delivered_per_s']:.2f}x")
+                print(f"ratio (delivered, relay/postfix): {ratios[-1]:.2f}x")
+        if len(ratios) > 1:
+            print(f"median ratio over {len(ratios)} rounds: {statistics.median(ratios):.2f}x "
+                  f"(min {min(ratios):.2f}x, max {max(ratios):.2f}x)")
     finally:
         sink.terminate()
         sink.wait()
