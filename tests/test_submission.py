@@ -710,3 +710,17 @@ def test_trusted_networks_match_ipv4_mapped_peers():
     assert _trusted_account("2001:db8::1", nets) == "six"
     assert _trusted_account("192.168.0.1", nets) is None
     assert _trusted_account("not-an-ip", nets) is None
+
+
+async def test_a_large_message_with_leading_dots_arrives_byte_for_byte(env):
+    """DATA is read as one block (relay.smtpdata): megabytes in many TCP segments, dot-stuffed lines."""
+    gw, sink, p = env.gw, env.sink, env.p
+    body = b"".join(b".%06d " % i + b"x" * 50 + (b"\r\n.\r\n" if i % 997 == 0 else b"\r\n") for i in range(60000))
+    smtp = await client(gw)
+    await smtp.login("apikey", p.key)
+    stage, code, text = await transaction(smtp, p.alias, ["r@dest.org"], message(subject="big", body=body))
+    await smtp.quit()
+    assert (stage, code) == ("DATA", 250) and QUEUED.match(text), text
+    await wait_for(lambda: len(received_from(sink, p.alias)) == 1, timeout=30)
+    got = received_from(sink, p.alias)[0].data
+    assert len(body) > 3_000_000 and got.endswith(b"\r\n\r\n" + body)
