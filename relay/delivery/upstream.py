@@ -19,7 +19,7 @@ import ssl
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Protocol
 
 import aiosmtplib
 from aiosmtplib import (SMTPException, SMTPHeloError, SMTPReadTimeoutError, SMTPResponseException, SMTPServerDisconnected,
@@ -416,26 +416,22 @@ _PLAIN = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^
 _MAX_REPLY_LINE = 8192
 
 
-class _Channel:
+class _Channel(Protocol):
     """How a transaction talks to the upstream: ``call`` a command and get its (code, reply),
     ``write`` bytes whose reply ``reply`` then reads."""
 
     transport: asyncio.WriteTransport
 
-    async def call(self, command: bytes) -> tuple[int, str]:
-        raise NotImplementedError
+    async def call(self, command: bytes) -> tuple[int, str]: ...
 
-    def write(self, data: bytes) -> None:
-        raise NotImplementedError
+    def write(self, data: bytes) -> None: ...
 
-    async def reply(self) -> tuple[int, str]:
-        raise NotImplementedError
+    async def reply(self) -> tuple[int, str]: ...
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None: ...
 
 
-class _OneByOne(_Channel):
+class _OneByOne:
     """aiosmtplib's protocol: one command written, its reply read."""
 
     def __init__(self, smtp: aiosmtplib.SMTP, timeout: float) -> None:
@@ -458,8 +454,11 @@ class _OneByOne(_Channel):
         resp = await self._protocol.read_response(timeout=self._timeout)
         return resp.code, resp.message
 
+    def close(self) -> None:
+        pass
 
-class _Pipelined(_Channel):
+
+class _Pipelined:
     """RFC 2920: the commands were written at once; ``call`` reads the next reply. The transport's
     protocol is swapped for a :class:`_Replies` for the transaction (aiosmtplib's reads one reply per
     command and drops what arrives early) and given back afterwards."""
