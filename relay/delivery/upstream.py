@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ctypes
+import fcntl
 import functools
 import logging
 import operator
@@ -293,28 +294,59 @@ class _Stale(Exception):
 
 
 class _DotGate:
-    """Holds the final dot in the kernel until the process lets it go (Linux).
+    """Lets the final dot go only together with its journal record (Linux).
 
-    The body and the dot are written at once, but TCP_CORK keeps the last partial frame (the dot)
-    back while the body drains, and SO_LINGER(on, 0) makes any close - a crash of this process
-    included - a reset that discards it. ``release`` uncorks and journals the dot
+    The body goes first, on its own; the dot is written only once the body has left the process,
+    so it enters the kernel in the same synchronous step that releases it. (Linux sends corked data
+    by itself after 200 ms: a dot handed to the kernel before a stall - a slow journal file open, a
+    busy event loop, a large body draining - would leave without its record.) Under SO_LINGER(on, 0)
+    any close, a crash of this process included, is a reset that discards unsent data, and
+    TCP_CORK keeps the dot unsent until ``release`` uncorks it and journals it
     (relay.delivery.journal) in one C-level call chain: the two system calls follow each other with
     no Python bytecode between them, so no other thread can take the GIL in the gap. A crash thus
     leaves either no dot at the upstream and no record (the message is sent again), or both; the
-    gap between the two system calls can at worst cause a second copy, never a loss. Elsewhere (no
-    TCP_CORK) the window is the time the dot takes to leave the process's write buffer.
+    gap between the two system calls can at worst cause a second copy, never a loss.
+
+    Over TLS the socket's own transport sits below the encrypting one and cannot be inspected on
+    every event loop (uvloop): there the kernel's queue tells instead (SIOCOUTQNSD/SIOCOUTQ: the
+    body sent and room for the dot's record before it is written, the record unsent after).
+    Elsewhere (no TCP_CORK) the dot is journaled once it has left the process's write buffer.
     """
 
     def __init__(self, transport: asyncio.BaseTransport) -> None:
         sock = transport.get_extra_info("socket")
         self.fd = sock.fileno() if sock is not None else -1
         self.active = self.fd >= 0 and _setsockopt is not None
+        self.tls = transport.get_extra_info("ssl_object") is not None
+        self.room = 0
+        if self.active and self.tls:
+            self.room = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2
 
     def arm(self) -> bool:
+        """Any close from now on is a reset (before the body is written)."""
         if self.active:
-            self.active = (_setsockopt(self.fd, socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET, 8) == 0
-                           and _setsockopt(self.fd, socket.IPPROTO_TCP, socket.TCP_CORK, _ONE, 4) == 0)
+            self.active = _setsockopt(self.fd, socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET, 8) == 0
         return self.active
+
+    def body_gone(self, transport: asyncio.WriteTransport) -> bool:
+        """The body has left the process (over TLS: sent, with room for the dot): the dot may go."""
+        if transport.get_write_buffer_size():
+            return False
+        return not self.tls or (_queued(self.fd, _SIOCOUTQNSD) <= 0 and _queued(self.fd, _SIOCOUTQ) <= self.room)
+
+    def write_dot(self, transport: asyncio.WriteTransport, write: Callable[[bytes], None]) -> bool:
+        """Cork and write the final dot; True when it is now in the kernel, held. False (the kernel
+        had no room): the caller waits for :meth:`dot_gone` before releasing."""
+        if _setsockopt(self.fd, socket.IPPROTO_TCP, socket.TCP_CORK, _ONE, 4) != 0:
+            raise OSError("TCP_CORK could not be set")
+        write(b".\r\n")
+        return self.dot_gone(transport)
+
+    def dot_gone(self, transport: asyncio.WriteTransport) -> bool:
+        """The dot has left the process (held by the cork, or over TLS possibly sent already)."""
+        if transport.get_write_buffer_size():
+            return False
+        return not self.tls or _queued(self.fd, _SIOCOUTQNSD) != 0 or _queued(self.fd, _SIOCOUTQ) <= 0
 
     def release(self, journal: Callable[[], object]) -> None:
         """Let the dot go (a normal close from here on: a crash now must not reset the connection,
@@ -323,6 +355,19 @@ class _DotGate:
                                                    _LINGER_OFF, 8),
                                  functools.partial(_setsockopt, self.fd, socket.IPPROTO_TCP, socket.TCP_CORK, _ZERO, 4),
                                  journal)))
+
+
+def _queued(fd: int, request: int) -> int:
+    """Bytes in the socket's send queue: SIOCOUTQ all not yet acknowledged, SIOCOUTQNSD not yet
+    sent. -1 if the kernel cannot say (the checks above then rely on the transport's buffer alone)."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(fd, request, b"\0\0\0\0"))[0]
+    except OSError:
+        return -1
+
+
+_SIOCOUTQ = 0x5411  # = TIOCOUTQ (linux/sockios.h)
+_SIOCOUTQNSD = 0x894B
 
 
 def _libc_setsockopt() -> Callable[..., int] | None:
@@ -355,15 +400,15 @@ class DotHooks:
     after: Callable[[], Awaitable[None] | None]
 
 
-async def _drained(transport: asyncio.WriteTransport) -> None:
-    while transport.get_write_buffer_size():  # the rest of the body is still in our buffer
+async def _until(ready: Callable[[], bool]) -> None:
+    while not ready():  # the rest is still in our buffers (a large body, a slow upstream)
         await asyncio.sleep(0.001)
 
 
 async def _data(ch: "_Channel", body: bytes, on_dot: Callable[[], DotHooks]) -> tuple[int, str]:
     """DATA (already written when pipelined), the body and the final dot. ``on_dot`` gives the hooks
-    for the moment the dot goes (see _DotGate and DotHooks); the store's marker is awaited after the
-    reply, so it is committed before the outcome.
+    for the moment the dot goes (see _DotGate and DotHooks); it is called before the dot is
+    written. The store's marker is awaited after the reply, so it is committed before the outcome.
 
     aiosmtplib's own data() gives no moment at which the dot is known to have left.
     """
@@ -375,19 +420,22 @@ async def _data(ch: "_Channel", body: bytes, on_dot: Callable[[], DotHooks]) -> 
         return code, reply
     transport = ch.transport
     gate = _DotGate(transport)
-    corked = gate.arm()
-    ch.write(body + b".\r\n")
-    try:
-        await _drained(transport)
-    except BaseException:
-        if corked:
-            transport.abort()  # reset: the held dot is discarded, the upstream takes nothing
-        raise
-    hooks = on_dot()
-    if corked:
-        gate.release(hooks.journal)
-    else:
+    if not gate.arm():
+        ch.write(body + b".\r\n")
+        await _until(lambda: not transport.get_write_buffer_size())
+        hooks = on_dot()
         hooks.journal()
+    else:
+        ch.write(body)
+        try:
+            await _until(lambda: gate.body_gone(transport))
+            hooks = on_dot()
+            if not gate.write_dot(transport, ch.write):  # the kernel had no room: rare
+                await _until(lambda: gate.dot_gone(transport))
+        except BaseException:
+            transport.abort()  # reset: whatever is unsent, the dot included, is discarded
+            raise
+        gate.release(hooks.journal)
     marker = hooks.after()
     try:
         return await ch.reply()
