@@ -162,6 +162,26 @@ def test_router_half_open_lets_only_one_probe_through():
     assert second == ["b"]
 
 
+def test_router_reopens_in_says_when_the_first_open_breaker_lets_a_probe_through():
+    clock = _Clock()
+    r = Router(threshold=2, cooldown=30, clock=clock)
+    a, b = _up("a", 0), _up("b", 1)
+    r.set_pools({"default": [a, b], "empty": []})
+    assert r.reopens_in("empty") is None and r.reopens_in("nope") is None
+    assert r.reopens_in("default") is None  # both healthy
+    r.failure(a), r.failure(a)
+    clock.t += 10
+    assert r.reopens_in("default") is None  # b is still healthy
+    r.failure(b), r.failure(b)
+    assert r.order("default") == []
+    assert r.reopens_in("default") == 20  # a's cooldown ends first
+    clock.t += 25
+    assert [u.name for u in r.order("default")] == ["a"]  # a is probed now
+    assert r.reopens_in("default") is None  # the probe decides; nothing to wait for yet
+    r.failure(a)  # the probe failed: a is down for another cooldown
+    assert r.reopens_in("default") == 5  # b's ends first now
+
+
 # -- DSN ------------------------------------------------------------------------------------------------
 def _build(failures=(("rcpt@dest.org", "failed", 550, "5.1.1 user unknown"),), original=ORIGINAL) -> bytes:
     return dsn.build_dsn(hostname="relay.test", queue_id="msg_0123456789abcdef", original_sender="app@example.com",

@@ -64,6 +64,22 @@ class Router:
             out.extend(weighted_order(members, [u.cfg.weight for u in members]))
         return out
 
+    def reopens_in(self, pool: str) -> float | None:
+        """When :meth:`order` gave nothing for *pool* because every breaker is open: seconds until
+        the first of them lets a probe through. None when the pool has no upstream, or when a probe
+        is already under way (its outcome decides)."""
+        ups = self.pools.get(pool, [])
+        if not ups:
+            return None
+        now = self.clock()
+        waits = []
+        for u in ups:
+            b = self.breakers[u.cfg.id]
+            if b.failures < self.threshold or (b.probing and now - b.probing <= self.cooldown):
+                return None
+            waits.append(max(0.0, b.open_until - now))
+        return min(waits)
+
     def success(self, up: Upstream) -> None:
         b = self.breakers[up.cfg.id]
         if b.failures >= self.threshold:

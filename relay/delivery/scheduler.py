@@ -183,7 +183,8 @@ class Scheduler:
         last: UpstreamUnavailable | None = None
         last_upstream: str | None = None  # who gave the last refusal (the metrics' label for deferrals)
         journaled: list[int] = []  # dot-journal generations, settled once the outcomes are committed
-        for up in self.router.order(msg.ip_pool):
+        upstreams = self.router.order(msg.ip_pool)
+        for up in upstreams:
 
             def on_dot(accepted: list[str], _name: str = up.name) -> DotHooks:
                 # the journal's write goes with the dot's release; the store's marker right after
@@ -217,7 +218,14 @@ class Scheduler:
                 outcomes.append(self._outcome(msg, rcpt, code, reply, up.name, now))
             pending = []
             break
-        if pending:
+        wait = self._breaker_wait(msg.ip_pool) if pending and not upstreams else None
+        if wait is not None:
+            # Nothing was tried: every upstream of the pool is marked down. Not an attempt (the
+            # retry schedule does not advance); the recipients wait for the breaker's next probe.
+            reply = f"no upstream available in pool {msg.ip_pool!r}: all marked down, waiting for the next probe"
+            for rcpt in pending:
+                outcomes.append(self._outcome(msg, rcpt, 451, reply, None, now, force_defer=True, delay=wait))
+        elif pending:
             if last is None or not last.reply:
                 last = UpstreamUnavailable(None, f"no upstream available in pool {msg.ip_pool!r}")
             for rcpt in pending:
@@ -265,16 +273,32 @@ class Scheduler:
             hard = o.state == "bounced" and is_hard_bounce(o.code or 0, o.reply or "")
             await self.policies.notify("after_bounce", ctx, o.address, f"{o.code} {o.reply or ''}".strip(), hard)
 
+    def _breaker_wait(self, pool: str) -> float | None:
+        """Seconds to wait when the router gave no upstream for *pool* because all are marked
+        down: until the first breaker lets a probe through (a little jitter spreads the waiting
+        mail), or a short first-retry delay while a probe is under way. None: the pool has no
+        upstream at all, a failure like any other."""
+        if not self.router.pools.get(pool):
+            return None
+        reopens = self.router.reopens_in(pool)
+        if reopens is None:
+            return backoff(1, self.retry_base, self.retry_max, self.rand)
+        return reopens + self.rand.random() * min(self.retry_base, 1.0)
+
     def _outcome(self, msg: QueuedMessage, rcpt: str, code: int, reply: str, upstream: str | None,
-                 now: dt.datetime, force_defer: bool = False) -> Outcome:
+                 now: dt.datetime, force_defer: bool = False, delay: float | None = None) -> Outcome:
+        """The recipient's outcome. ``delay``: a deferral that is not an attempt (nothing was
+        tried), due again after that many seconds."""
         state = "deferred" if force_defer else outcome_of(code)
-        o = Outcome(message_id=msg.id, address=rcpt, state=state, code=code, reply=reply, upstream=upstream)
+        o = Outcome(message_id=msg.id, address=rcpt, state=state, code=code, reply=reply, upstream=upstream,
+                    attempted=delay is None)
         if state == "deferred":
             if now >= msg.expires_at:
                 o.state = "expired"
                 o.reply = f"message expired after retries; last reply: {reply}"
                 return o
-            delay = backoff(msg.attempts + 1, self.retry_base, self.retry_max, self.rand)
+            if delay is None:
+                delay = backoff(msg.attempts + 1, self.retry_base, self.retry_max, self.rand)
             o.next_attempt_at = min(now + dt.timedelta(seconds=delay), msg.expires_at)
             if self._next_due is None or o.next_attempt_at < self._next_due:
                 self._next_due = o.next_attempt_at
