@@ -66,6 +66,8 @@ class Node:
             "RELAY_DELIVERY_POLL_INTERVAL": "0.2",
             "RELAY_DELIVERY_RETRY_BASE": "0.2",
             "RELAY_DELIVERY_RETRY_MAX": "1",
+            # short: deliveries go on around the kills instead of waiting for the upstream's breaker
+            "RELAY_DELIVERY_BREAKER_COOLDOWN": "0.5",
             "RELAY_DELIVERY_VERIFY_CERTIFICATES": "false",
         })
         self.env = env

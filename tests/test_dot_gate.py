@@ -25,10 +25,10 @@ from relay.tlsutil import generate_self_signed
 from tests.conftest import free_port
 
 CHILD = textwrap.dedent("""
-    import asyncio, os, signal, sys, time
+    import asyncio, functools, os, signal, sys, time
     from relay.delivery.upstream import DotHooks, Upstream, UpstreamConfig
 
-    port, size, stall, kill = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4] == "kill"
+    port, size, stall, kill = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
     encryption, loop = sys.argv[5], sys.argv[6]
     if loop == "uvloop":
         import uvloop
@@ -36,8 +36,10 @@ CHILD = textwrap.dedent("""
 
     def on_dot(accepted):
         time.sleep(stall)  # the journal file opened on a busy disk, a long GC, ...
-        if kill:
+        if kill == "before-journal":
             os.kill(os.getpid(), signal.SIGKILL)
+        if kill == "at-journal":  # killed where the journal's write(2) would be: the dot is committed
+            return DotHooks(functools.partial(os.kill, os.getpid(), signal.SIGKILL), lambda: None)
         return DotHooks(lambda: None, lambda: None)
 
     async def main():
@@ -90,7 +92,7 @@ class RawUpstream:
             writer.close()
 
 
-async def _run(mode: str, size: int, stall: float, kill: bool, tmp_path) -> tuple[RawUpstream, subprocess.CompletedProcess]:
+async def _run(mode: str, size: int, stall: float, kill: str, tmp_path) -> tuple[RawUpstream, subprocess.CompletedProcess]:
     encryption, loop, pipelining = mode.split("-")
     up = RawUpstream(pipelining == "pipelining")
     port = free_port()
@@ -104,7 +106,7 @@ async def _run(mode: str, size: int, stall: float, kill: bool, tmp_path) -> tupl
     server = await asyncio.start_server(up.handle, "127.0.0.1", port, ssl=context)
     try:
         proc = await asyncio.to_thread(subprocess.run, [sys.executable, "-c", CHILD, str(port), str(size), str(stall),
-                                                        "kill" if kill else "live", encryption, loop],
+                                                        kill, encryption, loop],
                                        capture_output=True, text=True, timeout=30)
         await asyncio.wait_for(up.closed.wait(), 5)
     finally:
@@ -125,7 +127,7 @@ MODES = ["none-asyncio-pipelining", "none-asyncio-onebyone", "none-uvloop-pipeli
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("size", [4_000, 3_000_000], ids=["4KB", "3MB"])
 async def test_a_process_killed_before_journaling_the_dot_never_sends_it(mode, size, tmp_path):
-    up, proc = await _run(mode, size, stall=0.35, kill=True, tmp_path=tmp_path)  # longer than the kernel's 200 ms cork ceiling
+    up, proc = await _run(mode, size, stall=0.35, kill="before-journal", tmp_path=tmp_path)  # longer than the kernel's 200 ms cork ceiling
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert len(up.data) >= 0.9 * min(size, 100_000)  # the body was on its way
     assert not up.dot.is_set() and not up.data.endswith(b"\r\n.\r\n")
@@ -134,7 +136,16 @@ async def test_a_process_killed_before_journaling_the_dot_never_sends_it(mode, s
 @pytest.mark.parametrize("mode", ["none-uvloop-pipelining", "ssl-uvloop-pipelining"])
 @pytest.mark.parametrize("size", [4_000, 3_000_000], ids=["4KB", "3MB"])
 async def test_the_same_stall_without_a_kill_delivers(mode, size, tmp_path):
-    up, proc = await _run(mode, size, stall=0.35, kill=False, tmp_path=tmp_path)
+    up, proc = await _run(mode, size, stall=0.35, kill="no", tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "250"
     assert up.dot.is_set()
+
+
+@pytest.mark.parametrize("mode", ["none-uvloop-pipelining", "none-asyncio-onebyone", "ssl-uvloop-pipelining"])
+async def test_a_process_killed_as_it_journals_the_dot_still_sends_it(mode, tmp_path):
+    """The journal record says the dot went: the dot must go even if the process dies right there,
+    before it uncorks (the kernel flushes a corked socket on close once the reset-on-close is off)."""
+    up, proc = await _run(mode, 4_000, stall=0, kill="at-journal", tmp_path=tmp_path)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert up.dot.is_set() and up.data.endswith(b"\r\n.\r\n")

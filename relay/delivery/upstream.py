@@ -301,11 +301,11 @@ class _DotGate:
     by itself after 200 ms: a dot handed to the kernel before a stall - a slow journal file open, a
     busy event loop, a large body draining - would leave without its record.) Under SO_LINGER(on, 0)
     any close, a crash of this process included, is a reset that discards unsent data, and
-    TCP_CORK keeps the dot unsent until ``release`` uncorks it and journals it
-    (relay.delivery.journal) in one C-level call chain: the two system calls follow each other with
-    no Python bytecode between them, so no other thread can take the GIL in the gap. A crash thus
-    leaves either no dot at the upstream and no record (the message is sent again), or both; the
-    gap between the two system calls can at worst cause a second copy, never a loss.
+    TCP_CORK keeps the dot unsent until ``release`` commits it (SO_LINGER off), journals it
+    (relay.delivery.journal) and uncorks it in one C-level call chain: the system calls follow each
+    other with no Python bytecode between them, so no other thread can take the GIL in the gaps. A
+    crash thus leaves either no dot at the upstream and no record (the message is sent again), or
+    both; the gap between the first two system calls can at worst cause a second copy, never a loss.
 
     Over TLS the socket's own transport sits below the encrypting one and cannot be inspected on
     every event loop (uvloop): there the kernel's queue tells instead (SIOCOUTQNSD/SIOCOUTQ: the
@@ -349,12 +349,16 @@ class _DotGate:
         return not self.tls or _queued(self.fd, _SIOCOUTQNSD) != 0 or _queued(self.fd, _SIOCOUTQ) <= 0
 
     def release(self, journal: Callable[[], object]) -> None:
-        """Let the dot go (a normal close from here on: a crash now must not reset the connection,
-        or the peer would drop the unread dot), then call ``journal`` - a C callable, see above."""
+        """Let the dot go. Turning the reset-on-close off is the commit point: from then on any
+        close, a crash included, sends the held dot (the kernel flushes a corked socket on close).
+        ``journal`` - a C callable, see above - is written next, and only then is the dot uncorked:
+        uncorking transmits, and on loopback it wakes the upstream's process, which may then take
+        this CPU before the journal's write (seen: the dot at the upstream, the process killed ms
+        later with no record). Between the first two calls nothing is transmitted."""
         list(map(operator.call, (functools.partial(_setsockopt, self.fd, socket.SOL_SOCKET, socket.SO_LINGER,
                                                    _LINGER_OFF, 8),
-                                 functools.partial(_setsockopt, self.fd, socket.IPPROTO_TCP, socket.TCP_CORK, _ZERO, 4),
-                                 journal)))
+                                 journal,
+                                 functools.partial(_setsockopt, self.fd, socket.IPPROTO_TCP, socket.TCP_CORK, _ZERO, 4))))
 
 
 def _queued(fd: int, request: int) -> int:
