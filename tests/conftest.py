@@ -12,6 +12,7 @@ import asyncio
 import os
 import random
 import socket
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,7 @@ class Received:
     rcpt_tos: list[str]
     data: bytes
     peer: Any
+    at: float = field(default_factory=time.time)  # arrival (wall clock): to line up with kills in a failure
 
 
 class CommittingSMTP(AioSMTP):

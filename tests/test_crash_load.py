@@ -14,7 +14,9 @@ see Queue.recover), which the README states.
 from __future__ import annotations
 
 import asyncio
+import email
 import random
+import time
 import uuid
 from collections import Counter
 
@@ -93,8 +95,10 @@ async def _run(node: Node, sink: Sink) -> None:
     await node.start()
     clients = [asyncio.create_task(_client(node, PER_CLIENT, ok, refused, ambiguous, stop)) for _ in range(CLIENTS)]
     rand = random.Random(11)
+    kills = []
     for _ in range(KILLS):
         await asyncio.sleep(rand.uniform(0.5, 1.5))
+        kills.append(time.time())
         node.kill9()
         await node.start()
     await asyncio.wait_for(asyncio.gather(*clients), 180)
@@ -107,10 +111,23 @@ async def _run(node: Node, sink: Sink) -> None:
     seen = counts(sink, ok + refused + ambiguous)
     assert len(ok) > CLIENTS * PER_CLIENT / 2
     missing = [m for m in ok if seen[m] != 1]
-    assert missing == [], f"{len(missing)} of {len(ok)} accepted messages arrived != 1 time: {Counter(seen[m] for m in missing)}"
+    assert missing == [], (f"{len(missing)} of {len(ok)} accepted messages arrived != 1 time: "
+                           f"{Counter(seen[m] for m in missing)}; {_arrivals(sink, missing, kills)}")
     assert [m for m in refused if seen[m]] == []
     assert [m for m in ambiguous if seen[m] > 1] == []
     assert sum(seen.values()) == len(ok) + sum(1 for m in ambiguous if seen[m])
+
+
+def _arrivals(sink: Sink, mids: list[str], kills: list[float]) -> str:
+    """When (relative to the kills) and on which connection each copy arrived: the store's events
+    of the message (``relay queue show``, data dir kept with --basetemp) tell the rest."""
+    wanted = set(mids[:5])
+    lines = [f"kills at {[round(k % 1000, 3) for k in kills]}"]
+    for rec in sink.received:
+        mid = (email.message_from_bytes(rec.data).get("Message-ID") or "").strip()
+        if mid in wanted:
+            lines.append(f"{mid} at {rec.at % 1000:.3f} from {rec.peer}")
+    return "\n".join(lines)
 
 
 async def test_sigkill_under_load_loses_nothing_and_sends_nothing_twice_sqlite(tmp_path, template):  # noqa: F811
