@@ -173,10 +173,7 @@ class Upstream:
                     if fresh or attempt:
                         raise UpstreamUnavailable(None, "connection lost") from None
                     continue
-                except UpstreamUnavailable:
-                    self._discard(conn)
-                    raise
-                except BaseException:
+                except BaseException:  # refused, failed or cancelled: the session's state is unknown
                     self._discard(conn)
                     raise
                 conn.used += 1

@@ -147,9 +147,10 @@ class _HotQueries:
                                                       "lease_owner", "lease_until", "updated_at", "last_reply"])
         self.events = hotsql.insert(dialect, ev, [c.name for c in ev.columns if c.name != "id"])
         c = _R.c
+        pending = ", ".join(f"'{s}'" for s in PENDING)
         self.mark = hotsql.HotStatement(
             dialect, "UPDATE recipients SET state = 'delivering', dot_sent_at = :now, upstream = :up, updated_at = :now"
-                     " WHERE message_id = :mid AND address = :addr AND state IN ('queued', 'deferred', 'delivering')",
+                     f" WHERE message_id = :mid AND address = :addr AND state IN ({pending})",
             {"now": c.dot_sent_at.type, "up": c.upstream.type, "mid": c.message_id.type, "addr": c.address.type})
         self.outcome = hotsql.HotStatement(
             dialect, "UPDATE recipients SET state = :st, last_code = :code, last_reply = :reply, upstream = :up,"
