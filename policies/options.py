@@ -6,7 +6,7 @@ import datetime as dt
 from typing import Any, Callable, Iterable, Mapping
 
 from policies.spec import option_error
-from relay.errors import ConfigError
+from relay.vocab import ConfigError
 
 
 class Options:

@@ -26,7 +26,7 @@ Finding and enabling
 Construction
     ``cls(options, services)``: ``options`` is the policy's ``[policies.<name>]`` table (a dict,
     unvalidated: the policy validates it in its constructor and raises
-    :class:`relay.errors.ConfigError` naming ``policies.<name>.<key>`` and the bad value).
+    :class:`relay.vocab.ConfigError` naming ``policies.<name>.<key>`` and the bad value).
     ``services`` is the running gateway (or the CLI's stand-in for ``relay route explain``) with
     ``.store`` (:class:`relay.store.Store`), ``.runner`` (:class:`relay.store.runner.DbRunner`:
     run synchronous store code in threads, never block the event loop) and ``.settings``. If it has
@@ -47,7 +47,7 @@ Front doors
     (``Verdict.reason`` is for logs and ``relay route explain`` only).
 
 Context
-    ``ctx`` is a :class:`relay.pipeline.Context`, the same for SMTP and HTTP: ``listener``
+    ``ctx`` is a :class:`relay.submission.pipeline.Context`, the same for SMTP and HTTP: ``listener``
     (``submission``, ``smtps``, ``relay``, ``api``), ``peer``, ``identity`` (account id and name,
     API key id, scopes), ``alias`` (the verified sender alias; ``ctx.pool`` is its IP pool),
     ``mail_from``, ``recipients`` (those accepted so far), ``sandbox`` and ``extra``, a dict for
@@ -68,7 +68,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from email.message import EmailMessage
 
-    from relay.pipeline import Context
+    from relay.submission.pipeline import Context
 
 
 class Action(enum.Enum):

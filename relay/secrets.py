@@ -31,7 +31,7 @@ from typing import Generic, TypeVar
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from relay.errors import ConfigError
+from relay.vocab import ConfigError
 
 __all__ = [
     "API_KEY_PREFIX",

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from relay.server import Gateway
+from relay.gateway import Gateway
 from relay.store import models as m
 from tests.conftest import Provisioned, Sink, free_port, provision
 

@@ -22,8 +22,8 @@ import pytest
 import sqlalchemy as sa
 from aiosmtpd.smtp import SMTP as AioSMTP, Envelope, Session
 
-from relay.config import settings_from_dict
-from relay.server import Gateway
+from relay.ops.config import settings_from_dict
+from relay.gateway import Gateway
 
 PG_ADMIN_URL = os.environ.get("RELAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 

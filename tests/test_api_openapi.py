@@ -18,8 +18,8 @@ import requests
 import uvicorn
 from hypothesis import HealthCheck, Phase, given, settings
 
-from relay.api import create_app
-from relay.server import Gateway
+from relay.api.app import create_app
+from relay.gateway import Gateway
 from tests.api_support import ALL_SCOPES, POLICIES
 from tests.conftest import free_port, make_settings, provision
 

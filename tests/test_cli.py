@@ -26,10 +26,10 @@ from typing import Any, Callable
 
 import pytest
 
-from relay import dkim as rdkim
-from relay.admin import Admin
-from relay.config import load_settings
-from relay.errors import NotFound
+from relay.submission import dkim as rdkim
+from relay.services.admin import Admin
+from relay.ops.config import load_settings
+from relay.vocab import NotFound
 from relay.secrets import hash_api_key, load_or_create_master_key, verify_api_key
 from relay.store import Store, utcnow
 from relay.store.queue import NewMessage, Outcome

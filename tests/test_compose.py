@@ -1,4 +1,4 @@
-"""relay.compose: the MIME structure of an HTTP send, and header injection refused (pure, no I/O)."""
+"""relay.submission.compose: the MIME structure of an HTTP send, and header injection refused (pure, no I/O)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from email import policy
 
 import pytest
 
-from relay.compose import Attachment, ComposeError, Draft, Mailbox, compose
-from relay.message import bare_line_ending
+from relay.submission.compose import Attachment, ComposeError, Draft, Mailbox, compose
+from relay.submission.message import bare_line_ending
 
 TO = (Mailbox("user@dest.org", "Ünïcode User"),)
 

@@ -1,4 +1,4 @@
-"""relay.config: defaults, file + env layering, error messages, the sample relay.toml."""
+"""relay.ops.config: defaults, file + env layering, error messages, the sample relay.toml."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from relay.config import (
+from relay.ops.config import (
     RELOADABLE,
     Settings,
     changed_keys,
@@ -21,7 +21,7 @@ from relay.config import (
     restart_required,
     settings_from_dict,
 )
-from relay.errors import ConfigError
+from relay.vocab import ConfigError
 
 SAMPLE = Path(__file__).resolve().parent.parent / "relay.toml"
 

@@ -24,7 +24,7 @@ import aiosmtplib
 import pytest
 from aiosmtpd.smtp import SMTP as AioSMTP, Envelope, Session
 
-from relay.config import load_settings
+from relay.ops.config import load_settings
 from relay.store import Store
 from relay.store.queue import PENDING
 from tests.conftest import Received, Sink, free_port, wait_for

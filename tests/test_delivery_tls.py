@@ -12,7 +12,7 @@ import ssl
 
 import pytest
 
-from relay.tlsutil import generate_self_signed
+from relay.ops.tls import generate_self_signed
 from tests.conftest import CommittingSMTP, Sink, free_port, provision, wait_for
 from tests.test_delivery import make_msg, settle, submit, wait_final
 

@@ -1,8 +1,8 @@
-"""relay.dkim: signatures checked with dkimpy's verifier (rsa-sha256) and, for ed25519-sha256,
+"""relay.submission.dkim: signatures checked with dkimpy's verifier (rsa-sha256) and, for ed25519-sha256,
 with a verifier built from dkimpy's parsing/canonicalization plus cryptography's Ed25519
 public key (dkimpy's own ed25519 path needs pynacl, which is not a dependency).
 
-``old_sign`` below is the dkimpy-based signer that relay.dkim's bytes-method header path
+``old_sign`` below is the dkimpy-based signer that relay.submission.dkim's bytes-method header path
 replaced (rfc822_parse, Relaxed.canonicalize_headers/canonicalize_body, hash_headers); the
 differential tests check sign() gives byte for byte its output with the time fixed."""
 
@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from dkim.canonicalization import CanonicalizationPolicy, Relaxed
 from hypothesis import example, given, settings, strategies as st
 
-from relay import dkim as rdkim
-from relay.dkim import DkimKey, Signer, SignerCache, dns_txt_value, generate_key
+from relay.submission import dkim as rdkim
+from relay.submission.dkim import DkimKey, Signer, SignerCache, dns_txt_value, generate_key
 
 DOMAIN = "example.com"
 
@@ -259,7 +259,7 @@ def test_message_split_matches_dkimpy() -> None:
         assert (headers, body) == tuple(dkim.rfc822_parse(message))
 
 
-# -- the dkimpy-based signer relay.dkim replaced, kept as the reference --------------------------
+# -- the dkimpy-based signer relay.submission.dkim replaced, kept as the reference --------------------------
 
 _OLD_POLICY = CanonicalizationPolicy(Relaxed, Relaxed)
 _OLD_MAX_LINE = 76

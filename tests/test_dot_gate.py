@@ -21,7 +21,7 @@ import textwrap
 
 import pytest
 
-from relay.tlsutil import generate_self_signed
+from relay.ops.tls import generate_self_signed
 from tests.conftest import free_port
 
 CHILD = textwrap.dedent("""

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from relay import message as msgs
-from relay.admin import check_email
-from relay.errors import Invalid
+from relay.submission import message as msgs
+from relay.services.admin import check_email
+from relay.vocab import Invalid
 from relay.secrets import parse_api_key
-from relay.smtp import redact
+from relay.smtp.session import redact
 from tests.conftest import free_port
 
 # -- pure parsers ---------------------------------------------------------------------------------
@@ -47,7 +47,7 @@ class _Limits:
 def test_fast_address_parser_agrees_with_aiosmtpd(arg, limit):
     from aiosmtpd.smtp import SMTP
 
-    from relay.smtp import RelaySMTP
+    from relay.smtp.session import RelaySMTP
 
     def outcome(fn, a):
         try:
@@ -195,7 +195,7 @@ def test_a_silent_client_is_dropped_after_the_command_timeout(live):
     assert data == b"" or data.startswith(b"421 ")
 
 
-# -- the DATA transfer: relay.smtpdata against aiosmtpd's own line reader ---------------------------
+# -- the DATA transfer: relay.smtp.data against aiosmtpd's own line reader ---------------------------
 class _Wire(asyncio.Transport):
     """A transport that records what the server writes; the test hands it the client's bytes."""
 
@@ -263,7 +263,7 @@ async def _transfer(cls, size_limit: int, body: bytes, cuts: list[int]) -> tuple
 def test_block_data_reader_agrees_with_aiosmtpd(pieces, size_limit, cuts):
     from aiosmtpd.smtp import SMTP
 
-    from relay.smtpdata import BlockData
+    from relay.smtp.data import BlockData
 
     body = b"".join(pieces)
     plain = asyncio.run(_transfer(SMTP, size_limit, body, cuts))

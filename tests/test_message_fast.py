@@ -1,4 +1,4 @@
-"""relay.message.summarize: the fast path gives exactly what the email package gives.
+"""relay.submission.message.summarize: the fast path gives exactly what the email package gives.
 
 ``_summarize_slow`` is the reference (compat32 header parsing, email.utils.getaddresses);
 ``_summarize_fast`` returns None whenever it leaves a block to it. getaddresses has two modes:
@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.message import HeaderSummary, _summarize_fast, _summarize_slow, summarize
+from relay.submission.message import HeaderSummary, _summarize_fast, _summarize_slow, summarize
 
 BODY = b"Hello,\r\n\r\nthe body.\r\nTo: not-a-header@body.test\r\n"
 TYPICAL = (b"From: <app@bench.test>\r\nTo: <rcpt@dest.test>\r\nDate: Sat, 21 Nov 2026 12:00:00 +0000\r\n"

@@ -17,12 +17,12 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay import metrics
-from relay.api import create_app
-from relay.config import load_settings, parse_hostport
-from relay.logs import JsonFormatter, MESSAGE_FIELDS
-from relay.progress import progress, shown
-from relay.server import Gateway
+from relay.ops import metrics
+from relay.api.app import create_app
+from relay.ops.config import load_settings, parse_hostport
+from relay.ops.logs import JsonFormatter, MESSAGE_FIELDS
+from relay.cli.progress import progress, shown
+from relay.gateway import Gateway
 from relay.store.stats import queue_stats
 from tests.conftest import free_port, port_of, provision, wait_for
 from tests.test_submission import QUEUED, client, message, reply, transaction
@@ -393,7 +393,7 @@ def test_queue_retry_and_delete_many_stay_quiet_under_json(tmp_path):
 
     from click.testing import CliRunner
 
-    from relay.cli import main as relay_cli
+    from relay.cli.main import main as relay_cli
     from relay.store import Store
     from relay.store.queue import NewMessage
 

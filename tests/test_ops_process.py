@@ -23,10 +23,10 @@ import httpx
 import pytest
 from cryptography import x509
 
-from relay.config import load_settings
-from relay.server import Gateway
+from relay.ops.config import load_settings
+from relay.gateway import Gateway
 from relay.store import Store
-from relay.tlsutil import generate_self_signed
+from relay.ops.tls import generate_self_signed
 from tests.conftest import free_port, provision, wait_for
 from tests.test_ops import SHUTTING_DOWN, Raw
 
@@ -104,7 +104,7 @@ format = "json"
     def start(self, **env: str) -> None:
         base = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "NOTIFY_", "WATCHDOG_"))}
         base.update(NOTIFY_SOCKET=self.notify.path, **env)
-        self.proc = subprocess.Popen([sys.executable, "-m", "relay.cli", "--config", str(self.config), "serve"],
+        self.proc = subprocess.Popen([sys.executable, "-m", "relay.cli.main", "--config", str(self.config), "serve"],
                                      env=base, stdout=self.out.open("wb"), stderr=subprocess.STDOUT)
 
     def signal(self, sig: int) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.config import load_settings
+from relay.ops.config import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "relay.service"

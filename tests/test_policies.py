@@ -19,8 +19,8 @@ import pytest
 
 from policies.limits import LimitsPolicy
 from policies.spec import HOOKS, SIZE, PolicySpec
-from relay.errors import ConfigError
-from relay.policyset import load as load_policies
+from relay.vocab import ConfigError
+from relay.submission.policyset import load as load_policies
 from relay.store import utcnow
 from relay.store.suppressions import NewSuppression, Suppressions
 from tests.conftest import port_of, provision, wait_for

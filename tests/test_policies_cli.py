@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from policies.quota_rules import Rate
-from relay.admin import Admin
-from relay.cli import main
-from relay.config import load_settings
+from relay.services.admin import Admin
+from relay.cli.main import main
+from relay.ops.config import load_settings
 from relay.secrets import load_or_create_master_key
 from relay.store import Store, utcnow
 from relay.store.quota import Charge, QuotaStore

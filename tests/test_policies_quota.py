@@ -20,9 +20,9 @@ import aiosmtplib
 import pytest
 
 from policies.quota_rules import (UNLIMITED, Rate, parse_rate, parse_warmup, pool_day, recipients_left, warmup_cap)
-from relay.admin import Admin
-from relay.config import load_settings
-from relay.errors import StoreError
+from relay.services.admin import Admin
+from relay.ops.config import load_settings
+from relay.vocab import StoreError
 from relay.secrets import load_or_create_master_key
 from relay.store import Store, utcnow
 from relay.store.quota import QuotaStore

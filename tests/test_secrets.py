@@ -9,7 +9,7 @@ import stat
 
 import pytest
 
-from relay.errors import ConfigError
+from relay.vocab import ConfigError
 from relay.secrets import (
     DecryptionError,
     MasterKey,

@@ -16,9 +16,9 @@ import pytest
 from aiosmtpd.smtp import SMTP as AioSMTP, AuthResult, LoginPassword
 from click.testing import CliRunner
 
-from relay.cli import main as relay_cli
-from relay.config import settings_from_dict
-from relay.logs import JsonFormatter, TextFormatter
+from relay.cli.main import main as relay_cli
+from relay.ops.config import settings_from_dict
+from relay.ops.logs import JsonFormatter, TextFormatter
 from tests.conftest import Sink, free_port, port_of, provision, wait_for
 from tests.test_cli import Cli
 

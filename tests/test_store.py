@@ -16,7 +16,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy.exc import IntegrityError
 
-from relay.errors import NotFound
+from relay.vocab import NotFound
 from relay.store import MIGRATIONS, Store, utcnow
 from relay.store import models as m
 from relay.store.queue import NewMessage, Outcome

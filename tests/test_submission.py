@@ -702,7 +702,7 @@ async def test_alias_verification_email_and_link(gateway_factory, sink_factory):
 def test_trusted_networks_match_ipv4_mapped_peers():
     import ipaddress
 
-    from relay.pipeline import _trusted_account
+    from relay.submission.pipeline import _trusted_account
 
     nets = ((ipaddress.ip_network("10.0.0.0/8"), "acme"), (ipaddress.ip_network("2001:db8::/32"), "six"))
     assert _trusted_account("10.1.2.3", nets) == "acme"
@@ -713,7 +713,7 @@ def test_trusted_networks_match_ipv4_mapped_peers():
 
 
 async def test_a_large_message_with_leading_dots_arrives_byte_for_byte(env):
-    """DATA is read as one block (relay.smtpdata): megabytes in many TCP segments, dot-stuffed lines."""
+    """DATA is read as one block (relay.smtp.data): megabytes in many TCP segments, dot-stuffed lines."""
     gw, sink, p = env.gw, env.sink, env.p
     body = b"".join(b".%06d " % i + b"x" * 50 + (b"\r\n.\r\n" if i % 997 == 0 else b"\r\n") for i in range(60000))
     smtp = await client(gw)

@@ -1,4 +1,4 @@
-"""relay.tlsutil: self-signed certificate generation, server/client contexts, a real handshake."""
+"""relay.ops.tls: self-signed certificate generation, server/client contexts, a real handshake."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import threading
 import pytest
 from cryptography import x509
 
-from relay.errors import ConfigError
-from relay.tlsutil import client_context, ensure_certificate, server_context
+from relay.vocab import ConfigError
+from relay.ops.tls import client_context, ensure_certificate, server_context
 
 
 @pytest.fixture(scope="module")

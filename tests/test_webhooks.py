@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from relay import webhooks
-from relay.server import Gateway
+from relay.events import webhooks
+from relay.gateway import Gateway
 from tests.api_support import Api, Receiver, api, send_body, start_api  # noqa: F401
 from tests.conftest import wait_for
 

@@ -15,9 +15,9 @@ import random
 import time
 from typing import Any, Callable
 
-from relay import metrics
+from relay.ops import metrics
 from relay.aio import wait_event
-from relay.delivery import dsn
+from relay.events import dsn
 from relay.delivery.journal import DotJournal
 from relay.delivery.policy import backoff, is_hard_bounce, outcome_of
 from relay.delivery.router import Router
@@ -60,7 +60,7 @@ class Scheduler:
         self._next_renewal = clock()
         self._busy = 0
         self._stopping = False
-        self.policies: Any = None  # relay.policyset.PolicySet: after_delivery / after_bounce hooks
+        self.policies: Any = None  # relay.submission.policyset.PolicySet: after_delivery / after_bounce hooks
 
     # -- feeding ------------------------------------------------------------------------------
     def push(self, msg: QueuedMessage) -> None:
@@ -262,7 +262,7 @@ class Scheduler:
         bounced = [o for o in outcomes if o.state in ("bounced", "expired")] if self.policies.has("after_bounce") else []
         if not delivered and not bounced:
             return
-        from relay.pipeline import Context
+        from relay.submission.pipeline import Context
 
         ctx = Context(listener="delivery", mail_from=msg.mail_from, recipients=list(msg.recipients),
                       extra={"queue_id": msg.id, "account_id": msg.account_id, "ip_pool": msg.ip_pool,
@@ -311,7 +311,7 @@ class Scheduler:
         """An RFC 3464 DSN to the envelope sender, from the null sender. A DSN never gets a DSN."""
         if not msg.mail_from or msg.source == "dsn" or self.submit_dsn is None or dsn.is_dsn(msg.body):
             return
-        from relay.pipeline import new_queue_id
+        from relay.submission.pipeline import new_queue_id
 
         body = dsn.build_dsn(hostname=self.hostname, queue_id=msg.id, original_sender=msg.mail_from,
                              original=msg.body, arrival=msg.created_at.strftime("%a, %d %b %Y %H:%M:%S +0000"),

@@ -27,7 +27,7 @@ from aiosmtplib import (SMTPException, SMTPHeloError, SMTPReadTimeoutError, SMTP
                         SMTPTimeoutError)
 from aiosmtplib.email import quote_address
 
-from relay.tlsutil import client_context
+from relay.ops.tls import client_context
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from relay.errors import Conflict, NotFound
+from relay.vocab import Conflict, NotFound
 from relay.store import aware, new_id, utcnow
 from relay.store import models as m
 

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session, sessionmaker
 
-from relay.errors import NotFound
+from relay.vocab import NotFound
 from relay.store import aware, utcnow
 from relay.store import hotsql
 from relay.store import models as m
@@ -167,7 +167,7 @@ class Queue:
         self._reads = reads or sessions
         self._engine = sessions.kw["bind"]
         self._sql = _HotQueries(self._engine.dialect)
-        # Called inside the outcomes' transaction (relay.webhooks queues its events there).
+        # Called inside the outcomes' transaction (relay.events.webhooks queues its events there).
         self.on_outcomes: Callable[[sa.Connection, Sequence[Outcome], dt.datetime], None] | None = None
 
     # -- hot path ---------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from policies.quota_rules import LimitSpec, Rate, UNLIMITED
-from relay.errors import NotFound
+from relay.vocab import NotFound
 from relay.store import aware, utcnow
 from relay.store import models as m
 

@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from relay.errors import NotFound
+from relay.vocab import NotFound
 from relay.store import aware, utcnow
 from relay.store import models as m
 

@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from relay.errors import NotFound
+from relay.vocab import NotFound
 from relay.store import aware
 from relay.store import models as m
 from relay.store.queue import STATES, EventView, RecipientView

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Sequence
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from relay.errors import NotFound
+from relay.vocab import NotFound
 from relay.store import aware, new_id, utcnow
 from relay.store import models as m
 

@@ -1,6 +1,6 @@
 """``relay suppression``, ``relay quota`` and ``relay route explain``: the policies' CLI.
 
-Registered onto the ``relay`` group from :mod:`relay.cli` (which imports this module last).
+Registered onto the ``relay`` group from :mod:`relay.cli.main` (which imports this module last).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import click
 
 from policies.quota_rules import (KINDS, RATE_EXPECTED, UNLIMITED, WARMUP_EXPECTED, effective, format_warmup,
                                   parse_rate, parse_warmup)
-from relay.cli import Ctx, _table, command, main
-from relay.errors import Invalid, NotFound
+from relay.cli.main import Ctx, _table, command, main
+from relay.vocab import Invalid, NotFound
 from relay.store import utcnow
 from relay.store.suppressions import REASONS, NewSuppression, SuppressionRec, Suppressions
 
@@ -46,7 +46,7 @@ def parse_expiry(value: str | None, now: dt.datetime, field: str = "expires") ->
 
 
 def _email(value: str, field: str = "email") -> str:
-    from relay.admin import check_email
+    from relay.services.admin import check_email
 
     return check_email(value.strip().strip("<>"), field)
 
@@ -167,7 +167,7 @@ def suppression_export(ctx: Ctx, account: str, output: str | None, include_expir
     buf = io.StringIO()
     writer = csv.DictWriter(buf, CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
-    from relay.progress import progress  # a bar on a terminal; nothing under --json or in a pipe
+    from relay.cli.progress import progress  # a bar on a terminal; nothing under --json or in a pipe
 
     for r in progress(recs, label="exporting", as_json=ctx.as_json):
         writer.writerow({k: v if v is not None else "" for k, v in _supp_dict(r).items()})
@@ -418,8 +418,8 @@ def route() -> None:
               show_default=True, help="The front door to assume.")
 def route_explain(ctx: Ctx, key: str, sender: str, recipients: tuple[str, ...], listener: str):
     """Alias, IP pool, upstreams in order, and each enabled policy's verdict for MAIL and each recipient."""
-    from relay.explain import explain, render
-    from relay.policyset import load as load_policies
+    from relay.services.explain import explain, render
+    from relay.submission.policyset import load as load_policies
     from relay.store.runner import DbRunner
 
     settings = ctx.settings

@@ -1,6 +1,6 @@
 """Background work behind the HTTP API's features, started once per gateway process:
 
-- the webhook delivery worker (:class:`relay.webhooks.WebhookService`);
+- the webhook delivery worker (:class:`relay.events.webhooks.WebhookService`);
 - DKIM rotation: every ``DKIM_CHECK_INTERVAL`` seconds, domains with a pending selector switch
   signing to it once its DNS record is seen, and keys past their grace period are dropped;
 - pruning of expired idempotency keys.
@@ -12,7 +12,7 @@ import asyncio
 import logging
 from typing import Any
 
-from relay import webhooks
+from relay.events import webhooks
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
 
-from relay.message import to_wire
+from relay.submission.message import to_wire
 
 _ADDRESS = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@([A-Za-z0-9-]{1,63}\.)+[A-Za-z0-9-]{2,63}$")
 _CONTENT_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$")
@@ -85,7 +85,7 @@ def _body(text: str) -> str:
 
 
 def compose(draft: Draft) -> bytes:
-    """The message as CRLF bytes, ready for :meth:`relay.pipeline.Pipeline.data`."""
+    """The message as CRLF bytes, ready for :meth:`relay.submission.pipeline.Pipeline.data`."""
     if draft.text is None and draft.html is None:
         raise ComposeError("text", "html or text is required")
     msg = EmailMessage(policy=SMTP)

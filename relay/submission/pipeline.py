@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from policies.spec import SIZE, Verdict
-from relay import message as msgs
-from relay import metrics
+from relay.submission import message as msgs
+from relay.ops import metrics
 from relay.cache import TTLCache
-from relay.dkim import DkimKey, SignerCache
-from relay.errors import RelayError, StoreError
-from relay.idempotency import Idempotency
-from relay.policyset import PolicySet
+from relay.submission.dkim import DkimKey, SignerCache
+from relay.vocab import RelayError, StoreError
+from relay.submission.idempotency import Idempotency
+from relay.submission.policyset import PolicySet
 from relay.secrets import MasterKey, parse_api_key, verify_api_key
 from relay.store import Store, utcnow
 from relay.store.directory import AliasRec, DomainRec
@@ -50,7 +50,7 @@ SCOPE_DENIED = RelayError(550, "5.7.1", "This key may not send through that send
 BARE_NEWLINE = RelayError(550, "5.6.11", "Bare CR or LF in message data refused", http_status=400)
 TOO_MANY_RECIPIENTS = RelayError(452, "4.5.3", "Too many recipients", http_status=400)
 _OPEN = "_transaction_open"  # ctx.extra: MAIL accepted, neither committed nor aborted yet
-# ctx.extra keys of the HTTP front door (relay.api_send): what it stores with the message, and back
+# ctx.extra keys of the HTTP front door (relay.api.send): what it stores with the message, and back
 TAGS, METADATA, SUPPRESSED, QUEUED = "api_tags", "api_metadata", "api_suppressed", "api_queued"
 ACCEPTED_AT, IDEMPOTENT = "accepted_at", "idempotent"  # set by data() for a submission with a key
 API_MAX_RECIPIENTS = 200  # to 100 + cc 50 + bcc 50

@@ -12,10 +12,12 @@ import re
 import secrets as pysecrets
 from dataclasses import dataclass
 
-from relay import dkim, message
-from relay.config import Settings
-from relay.errors import Conflict, Forbidden, Invalid, NotFound
-from relay.pipeline import DEFAULT_POOL, new_queue_id
+from relay.submission import dkim
+
+from relay.submission import message
+from relay.ops.config import Settings
+from relay.vocab import Conflict, Forbidden, Invalid, NotFound
+from relay.submission.pipeline import DEFAULT_POOL, new_queue_id
 from relay.secrets import MasterKey, generate_api_key
 from relay.store import Store, utcnow
 from relay.store.directory import AliasRec, DomainRec, KeyRec, UpstreamRec

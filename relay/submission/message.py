@@ -31,7 +31,7 @@ class HeaderSummary:
     to_count: int
     cc_count: int
     bcc_count: int
-    idempotency_key: str | None = None  # the submitter's Idempotency-Key header (relay.idempotency)
+    idempotency_key: str | None = None  # the submitter's Idempotency-Key header (relay.submission.idempotency)
 
 
 def _addresses(values: list[str]) -> list[str]:

@@ -2,7 +2,7 @@
 
 Every signature uses c=relaxed/relaxed, signs the headers in :data:`SIGNED_HEADERS` that
 are present, and oversigns From (lists it once more than it occurs) so that a From added
-later breaks the signature. Benchmark: ``python -m relay.dkim``.
+later breaks the signature. Benchmark: ``python -m relay.submission.dkim``.
 
 What does not depend on the key is computed once per message (:func:`_prepare`): the h=
 list, the canonicalized signed header fields in signing order, and the body hash. For the

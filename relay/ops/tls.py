@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from relay.errors import ConfigError
+from relay.vocab import ConfigError
 
 __all__ = [
     "CERT_NAME",

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from policies.spec import DRY_RUN, Verdict
-from relay.errors import Invalid, NotFound, RelayError
-from relay.pipeline import SEND_SCOPES, Context, Identity, Pipeline
-from relay.policyset import PolicySet
+from relay.vocab import Invalid, NotFound, RelayError
+from relay.submission.pipeline import SEND_SCOPES, Context, Identity, Pipeline
+from relay.submission.policyset import PolicySet
 from relay.secrets import parse_api_key, verify_api_key
 from relay.store import utcnow
 

@@ -20,7 +20,7 @@ into ``settings.policies.options`` (``dict[policy name, dict]``) for the policy 
 Keys of such tables that appear in the file can be overridden from env as
 ``RELAY_POLICIES_<POLICY>_<KEY>`` (``-`` in names becomes ``_``).
 
-Every problem raises :class:`relay.errors.ConfigError` naming the dotted key, the bad value and
+Every problem raises :class:`relay.vocab.ConfigError` naming the dotted key, the bad value and
 where it came from (the file or the env variable).
 
 Relative paths (``data_dir``, ``tls.cert``, ...) are resolved against the working directory when
@@ -54,7 +54,7 @@ from pydantic import (
     model_validator,
 )
 
-from relay.errors import ConfigError
+from relay.vocab import ConfigError
 
 __all__ = [
     "ENV_CONFIG",

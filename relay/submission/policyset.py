@@ -12,7 +12,7 @@ from importlib.metadata import entry_points
 from typing import Any, Mapping, Sequence
 
 from policies.spec import ENTRY_POINT_GROUP, HOOKS, Verdict
-from relay.errors import ConfigError
+from relay.vocab import ConfigError
 
 log = logging.getLogger(__name__)
 

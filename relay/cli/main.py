@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import click
 
-from relay.errors import ConfigError, Conflict, Invalid, NotFound
+from relay.vocab import ConfigError, Conflict, Invalid, NotFound
 
 log = logging.getLogger("relay")
 
@@ -39,12 +39,12 @@ class Ctx:
         self._settings = None
         self._store = None
         self._admin = None
-        self.as_json = False  # the command's --json: long work stays quiet (relay.progress)
+        self.as_json = False  # the command's --json: long work stays quiet (relay.cli.progress)
 
     @property
     def settings(self):
         if self._settings is None:
-            from relay.config import load_settings
+            from relay.ops.config import load_settings
 
             self._settings = load_settings(self.config)
         return self._settings
@@ -62,7 +62,7 @@ class Ctx:
     @property
     def admin(self):
         if self._admin is None:
-            from relay.admin import Admin
+            from relay.services.admin import Admin
             from relay.secrets import load_or_create_master_key
 
             self.settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -127,8 +127,8 @@ def _table(rows: list[list[Any]], header: list[str]) -> str:
 @click.pass_obj
 def serve_cmd(ctx: Ctx, as_json: bool) -> None:
     """Run the gateway: SMTP listeners, HTTP API and delivery, in one process."""
-    from relay.logs import setup_logging
-    from relay.server import run
+    from relay.ops.logs import setup_logging
+    from relay.gateway import run
 
     try:
         settings = ctx.settings
@@ -154,7 +154,7 @@ def health_cmd(ctx: Ctx, ready: bool) -> None:
     import urllib.error
     import urllib.request
 
-    from relay.config import parse_hostport
+    from relay.ops.config import parse_hostport
 
     listen = ctx.settings.api.listen
     if not listen:
@@ -441,7 +441,7 @@ def queue_show(ctx: Ctx, queue_id: str):
 @click.option("--all", "all_", is_flag=True, help="Every deferred message.")
 def queue_retry(ctx: Ctx, queue_ids: tuple[str, ...], all_: bool):
     """Make deferred recipients due now (of the given messages, or --all)."""
-    from relay.progress import progress
+    from relay.cli.progress import progress
 
     if bool(queue_ids) == all_:
         raise Invalid("give queue ids or --all", field="queue_id")
@@ -461,7 +461,7 @@ def queue_retry(ctx: Ctx, queue_ids: tuple[str, ...], all_: bool):
               default=None, help="Every message with a recipient in this state (instead of queue ids).")
 def queue_delete(ctx: Ctx, queue_ids: tuple[str, ...], state: str | None):
     """Delete messages (body, recipients and events) from the store."""
-    from relay.progress import progress
+    from relay.cli.progress import progress
 
     if bool(queue_ids) == bool(state):
         raise Invalid("give queue ids or --state", field="queue_id")
@@ -473,7 +473,7 @@ def queue_delete(ctx: Ctx, queue_ids: tuple[str, ...], state: str | None):
     return {"success": True, "deleted": ids, "count": len(ids)}, f"{len(ids)} message(s) deleted"
 
 
-from relay import cli_policy  # noqa: E402,F401  (suppression, quota, route explain)
+from relay.cli import policy as cli_policy  # noqa: E402,F401  (suppression, quota, route explain)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 _END = b"\r\n.\r\n"
 _LINE_START = b"\r\n."
-_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"  # aiosmtpd's wording (relay.smtp adds the codes)
+_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"  # aiosmtpd's wording (relay.smtp.session adds the codes)
 _TOO_MUCH = "552 Error: Too much mail data"
 
 

@@ -14,22 +14,26 @@ from typing import Any
 
 import uvicorn
 
-from relay import api_tasks, notify, smtp
-from relay.admin import Admin
-from relay.api import create_app
-from relay.config import Settings, parse_hostport
+from relay.api import tasks as api_tasks
+
+from relay.ops import notify
+
+from relay.smtp import session as smtp
+from relay.services.admin import Admin
+from relay.api.app import create_app
+from relay.ops.config import Settings, parse_hostport
 from relay.delivery.journal import DotJournal
 from relay.delivery.router import Router
 from relay.delivery.scheduler import Scheduler
 from relay.delivery.upstream import Upstream, UpstreamConfig
-from relay.pipeline import Pipeline
-from relay.policyset import load as load_policies
+from relay.submission.pipeline import Pipeline
+from relay.submission.policyset import load as load_policies
 from relay.secrets import load_or_create_master_key
 from relay.store import Store, node_id
 from relay.store.runner import DbRunner
 from relay.throttle import AuthThrottle, ConnectionLimits
-from relay.tlsutil import ensure_certificate, server_context
-from relay.workers import WorkerLink, beat_interval, supervise
+from relay.ops.tls import ensure_certificate, server_context
+from relay.ops.workers import WorkerLink, beat_interval, supervise
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +160,8 @@ class Gateway:
         self._tasks.append(asyncio.create_task(self._refresh_upstreams(), name="upstream-refresh"))
 
     def reload(self) -> Any:
-        """SIGHUP: new certificate and reloadable settings for new connections (see relay.reload)."""
-        from relay.reload import reload_gateway
+        """SIGHUP: new certificate and reloadable settings for new connections (see relay.ops.reload)."""
+        from relay.ops.reload import reload_gateway
 
         return reload_gateway(self)
 

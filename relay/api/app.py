@@ -13,8 +13,18 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from relay import api_admin, api_common, api_messages, api_send, api_webhooks, metrics
-from relay.errors import NotFound, RelayError
+from relay.api import admin as api_admin
+
+from relay.api import common as api_common
+
+from relay.api import messages as api_messages
+
+from relay.api import send as api_send
+
+from relay.api import webhooks as api_webhooks
+
+from relay.ops import metrics
+from relay.vocab import NotFound, RelayError
 from relay.store.stats import pools_in_use
 
 ADMIN_SCOPES = frozenset({"admin"})
@@ -28,7 +38,7 @@ def error(status: int, message: str, field_errors: dict[str, list[str]] | None =
 
 
 def create_app(gateway: Any) -> FastAPI:
-    """``gateway`` is the running :class:`relay.server.Gateway` (store, runner, admin, pipeline)."""
+    """``gateway`` is the running :class:`relay.gateway.Gateway` (store, runner, admin, pipeline)."""
     app = FastAPI(title="Relay", version="0.1.0", openapi_url="/api/v1/openapi.json", docs_url=None, redoc_url=None)
 
     @app.get("/healthz")

@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
-from relay.errors import RelayError
+from relay.vocab import RelayError
 from relay.store import utcnow
 from relay.store.idempotency import IdempotencyRec, IdempotencyStore
 from relay.store.runner import DbRunner

@@ -13,10 +13,10 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
-from relay import webhooks
-from relay.api_common import PREFIX, ApiError, Body, Ok, authenticated, check_id, errors, field_error, iso, line
-from relay.errors import NotFound
-from relay.pipeline import Identity
+from relay.events import webhooks
+from relay.api.common import PREFIX, ApiError, Body, Ok, authenticated, check_id, errors, field_error, iso, line
+from relay.vocab import NotFound
+from relay.submission.pipeline import Identity
 from relay.store.webhooks import EVENTS, DeliveryRec, WebhookRec, new_webhook_id
 
 

@@ -2,7 +2,7 @@
 
 It translates only: JSON -> Context (listener ``api``) -> ``pipeline.mail`` (the alias: ``alias_id``,
 else the one matching ``from.email``) -> ``pipeline.rcpt`` per recipient -> the MIME message
-(:mod:`relay.compose`) -> ``pipeline.data`` (policies, DKIM, durable commit). Answers as the seeds:
+(:mod:`relay.submission.compose`) -> ``pipeline.data`` (policies, DKIM, durable commit). Answers as the seeds:
 
 - 200 ``{success, message_id, provider, timestamp}`` once the message is committed;
 - 202 ``{success: false, queued: true, message, message_id}`` when the alias's pool has no healthy
@@ -24,13 +24,13 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, Field
 
-from relay import webhooks
-from relay.api_common import (PREFIX, SEND_SCOPES, SUPPRESSED_MESSAGE, ApiError, Body, Text, admin_error,
+from relay.events import webhooks
+from relay.api.common import (PREFIX, SEND_SCOPES, SUPPRESSED_MESSAGE, ApiError, Body, Text, admin_error,
                               authenticated, errors, field_error, iso, line, relay_error)
-from relay.compose import Attachment, ComposeError, Draft, Mailbox, check_address, compose
-from relay.errors import NotFound, RelayError
-from relay.idempotency import Original
-from relay.pipeline import ACCEPTED_AT, IDEMPOTENT, METADATA, QUEUED, SUPPRESSED, TAGS, Context, Identity
+from relay.submission.compose import Attachment, ComposeError, Draft, Mailbox, check_address, compose
+from relay.vocab import NotFound, RelayError
+from relay.submission.idempotency import Original
+from relay.submission.pipeline import ACCEPTED_AT, IDEMPOTENT, METADATA, QUEUED, SUPPRESSED, TAGS, Context, Identity
 from relay.store import utcnow
 
 _TAG = re.compile(r"^[A-Za-z0-9_.:@/+-]{1,64}$")

@@ -16,7 +16,7 @@ import signal
 import time
 from typing import Any
 
-from relay.notify import notify, watchdog_interval
+from relay.ops.notify import notify, watchdog_interval
 
 __all__ = ["WorkerLink", "supervise"]
 

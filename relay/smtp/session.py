@@ -1,6 +1,6 @@
 """The SMTP front door: aiosmtpd sessions on the submission, smtps and relay listeners.
 
-Protocol only. Each hook builds or updates a :class:`relay.pipeline.Context`, calls the pipeline,
+Protocol only. Each hook builds or updates a :class:`relay.submission.pipeline.Context`, calls the pipeline,
 and turns a :class:`RelayError` into a reply line. No SQL and no business rules live here.
 """
 
@@ -18,10 +18,10 @@ from typing import Any
 import aiosmtpd.smtp
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session, _AuthMechAttr, login_always_fail
 
-from relay import metrics
-from relay.errors import RelayError
-from relay.pipeline import AUTH_FAILED, RELAY_DENIED, Context, Identity, Pipeline
-from relay.smtpdata import BlockData
+from relay.ops import metrics
+from relay.vocab import RelayError
+from relay.submission.pipeline import AUTH_FAILED, RELAY_DENIED, Context, Identity, Pipeline
+from relay.smtp.data import BlockData
 
 log = logging.getLogger(__name__)
 # On 465 the transport is TLS from the first byte, so aiosmtpd's "AUTH without TLS" warning is moot.

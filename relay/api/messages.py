@@ -16,9 +16,9 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from relay.api_common import PREFIX, ApiError, authenticated, check_id, errors, field_error, iso
-from relay.errors import NotFound
-from relay.pipeline import Identity
+from relay.api.common import PREFIX, ApiError, authenticated, check_id, errors, field_error, iso
+from relay.vocab import NotFound
+from relay.submission.pipeline import Identity
 from relay.store.queue import STATES
 from relay.store.tracking import TrackedMessage, Tracking
 

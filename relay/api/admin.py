@@ -1,8 +1,8 @@
 """Management routes: aliases, SMTP pools, domains (and DKIM rotation), suppressions, API keys, usage.
 
-Each route checks the key's scope, calls the shared admin operations (:mod:`relay.admin`, the rules
+Each route checks the key's scope, calls the shared admin operations (:mod:`relay.services.admin`, the rules
 live there, once) in a store thread, and maps their refusals through
-:func:`relay.api_common.admin_error`. Scopes: ``aliases`` (or ``admin``) for aliases; ``admin`` for
+:func:`relay.api.common.admin_error`. Scopes: ``aliases`` (or ``admin``) for aliases; ``admin`` for
 the rest; ``usage`` answers any valid key. Everything is limited to the key's own account, except
 SMTP pools (upstream relays), which serve the whole gateway. No response ever holds a password, a
 DKIM private key or a whole API key (except a new key, once, in the answer that creates it).
@@ -17,12 +17,12 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from relay import webhooks
-from relay.api_common import (PREFIX, ApiError, Body, Ok, admin_error, authenticated, check_id, errors, field_error,
+from relay.events import webhooks
+from relay.api.common import (PREFIX, ApiError, Body, Ok, admin_error, authenticated, check_id, errors, field_error,
                               iso, line, text)
-from relay.compose import check_address
-from relay.errors import Conflict, Forbidden, Invalid, NotFound
-from relay.pipeline import DEFAULT_POOL, Identity
+from relay.submission.compose import check_address
+from relay.vocab import Conflict, Forbidden, Invalid, NotFound
+from relay.submission.pipeline import DEFAULT_POOL, Identity
 from relay.store.directory import AliasRec, DomainRec, KeyRec, UpstreamRec
 
 ENCRYPTION = Literal["tls", "ssl", "none"]
@@ -520,7 +520,7 @@ def router(gateway: Any) -> APIRouter:
     @r.get("/usage", tags=["usage"], response_model=Usage, responses=errors())
     async def usage(ident: Identity = any_key) -> dict[str, Any]:
         """Today's sends against the account's quotas and its pools' warm-up caps."""
-        from relay.usage import account_usage
+        from relay.services.usage import account_usage
 
         acc = await runner.read(directory.get_account_by_id, ident.account_id)
         return {"success": True, **await runner.read(account_usage, gateway.store, gateway.settings, acc)}

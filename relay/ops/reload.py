@@ -16,11 +16,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from relay import metrics
-from relay.config import RELOADABLE, Settings, changed_keys, load_settings
-from relay.errors import ConfigError
-from relay.logs import apply_log_settings
-from relay.tlsutil import ensure_certificate, server_context, swap_certificate
+from relay.ops import metrics
+from relay.ops.config import RELOADABLE, Settings, changed_keys, load_settings
+from relay.vocab import ConfigError
+from relay.ops.logs import apply_log_settings
+from relay.ops.tls import ensure_certificate, server_context, swap_certificate
 
 __all__ = ["ReloadReport", "merge_reloadable", "reload_gateway"]
 
@@ -60,7 +60,7 @@ def merge_reloadable(old: Settings, new: Settings, keys: set[str]) -> Settings:
 
 
 def reload_gateway(gw: Any, env: Mapping[str, str] | None = None) -> ReloadReport:
-    """Reload *gw* (a :class:`relay.server.Gateway`) in place. Never raises for bad input."""
+    """Reload *gw* (a :class:`relay.gateway.Gateway`) in place. Never raises for bad input."""
     report = ReloadReport()
     old: Settings = gw.settings
     try:

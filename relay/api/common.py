@@ -21,9 +21,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from relay.compose import ComposeError
-from relay.errors import Conflict, Forbidden, Invalid, NotFound, RelayError
-from relay.pipeline import Identity
+from relay.submission.compose import ComposeError
+from relay.vocab import Conflict, Forbidden, Invalid, NotFound, RelayError
+from relay.submission.pipeline import Identity
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def relay_error(exc: RelayError) -> ApiError:
 
 
 def admin_error(exc: Exception, not_found: str = "Not found") -> ApiError:
-    """An admin operation's refusal (relay.admin): 404, 409, 403 or 400 with the field."""
+    """An admin operation's refusal (relay.services.admin): 404, 409, 403 or 400 with the field."""
     if isinstance(exc, NotFound):
         return ApiError(404, not_found)
     if isinstance(exc, Conflict):
