@@ -17,13 +17,13 @@ import email.utils
 from typing import Any
 
 from policies.options import Options
-from policies.spec import SIZE, Verdict
+from policies.spec import SIZE, PolicyServices, Verdict
 
 
 class LimitsPolicy:
     KEYS = ("max_recipients", "max_to", "max_cc", "max_bcc", "max_subject_length")
 
-    def __init__(self, options: dict[str, Any], services: Any = None) -> None:
+    def __init__(self, options: dict[str, Any], services: PolicyServices | None = None) -> None:
         o = Options("limits", options, self.KEYS)
         self.max_recipients = o.int("max_recipients", 100, minimum=1)
         self.max_to = o.int("max_to", 100, minimum=1)
@@ -63,5 +63,4 @@ class LimitsPolicy:
         return None
 
     def _max_size(self) -> int | None:
-        settings = getattr(self.services, "settings", None)
-        return getattr(getattr(settings, "smtp", None), "max_message_size", None)
+        return self.services.max_message_size() if self.services is not None else None

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import datetime as dt
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from policies.spec import option_error
 from relay.vocab import ConfigError
@@ -35,16 +34,3 @@ class Options:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum or value != value:
             raise self.error(key, value, f"expected a number >= {minimum:g}")
         return float(value)
-
-
-def clock_of(services: Any) -> Callable[[], dt.datetime]:
-    """``services.clock`` when the gateway has one (tests move it), else the real UTC time.
-
-    Looked up at every call, so a clock set on the gateway after start-up takes effect."""
-    from relay.store import utcnow
-
-    def now() -> dt.datetime:
-        clock = getattr(services, "clock", None)
-        return clock() if callable(clock) else utcnow()
-
-    return now

@@ -7,7 +7,7 @@ A transaction that does not end in a commit (RSET, QUIT, a lost connection, a re
 store failure) gives its reservations back (``on_abort``), as does a recipient that a later policy
 refused (``on_commit``). Sandbox sends count against rates only (as in the seeds), not against daily caps.
 
-Counting is atomic in the database (see :mod:`relay.store.quota`), so caps hold exactly across
+Counting is atomic in the database (see :mod:`policies.quota_store`), so caps hold exactly across
 concurrent sessions, worker processes and nodes sharing one PostgreSQL.
 
 Limits are set per target with ``relay quota set`` (stored, seen by every node within
@@ -32,11 +32,11 @@ import datetime as dt
 import logging
 from typing import Any
 
-from policies.options import Options, clock_of
+from policies.options import Options
 from policies.quota_rules import Effective, KeyedError, LimitSpec, effective, parse_defaults, recipients_left, targets
-from policies.spec import DRY_RUN, Verdict
+from policies.spec import DRY_RUN, PolicyServices, Verdict
 from relay.cache import TTLCache
-from relay.store.quota import Charge, LimitRec, QuotaStore
+from policies.quota_store import Charge, LimitRec, QuotaStore
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +59,11 @@ def parse_options(options: dict[str, Any]) -> tuple[float, dict[str, LimitSpec]]
 
 
 class QuotaPolicy:
-    def __init__(self, options: dict[str, Any], services: Any) -> None:
+    def __init__(self, options: dict[str, Any], services: PolicyServices) -> None:
         self.cache_ttl, self.defaults = parse_options(options)
         self.services = services
-        self.now = clock_of(services)
-        self.store = QuotaStore(services.store.sessions, services.store.reads)
+        self.now = services.clock
+        self.store = QuotaStore(services.sessions, services.reads)
         self._limits: TTLCache[dict[str, LimitRec]] = TTLCache(self.cache_ttl)
         self._pools: TTLCache[dt.date | None] = TTLCache(self.cache_ttl)
         self._pruned: dt.date | None = None

@@ -27,12 +27,11 @@ Construction
     ``cls(options, services)``: ``options`` is the policy's ``[policies.<name>]`` table (a dict,
     unvalidated: the policy validates it in its constructor and raises
     :class:`relay.vocab.ConfigError` naming ``policies.<name>.<key>`` and the bad value).
-    ``services`` is the running gateway (or the CLI's stand-in for ``relay route explain``) with
-    ``.store`` (:class:`relay.store.Store`), ``.runner`` (:class:`relay.store.runner.DbRunner`:
-    run synchronous store code in threads, never block the event loop) and ``.settings``. If it has
-    ``.clock`` (a callable returning an aware UTC datetime), policies take "now" from it, so tests
-    can move time; otherwise :func:`relay.store.utcnow`. A constructor taking only ``options`` is
-    also accepted.
+    ``services`` is a :class:`PolicyServices`, the narrow and typed set of what a policy may use:
+    ``sessions``/``reads`` (SQLAlchemy session factories for writes and reads), ``runner`` (run
+    synchronous store code in threads, never block the event loop), ``clock`` (aware UTC "now";
+    tests move it) and ``max_message_size()`` (the current ``smtp.max_message_size``). Never the gateway. A constructor taking only
+    ``options`` is also accepted (decided from its signature, not by trying).
 
 Ordering and results
     For one event the policies run in the ``enabled`` order; the first refusing verdict wins and the
@@ -63,12 +62,29 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 if TYPE_CHECKING:
+    import datetime as dt
     from email.message import EmailMessage
 
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from relay.store.runner import DbRunner
+
     from relay.submission.pipeline import Context
+
+
+@dataclass(frozen=True)
+class PolicyServices:
+    """What the gateway gives a policy: the store's session factories, the thread runner, the clock
+    and the one gateway setting a policy reads. Built once by the composition root."""
+
+    sessions: "sessionmaker[Session]"
+    reads: "sessionmaker[Session]"
+    runner: "DbRunner"
+    clock: "Callable[[], dt.datetime]"
+    max_message_size: "Callable[[], int | None]" = lambda: None  # smtp.max_message_size, as reloaded
 
 
 class Action(enum.Enum):

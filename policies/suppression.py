@@ -17,8 +17,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from policies.options import Options, clock_of
-from policies.spec import Verdict
+from policies.options import Options
+from policies.spec import PolicyServices, Verdict
 from relay.store.suppressions import SuppressionRec, Suppressions
 
 SUPPRESSED = dict(code=550, enhanced="5.7.1", message="Recipient address rejected", http_status=422)
@@ -26,12 +26,12 @@ _CACHE_MAX = 50_000
 
 
 class SuppressionPolicy:
-    def __init__(self, options: dict[str, Any], services: Any) -> None:
+    def __init__(self, options: dict[str, Any], services: PolicyServices) -> None:
         o = Options("suppression", options, ("cache_ttl",))
         self.cache_ttl = o.number("cache_ttl", 5.0)
         self.services = services
-        self.now = clock_of(services)
-        self.list = Suppressions(services.store.sessions, services.store.reads)
+        self.now = services.clock
+        self.list = Suppressions(services.sessions, services.reads)
         self._cache: dict[tuple[str, str], tuple[float, SuppressionRec | None]] = {}
 
     async def _lookup(self, account_id: str, address: str) -> SuppressionRec | None:

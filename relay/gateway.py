@@ -10,9 +10,12 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+import datetime as dt
+from typing import Any, Callable
 
 import uvicorn
+
+from policies.spec import PolicyServices
 
 from relay.api import tasks as api_tasks
 
@@ -29,7 +32,7 @@ from relay.delivery.upstream import Upstream, UpstreamConfig
 from relay.submission.pipeline import Pipeline
 from relay.submission.policyset import load as load_policies
 from relay.secrets import load_or_create_master_key
-from relay.store import Store, node_id
+from relay.store import Store, node_id, utcnow
 from relay.store.runner import DbRunner
 from relay.throttle import AuthThrottle, ConnectionLimits
 from relay.ops.tls import ensure_certificate, server_context
@@ -48,7 +51,8 @@ class Gateway:
     """Everything ``relay serve`` runs, wired once from the settings."""
 
     def __init__(self, settings: Settings, env: dict[str, str] | None = None, *, worker: int = 0,
-                 sockets: dict[str, socket.socket] | None = None) -> None:
+                 sockets: dict[str, socket.socket] | None = None,
+                 clock: Callable[[], dt.datetime] = utcnow) -> None:
         self.settings = settings
         self.env = env  # None: os.environ (read again only by a reload, for the same overrides)
         self.worker = worker
@@ -64,7 +68,9 @@ class Gateway:
         self.runner = DbRunner(self.store.dialect, lock)
         self.admin = Admin(settings, self.store, self.master_key)
         d = settings.delivery
-        self.policies = load_policies(settings.policies.enabled, settings.policies.options, self)
+        self.policies = load_policies(settings.policies.enabled, settings.policies.options, PolicyServices(
+            sessions=self.store.sessions, reads=self.store.reads, runner=self.runner, clock=clock,
+            max_message_size=lambda: self.settings.smtp.max_message_size))
         self.pipeline = Pipeline(
             store=self.store, runner=self.runner, master_key=self.master_key, hostname=settings.hostname,
             lease_seconds=d.lease, max_age=d.max_age, policies=self.policies,

@@ -226,10 +226,11 @@ def make_settings(tmp_path: Path, db_url: str | None = None, **overrides: Any):
 async def gateway_factory(tmp_path):
     gateways: list[Gateway] = []
 
-    async def make(db_url: str | None = None, *, start: bool = True, subdir: str = "gw", **overrides: Any) -> Gateway:
+    async def make(db_url: str | None = None, *, start: bool = True, subdir: str = "gw",
+                   clock: Any = None, **overrides: Any) -> Gateway:
         d = tmp_path / f"{subdir}{len(gateways)}"
         d.mkdir()
-        gw = Gateway(make_settings(d, db_url, **overrides), env={})
+        gw = Gateway(make_settings(d, db_url, **overrides), env={}, **({"clock": clock} if clock else {}))
         gateways.append(gw)
         if start:
             await gw.start()

@@ -56,7 +56,7 @@ CALLS = []
 class Recorder:
     def __init__(self, options, services):
         self.tag = options.get("tag", "recorder")
-        self.store = services.store  # services: the running gateway
+        self.sessions = services.sessions  # services: a PolicyServices, never the gateway
 
     async def on_rcpt(self, ctx, recipient):
         CALLS.append((self.tag, "on_rcpt", recipient))
@@ -397,7 +397,7 @@ async def test_message_size_is_advertised_and_enforced_with_552(gateway_factory,
     assert smtp_messages(gw) == []
 
     # the HTTP front door has no SIZE: the policy checks the size itself (552 5.3.4 / HTTP 400)
-    policy = LimitsPolicy({}, gw)
+    policy = dict(gw.policies.policies)["limits"]
     ctx = SimpleNamespace(listener="api", recipients=[], extra={SIZE: 4001})
     verdict = await policy.on_data(ctx, {})
     assert (verdict.code, verdict.enhanced, verdict.http_status) == (552, "5.3.4", 400)

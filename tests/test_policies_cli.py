@@ -17,7 +17,7 @@ from relay.cli.main import main
 from relay.ops.config import load_settings
 from relay.secrets import load_or_create_master_key
 from relay.store import Store, utcnow
-from relay.store.quota import Charge, QuotaStore
+from policies.quota_store import Charge, QuotaStore
 
 
 @pytest.fixture

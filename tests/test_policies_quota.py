@@ -25,7 +25,7 @@ from relay.ops.config import load_settings
 from relay.vocab import StoreError
 from relay.secrets import load_or_create_master_key
 from relay.store import Store, utcnow
-from relay.store.quota import QuotaStore
+from policies.quota_store import QuotaStore
 from relay.store.suppressions import NewSuppression, Suppressions
 from tests.conftest import free_port, port_of, provision, wait_for
 from tests.test_policies import OK_MAIL, OK_RCPT, delivered, fold, send, words
@@ -36,7 +36,7 @@ MORE_OVER = (452, "4.5.3 Too many recipients, try again later")
 
 
 class Clock:
-    """A controllable UTC clock: the quota policy reads ``gateway.clock`` at every decision."""
+    """A controllable UTC clock: given to the gateway, read by the quota policy at every decision."""
 
     def __init__(self, start: dt.datetime) -> None:
         self.now = start
@@ -125,9 +125,9 @@ async def test_daily_cap_is_exact_under_concurrent_clients(gateway_factory, sink
 
 async def test_rate_is_exact_under_concurrent_clients_and_refills(gateway_factory, sink_factory, db_url):
     sink = await sink_factory()
-    gw = await gateway_factory(db_url, policies={"enabled": ["quota"]})
+    clock = Clock(utcnow())
+    gw = await gateway_factory(db_url, policies={"enabled": ["quota"]}, clock=clock)
     p = provision(gw, sink.port)
-    gw.clock = clock = Clock(utcnow())
     key_id = gw.store.directory.list_api_keys("acme")[0].id
     quotas(gw).set_limit(target=f"key:{key_id}", kind="key", account_id=None, subject=key_id, ip_pool=None,
                          rate=Rate(10, 1))
@@ -141,12 +141,12 @@ async def test_rate_is_exact_under_concurrent_clients_and_refills(gateway_factor
 
 async def test_caps_are_exact_across_two_gateways_on_one_postgresql(gateway_factory, sink_factory, pg_url):
     sink = await sink_factory()
-    gw1 = await gateway_factory(pg_url, policies={"enabled": ["quota"]})
-    gw2 = await gateway_factory(pg_url, policies={"enabled": ["quota"]},
+    clock = Clock(utcnow())
+    gw1 = await gateway_factory(pg_url, policies={"enabled": ["quota"]}, clock=clock)
+    gw2 = await gateway_factory(pg_url, policies={"enabled": ["quota"]}, clock=clock,
                                 secrets={"master_key_file": str(gw1.settings.master_key_path)})
     p = provision(gw1, sink.port)
     gw2.load_upstreams()
-    gw1.clock = gw2.clock = clock = Clock(utcnow())
     key_id = gw1.store.directory.list_api_keys("acme")[0].id
     acc = gw1.store.directory.get_account("acme")
     q = quotas(gw1)
@@ -258,10 +258,11 @@ async def test_caps_are_exact_across_two_relay_processes_on_one_postgresql(tmp_p
 # -- warm-up ----------------------------------------------------------------------------------------------
 async def test_warmup_caps_follow_the_pool_age(gateway_factory, sink_factory):
     sink = await sink_factory()
-    gw = await gateway_factory(policies={"enabled": ["quota"], "quota": {"cache_ttl": 0}})
+    clock = Clock(utcnow())
+    gw = await gateway_factory(policies={"enabled": ["quota"], "quota": {"cache_ttl": 0}}, clock=clock)
     p = provision(gw, sink.port)
     created = dict(gw.store.directory.list_pools())["default"]
-    gw.clock = clock = Clock(created + dt.timedelta(minutes=1))
+    clock.now = created + dt.timedelta(minutes=1)
     quotas(gw).set_limit(target="pool:default", kind="pool", account_id=None, subject="default", ip_pool="default",
                          warmup=parse_warmup("1:3,2:5,4:8"))
 

@@ -257,7 +257,7 @@ def quota_set(ctx: Ctx, account: str | None, key_id: str | None, alias: str | No
 
     One unit is one recipient. Over a limit, RCPT gets 451 4.7.1 / 452 4.5.3 (HTTP 429), never 5xx.
     Running gateways see a change within the policy's cache_ttl (5 s by default)."""
-    from relay.store.quota import QuotaStore
+    from policies.quota_store import QuotaStore
 
     if rate is None and daily is None and warmup is None and warmup_start is None:
         raise Invalid("nothing to set: give --rate, --daily, --warmup or --warmup-start", field="rate")
@@ -307,7 +307,7 @@ def quota_set(ctx: Ctx, account: str | None, key_id: str | None, alias: str | No
 @click.option("--pool", default=None)
 def quota_remove(ctx: Ctx, account: str | None, key_id: str | None, alias: str | None, pool: str | None):
     """Remove a target's own limits (the [policies.quota] defaults, if any, apply again)."""
-    from relay.store.quota import QuotaStore
+    from policies.quota_store import QuotaStore
 
     t = _target(ctx, account, key_id, alias, pool)
     QuotaStore(ctx.store.sessions, ctx.store.reads).remove_limit(t["target"])
@@ -371,7 +371,7 @@ def _candidates(ctx: Ctx, qs: Any, defaults: dict[str, Any], account: str | None
 def quota_show(ctx: Ctx, account: str | None, pool: str | None):
     """Usage today and tokens available now, against the effective limits (stored or default)."""
     from policies.quota import parse_options
-    from relay.store.quota import QuotaStore
+    from policies.quota_store import QuotaStore
 
     _, defaults = parse_options(ctx.settings.policies.options.get("quota", {}))
     qs = QuotaStore(ctx.store.sessions, ctx.store.reads)
@@ -418,19 +418,9 @@ def route() -> None:
               show_default=True, help="The front door to assume.")
 def route_explain(ctx: Ctx, key: str, sender: str, recipients: tuple[str, ...], listener: str):
     """Alias, IP pool, upstreams in order, and each enabled policy's verdict for MAIL and each recipient."""
-    from relay.services.explain import explain, render
-    from relay.submission.policyset import load as load_policies
-    from relay.store.runner import DbRunner
+    from relay.services.explain import explain_route, render
 
-    settings = ctx.settings
-    store = ctx.store
-    runner = DbRunner(store.dialect)
-    services = SimpleNamespace(store=store, runner=runner, settings=settings, clock=utcnow, pipeline=None)
-    try:
-        policies = load_policies(settings.policies.enabled, settings.policies.options, services)
-        result = asyncio.run(explain(services, policies, key=key, sender=sender.strip().strip("<>"),
-                                     recipients=[r.strip().strip("<>") for r in recipients], listener=listener))
-    finally:
-        runner.shutdown()
+    result = explain_route(ctx.store, ctx.settings, key=key, sender=sender.strip().strip("<>"),
+                           recipients=[r.strip().strip("<>") for r in recipients], listener=listener)
     return result, render(result)
 

@@ -8,16 +8,20 @@ are listed in delivery order (priority; weighted random among equal priorities).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from policies.spec import DRY_RUN, Verdict
+from policies.spec import DRY_RUN, PolicyServices, Verdict
+from relay.ops.config import Settings
 from relay.vocab import Invalid, NotFound, RelayError
 from relay.submission.pipeline import SEND_SCOPES, Context, Identity, Pipeline
 from relay.submission.policyset import PolicySet
+from relay.submission.policyset import load as load_policies
 from relay.secrets import parse_api_key, verify_api_key
-from relay.store import utcnow
+from relay.store import Store, utcnow
+from relay.store.runner import DbRunner
 
 
 @dataclass(frozen=True)
@@ -92,9 +96,23 @@ def _key_id(store: Any, key: str) -> str:
     return key_id
 
 
-async def explain(services: Any, policies: PolicySet, *, key: str, sender: str, recipients: Sequence[str],
-                  listener: str = "submission", now: dt.datetime | None = None) -> Explanation:
-    store, runner, settings = services.store, services.runner, services.settings
+def explain_route(store: Store, settings: Settings, *, key: str, sender: str, recipients: Sequence[str],
+                  listener: str = "submission") -> Explanation:
+    """``relay route explain``: load the enabled policies as the gateway does and ask them (dry run)."""
+    runner = DbRunner(store.dialect)
+    try:
+        services = PolicyServices(sessions=store.sessions, reads=store.reads, runner=runner, clock=utcnow,
+                                  max_message_size=lambda: settings.smtp.max_message_size)
+        policies = load_policies(settings.policies.enabled, settings.policies.options, services)
+        return asyncio.run(explain(store, runner, settings, policies, key=key, sender=sender,
+                                   recipients=recipients, listener=listener))
+    finally:
+        runner.shutdown()
+
+
+async def explain(store: Store, runner: DbRunner, settings: Settings, policies: PolicySet, *, key: str,
+                  sender: str, recipients: Sequence[str], listener: str = "submission",
+                  now: dt.datetime | None = None) -> Explanation:
     key_id = await runner.read(_key_id, store, key)
     rec = await runner.read(store.directory.find_api_key, key_id)
     out = Explanation(key_id=rec.id, account=rec.account_name, scopes=sorted(rec.scopes), sender=sender,

@@ -28,7 +28,7 @@ def account_usage(store: Store, settings: Any, account: AccountRec, now: dt.date
     try:
         from policies.quota import parse_options
         from policies.quota_rules import effective
-        from relay.store.quota import QuotaStore
+        from policies.quota_store import QuotaStore
     except ImportError:  # the quota policy is not installed
         return out
     _, defaults = parse_options(settings.policies.options.get("quota", {}))

@@ -7,11 +7,12 @@ order, and given their own settings table. A hook that raises makes the submissi
 
 from __future__ import annotations
 
+import inspect
 import logging
 from importlib.metadata import entry_points
 from typing import Any, Mapping, Sequence
 
-from policies.spec import ENTRY_POINT_GROUP, HOOKS, Verdict
+from policies.spec import ENTRY_POINT_GROUP, HOOKS, PolicyServices, Verdict
 from relay.vocab import ConfigError
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,20 @@ def discover() -> dict[str, Any]:
     return found
 
 
-def load(enabled: Sequence[str], options: Mapping[str, Mapping[str, Any]], services: Any = None) -> "PolicySet":
-    """Instantiate the enabled policies, in order. ``services`` gives policies the store and clock."""
+def _takes_services(cls: Any) -> bool:
+    """Whether a policy's constructor takes ``(options, services)`` or ``(options)`` alone."""
+    try:
+        params = list(inspect.signature(cls).parameters.values())
+    except (TypeError, ValueError):  # a builtin or C type: assume the documented form
+        return True
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
+        return True
+    return len([p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]) >= 2
+
+
+def load(enabled: Sequence[str], options: Mapping[str, Mapping[str, Any]],
+         services: PolicyServices | None) -> "PolicySet":
+    """Instantiate the enabled policies, in order, each with its options and the narrow ``services``."""
     if len(set(enabled)) != len(enabled):
         raise ConfigError(f"config: policies.enabled: a policy is listed twice: {list(enabled)!r}")
     available = discover() if enabled else {}
@@ -41,10 +54,8 @@ def load(enabled: Sequence[str], options: Mapping[str, Mapping[str, Any]], servi
             raise ConfigError(f"config: policies.enabled: {name!r} is not installed "
                               f"(installed: {', '.join(sorted(available)) or 'none'})")
         cls = available[name].load()
-        try:
-            instances.append((name, cls(dict(options.get(name, {})), services)))
-        except TypeError:
-            instances.append((name, cls(dict(options.get(name, {})))))
+        opts = dict(options.get(name, {}))
+        instances.append((name, cls(opts, services) if _takes_services(cls) else cls(opts)))
     for name in options:
         if name not in enabled:
             raise ConfigError(f"config: policies.{name}: settings for a policy that is not enabled")
