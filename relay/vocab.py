@@ -1,4 +1,10 @@
-"""One error family for the whole gateway (aiosmtplib's model: the SMTP code rides on the exception).
+"""The shared vocabulary: the words every layer uses, with no I/O (the lowest layer).
+
+- identity and context: who submits (:class:`Identity`) and one transaction (:class:`Context`);
+- scopes and IP pools: :data:`SEND_SCOPES`, :data:`POOL_SCOPES`, :data:`DEFAULT_IP_POOL`;
+- ids: :func:`new_id`, :func:`new_queue_id`; time: :func:`utcnow`;
+- queue states: :data:`STATES`, :data:`PENDING`, :data:`FINAL`;
+- one error family (aiosmtplib's model: the SMTP code rides on the exception).
 
 Every refusal carries an SMTP code, an enhanced status code, a public message (safe to show a
 client) and an internal reason (for logs only). ``temporary`` is derived from the code: 4xx.
@@ -6,6 +12,63 @@ Only the front doors turn these into wire text (SMTP) or an HTTP status.
 """
 
 from __future__ import annotations
+
+import datetime as dt
+import secrets
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from relay.store.directory import AliasRec
+
+SEND_SCOPES = frozenset({"send", "send:transactional", "send:marketing"})
+POOL_SCOPES = {"send:transactional": "transactional", "send:marketing": "marketing"}
+DEFAULT_IP_POOL = "default"
+
+STATES = ("queued", "deferred", "delivering", "delivered", "bounced", "suppressed", "expired", "sandbox")
+PENDING = ("queued", "deferred", "delivering")
+FINAL = ("delivered", "bounced", "suppressed", "expired", "sandbox")  # sandbox: stored, never delivered
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(8)}"
+
+
+def new_queue_id(sandbox: bool = False) -> str:
+    return ("sandbox_msg_" if sandbox else "msg_") + secrets.token_hex(8)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who submits: an account, through one API key (None for a trusted network), with its scopes."""
+
+    account_id: str
+    account_name: str
+    key_id: str | None  # None for trusted networks
+    scopes: frozenset[str]
+
+
+@dataclass
+class Context:
+    """One transaction as policies and the pipeline see it (the same for SMTP and HTTP)."""
+
+    listener: str
+    peer: str = ""
+    identity: Identity | None = None
+    alias: "AliasRec | None" = None
+    mail_from: str = ""
+    recipients: list[str] = field(default_factory=list)
+    sandbox: bool = False
+    idempotency_key: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pool(self) -> str | None:
+        return self.alias.ip_pool if self.alias else None
 
 
 class RelayError(Exception):

@@ -15,14 +15,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session, sessionmaker
 
-from relay.vocab import NotFound
+from relay.vocab import FINAL, PENDING, STATES, NotFound  # noqa: F401  (FINAL: re-exported)
 from relay.store import aware, utcnow
 from relay.store import hotsql
 from relay.store import models as m
 
-STATES = ("queued", "deferred", "delivering", "delivered", "bounced", "suppressed", "expired", "sandbox")
-PENDING = ("queued", "deferred", "delivering")
-FINAL = ("delivered", "bounced", "suppressed", "expired", "sandbox")  # sandbox: stored, never delivered
 _R = m.Recipient.__table__
 
 

@@ -14,9 +14,7 @@ import datetime as dt
 import functools
 import ipaddress
 import logging
-import secrets
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from policies.spec import SIZE, Verdict
@@ -24,7 +22,8 @@ from relay.submission import message as msgs
 from relay.ops import metrics
 from relay.cache import TTLCache
 from relay.submission.dkim import DkimKey, SignerCache
-from relay.vocab import RelayError, StoreError
+from relay.vocab import (DEFAULT_IP_POOL, POOL_SCOPES, SEND_SCOPES, Context, Identity, RelayError, StoreError,
+                         new_queue_id)
 from relay.submission.idempotency import Idempotency
 from relay.submission.policyset import PolicySet
 from relay.secrets import MasterKey, parse_api_key, verify_api_key
@@ -37,9 +36,7 @@ from relay.throttle import AuthThrottle, ConnectionLimits
 
 log = logging.getLogger(__name__)
 
-SEND_SCOPES = frozenset({"send", "send:transactional", "send:marketing"})
-POOL_SCOPES = {"send:transactional": "transactional", "send:marketing": "marketing"}
-DEFAULT_POOL = "default"
+DEFAULT_POOL = DEFAULT_IP_POOL
 
 AUTH_FAILED = RelayError(535, "5.7.8", "Authentication credentials invalid", http_status=401)
 AUTH_REQUIRED = RelayError(530, "5.7.0", "Authentication required", http_status=401)
@@ -54,33 +51,6 @@ _OPEN = "_transaction_open"  # ctx.extra: MAIL accepted, neither committed nor a
 TAGS, METADATA, SUPPRESSED, QUEUED = "api_tags", "api_metadata", "api_suppressed", "api_queued"
 ACCEPTED_AT, IDEMPOTENT = "accepted_at", "idempotent"  # set by data() for a submission with a key
 API_MAX_RECIPIENTS = 200  # to 100 + cc 50 + bcc 50
-
-
-@dataclass(frozen=True)
-class Identity:
-    account_id: str
-    account_name: str
-    key_id: str | None  # None for trusted networks
-    scopes: frozenset[str]
-
-
-@dataclass
-class Context:
-    """One transaction as policies and the pipeline see it (the same for SMTP and HTTP)."""
-
-    listener: str
-    peer: str = ""
-    identity: Identity | None = None
-    alias: AliasRec | None = None
-    mail_from: str = ""
-    recipients: list[str] = field(default_factory=list)
-    sandbox: bool = False
-    idempotency_key: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def pool(self) -> str | None:
-        return self.alias.ip_pool if self.alias else None
 
 
 def verdict_error(v: Verdict) -> RelayError:
@@ -369,5 +339,3 @@ def _trusted_account(peer_ip: str, trusted: tuple[tuple[Any, str], ...]) -> str 
     return None
 
 
-def new_queue_id(sandbox: bool = False) -> str:
-    return ("sandbox_msg_" if sandbox else "msg_") + secrets.token_hex(8)
