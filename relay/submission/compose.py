@@ -9,6 +9,7 @@ addresses must be plain ASCII ``local@domain``. Message-ID and Date are added by
 from __future__ import annotations
 
 import re
+from typing import Any
 from dataclasses import dataclass, field
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -109,7 +110,7 @@ def compose(draft: Draft) -> bytes:
         if not _CONTENT_TYPE.match(att.content_type or ""):
             raise ComposeError(f"attachments.{i}.content_type", f"invalid content type {att.content_type[:100]!r}")
         maintype, subtype = att.content_type.lower().split("/", 1)
-        extra = {}
+        extra: dict[str, Any] = {}
         if att.content_id is not None:
             if not _CONTENT_ID.match(att.content_id):
                 raise ComposeError(f"attachments.{i}.content_id", "invalid content id")

@@ -127,9 +127,9 @@ def _summarize_fast(raw: bytes) -> HeaderSummary | None:
         if name in lists:
             lists[name].append(value)
     found = [_addresses_fast(lists[name]) for name in _ADDRESS_FIELDS]
-    if None in found:
-        return None
     from_, to, cc, bcc = found
+    if from_ is None or to is None or cc is None or bcc is None:
+        return None
     return HeaderSummary(
         from_addresses=tuple(a.lower() for a in from_),
         subject=first.get("subject"),
@@ -201,4 +201,4 @@ def parse(raw: bytes) -> EmailMessage:
     from email import policy
     from email.parser import BytesParser
 
-    return BytesParser(policy=policy.default).parsebytes(raw)  # type: ignore[return-value]
+    return BytesParser(policy=policy.default).parsebytes(raw)
