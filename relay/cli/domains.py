@@ -37,7 +37,8 @@ def domain_records(ctx: Ctx, name: str):
 @click.argument("name")
 @click.option("--trust", is_flag=True, help="Mark verified without a DNS check (the sysadmin vouches).")
 def domain_verify(ctx: Ctx, name: str, trust: bool):
-    rec = ctx.admin.verify_domain(name, trust=trust)
+    """Check the verification TXT record (and a pending DKIM rotation's records)."""
+    rec = ctx.admin.verify_domain_and_keys(name, trust=trust)
     return rec, f"domain {rec.name} verified"
 
 
