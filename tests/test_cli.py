@@ -19,25 +19,27 @@ import shutil
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
-from relay.submission import dkim as rdkim
-from relay.services.admin import Admin
 from relay.ops.config import load_settings
-from relay.vocab import NotFound
 from relay.secrets import hash_api_key, load_or_create_master_key, verify_api_key
+from relay.services.admin import Admin
 from relay.store import Store, utcnow
 from relay.store.queue import NewMessage, Outcome
+from relay.submission import dkim as rdkim
+from relay.vocab import NotFound
 
 _candidate = Path(sys.executable).with_name("relay")
 RELAY = str(_candidate) if _candidate.exists() else shutil.which("relay")
 _MIGRATE_LOCK = threading.Lock()
 KEY_RE = re.compile(r"^rk_[0-9a-f]{8}_[A-Za-z0-9_-]{43}$")
+DEPRECATED_POOL = "relay: `relay pool` is deprecated; use `relay upstream` (same commands and options)"
 
 
 @dataclass
@@ -144,7 +146,7 @@ def cli_keys(cli: Cli) -> None:
     assert {k: row[k] for k in ("id", "account_name", "scopes", "name", "revoked")} == {
         "id": key[:11], "account_name": "acme", "scopes": ["send", "send:marketing"], "name": "ci", "revoked": False}
     assert "key_hash" not in row and "key" not in row
-    assert re.search(rf"^{key[:11]}\s+acme\s+send,send:marketing\s+ci\s+active$", as_text.out, re.M)
+    assert re.search(rf"^{key[:11]}\s+acme\s+send,send:marketing\s+ci\s+active$", as_text.out, re.MULTILINE)
     secret = key.split("_", 2)[2]
     for r in (as_json, as_text):
         assert secret not in r.out + r.err and hash_api_key(key) not in r.out + r.err
@@ -188,10 +190,10 @@ def cli_domains(cli: Cli) -> None:
     assert store.directory.get_domain("example.com").verified is True
 
 
-def cli_pools(cli: Cli) -> None:
+def cli_upstreams(cli: Cli) -> None:
     pw_stdin, pw_env = "pw-from-stdin-Zq81!", "pw-from-env-Xk42$"
     by_stdin, by_env = cli.collect(
-        cli.start("pool", "add", "up-stdin", "--ip-pool", "transactional", "--host", "smtp.example.net", "--port", "587",
+        cli.start("upstream", "add", "up-stdin", "--ip-pool", "transactional", "--host", "smtp.example.net", "--port", "587",
                   "--encryption", "tls", "--username", "u-stdin", "--password-stdin", "--json",
                   input=pw_stdin + "\n"),
         cli.start("pool", "add", "up-env", "--ip-pool", "marketing", "--host", "127.0.0.1", "--port", "2525",
@@ -204,9 +206,13 @@ def cli_pools(cli: Cli) -> None:
         "encryption": "tls", "username": "u-stdin"}
     assert "password_enc" not in row and "password" not in row
     assert (by_env.code, by_env.out) == (0, "upstream up-env (127.0.0.1:2525, none) added to IP pool marketing\n")
+    # `relay pool` is the deprecated name of `relay upstream`: a note on stderr, then the same command
+    # (either one may also note that it created the master key)
+    assert DEPRECATED_POOL not in by_stdin.err and by_env.err.splitlines()[0] == DEPRECATED_POOL
 
-    listed = cli.run("pool", "list", "--json")
-    assert listed.code == 0
+    listed, listed_old = cli.collect(cli.start("upstream", "list", "--json"), cli.start("pool", "list", "--json"))
+    assert listed.code == 0 and listed_old.code == 0
+    assert (listed_old.out, listed_old.err) == (listed.out, DEPRECATED_POOL + "\n")
     rows = listed.json()
     assert [(r["name"], r["ip_pool"], r["username"]) for r in rows] == [
         ("up-env", "marketing", "u-env"), ("up-stdin", "transactional", "u-stdin")]
@@ -219,6 +225,12 @@ def cli_pools(cli: Cli) -> None:
     admin, store = cli.local
     assert admin.upstream_password(store.directory.get_upstream("up-stdin")) == pw_stdin
     assert admin.upstream_password(store.directory.get_upstream("up-env")) == pw_env
+
+    removed, missing = cli.collect(cli.start("upstream", "remove", "up-env", "--json"),
+                                   cli.start("pool", "remove", "nowhere"))
+    assert removed.code == 0 and removed.json() == {"success": True, "removed": "up-env"}
+    assert (missing.code, missing.err) == (1, DEPRECATED_POOL + "\nrelay: no upstream 'nowhere'\n")
+    assert [u.name for u in store.directory.list_upstreams()] == ["up-stdin"]
 
 
 def cli_aliases(cli: Cli) -> None:
@@ -249,9 +261,17 @@ def cli_aliases(cli: Cli) -> None:
     assert verified.code == 0 and (verified.json()["email"], verified.json()["verified"]) == ("app@example.com", True)
     listed = cli.run("alias", "list", "--json")
     assert [(a["email"], a["ip_pool"], a["verified"]) for a in listed.json()] == [("app@example.com", "transactional", True)]
-    removed = cli.run("alias", "remove", "app@example.com", "--json")
-    assert removed.code == 0 and removed.json() == {"success": True, "removed": "app@example.com"}
-    assert store.directory.list_aliases() == []
+    # the rules of DELETE /api/v1/aliases/{id} (relay.services.admin): the account's only verified alias stays
+    refused, refused_json = cli.collect(cli.start("alias", "remove", "app@example.com"),
+                                        cli.start("alias", "remove", "app@example.com", "--json"))
+    assert (refused.code, refused.out, refused.err) == (
+        1, "", "relay: Cannot delete the only remaining verified alias\n")
+    assert refused_json.code == 1 and refused_json.json() == {
+        "success": False, "error": "Cannot delete the only remaining verified alias"}
+    admin.add_alias("news@example.com", account="acme")
+    removed = cli.run("alias", "remove", "News@example.com", "--json")
+    assert removed.code == 0 and removed.json() == {"success": True, "removed": "News@example.com"}
+    assert [a.email for a in store.directory.list_aliases()] == ["app@example.com"]
 
 
 def cli_queue(cli: Cli) -> None:
@@ -305,7 +325,7 @@ def cli_unknown_config_key(cli: Cli) -> None:
 # -- running them ----------------------------------------------------------------------------------------
 SCENARIOS: dict[str, Callable[[Cli], None]] = {
     fn.__name__.removeprefix("cli_"): fn
-    for fn in (cli_accounts, cli_keys, cli_domains, cli_pools, cli_aliases, cli_queue, cli_unknown_config_key)
+    for fn in (cli_accounts, cli_keys, cli_domains, cli_upstreams, cli_aliases, cli_queue, cli_unknown_config_key)
 }
 
 
@@ -341,8 +361,8 @@ def test_domains(scenarios):
     scenarios["domains"].result()
 
 
-def test_pools(scenarios):
-    scenarios["pools"].result()
+def test_upstreams(scenarios):
+    scenarios["upstreams"].result()
 
 
 def test_aliases(scenarios):

@@ -12,12 +12,12 @@ import pytest
 from click.testing import CliRunner
 
 from policies.quota_rules import Rate
-from relay.services.admin import Admin
+from policies.quota_store import Charge, QuotaStore
 from relay.cli.main import main
 from relay.ops.config import load_settings
 from relay.secrets import load_or_create_master_key
+from relay.services.admin import Admin
 from relay.store import Store, utcnow
-from policies.quota_store import Charge, QuotaStore
 
 
 @pytest.fixture
@@ -120,7 +120,7 @@ def test_suppression_import_and_export_round_trip(site):
     assert (r.code, r.out) == (0, "4 added, 0 updated on the suppression list of other\n")
     theirs = relay(site, "suppression", "list", "--account", "other", "--json").json()
     ours = relay(site, "suppression", "list", "--account", "acme", "--json").json()
-    strip = lambda es: sorted((e["email"], e["reason"], e["expires_at"], e["detail"]) for e in es)  # noqa: E731
+    strip = lambda es: sorted((e["email"], e["reason"], e["expires_at"], e["detail"]) for e in es)
     assert strip(theirs) == strip(ours)
 
 

@@ -17,7 +17,7 @@ T = TypeVar("T")
 __all__ = ["progress", "shown"]
 
 
-def shown(as_json: bool, stream=None) -> bool:  # noqa: ANN001
+def shown(as_json: bool, stream=None) -> bool:
     """Whether a progress bar may be drawn: a terminal, and no --json."""
     stream = sys.stderr if stream is None else stream
     return not as_json and bool(getattr(stream, "isatty", lambda: False)())

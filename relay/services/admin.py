@@ -12,16 +12,14 @@ import re
 import secrets as pysecrets
 from dataclasses import dataclass
 
-from relay.submission import dkim
-
-from relay.submission import message
 from relay.ops.config import Settings
-from relay.vocab import Conflict, Forbidden, Invalid, NotFound
-from relay.submission.pipeline import DEFAULT_POOL, new_queue_id
 from relay.secrets import MasterKey, generate_api_key
 from relay.store import Store, utcnow
 from relay.store.directory import AliasRec, DomainRec, KeyRec, UpstreamRec
 from relay.store.queue import NewMessage
+from relay.submission import dkim, message
+from relay.submission.pipeline import DEFAULT_POOL, new_queue_id
+from relay.vocab import Conflict, Forbidden, Invalid, NotFound
 
 SCOPES = ("send", "send:transactional", "send:marketing", "sandbox", "aliases", "admin")
 ENCRYPTIONS = ("tls", "ssl", "none")
@@ -78,6 +76,10 @@ class Admin:
     def create_account(self, name: str):
         return self.directory.create_account(check_name(name, "account"))
 
+    def remove_account(self, name: str) -> None:
+        """The account and everything it owns (keys, domains, aliases, suppressions...)."""
+        self.directory.remove_account(name)
+
     def create_key(self, account: str, scopes: list[str], name: str | None = None) -> tuple[str, KeyRec]:
         """A new API key: the full key is returned here, once, and stored only as a hash."""
         scopes = [s.strip() for s in scopes if s.strip()]
@@ -86,6 +88,14 @@ class Admin:
             raise Invalid(f"invalid scopes {bad or scopes!r}; choose from {', '.join(SCOPES)}", field="scopes")
         full, key_id, key_hash = generate_api_key()
         return full, self.directory.create_api_key(account, key_id, key_hash, scopes, name)
+
+    def revoke_key(self, key_id: str, *, account_id: str | None = None) -> None:
+        """Revoke a key; with ``account_id`` (an account's own key acting) only a key of that account."""
+        if account_id is not None:
+            rec = self.directory.find_api_key(key_id)
+            if rec is None or rec.account_id != account_id:
+                raise NotFound(f"no API key {key_id!r}")
+        self.directory.revoke_api_key(key_id)
 
     # -- domains ----------------------------------------------------------------------------
     def add_domain(self, domain: str, account: str) -> tuple[DomainRec, list[DnsRecord]]:
@@ -124,6 +134,16 @@ class Admin:
                               field="domain")
         return self.directory.mark_domain_verified(domain)
 
+    def verify_domain_and_keys(self, domain: str, *, trust: bool = False) -> DomainRec:
+        """What "verify" means at every front door: :meth:`verify_domain`, then a pending DKIM
+        rotation is checked too (:meth:`check_dkim_rotation`)."""
+        self.verify_domain(domain, trust=trust)
+        return self.check_dkim_rotation(domain)
+
+    def remove_domain(self, domain: str) -> None:
+        """The domain and its DKIM keys; Conflict while aliases of the domain exist."""
+        self.directory.remove_domain(domain.strip().lower())
+
     def _txt(self, name: str) -> list[str]:
         import dns.exception
         import dns.resolver
@@ -158,6 +178,9 @@ class Admin:
             name=name, ip_pool=ip_pool, host=host, port=port, encryption=encryption, username=username,
             password_enc=enc, verify_tls=self.settings.delivery.verify_certificates if verify_tls is None else verify_tls,
             priority=priority, weight=weight, max_connections=max_connections)
+
+    def remove_upstream(self, name_or_id: str) -> None:
+        self.directory.remove_upstream(name_or_id)
 
     def upstream_password(self, rec: UpstreamRec) -> str | None:
         return self.master_key.decrypt_str(rec.password_enc, aad=rec.name) if rec.password_enc else None
@@ -239,6 +262,10 @@ class Admin:
                            "remove them from the queue first")
         self.directory.remove_alias(alias.id)
 
+    def remove_alias(self, email_or_id: str) -> None:
+        """:meth:`remove_alias_checked` for an alias named by its address (or id)."""
+        self.remove_alias_checked(self.directory.get_alias(email_or_id))
+
     def _account_name(self, account_id: str) -> str:
         return self.directory.get_account_by_id(account_id).name
 
@@ -306,4 +333,4 @@ def _dkim_published(expected: str, found: list[str]) -> bool:
     return bool(want) and any(_dkim_p(f) == want for f in found)
 
 
-__all__ = ["Admin", "DnsRecord", "SCOPES", "Conflict", "Forbidden", "Invalid", "NotFound"]
+__all__ = ["SCOPES", "Admin", "Conflict", "DnsRecord", "Forbidden", "Invalid", "NotFound"]

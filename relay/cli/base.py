@@ -1,0 +1,136 @@
+"""The ``relay`` root group and what every command group shares: the context (settings, store and
+Admin service, opened on first use), the ``--json`` command decorator with its error mapping, and the
+table renderer. The command groups import this module; it imports none of them
+(:mod:`relay.cli.main` assembles them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from relay.vocab import ConfigError, Conflict, Forbidden, Invalid, NotFound
+
+# refusals of the services -> exit code (2: the input is wrong; 1: the state does not allow it)
+EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
+    (Invalid, 2), (ConfigError, 2), (NotFound, 1), (Conflict, 1), (Forbidden, 1))
+REFUSALS = tuple(cls for cls, _ in EXIT_CODES)
+
+
+def jsonable(obj: Any) -> Any:
+    """Records (dataclasses), lists, sets and datetimes as JSON values; fields with repr=False are left out."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.repr}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(x) for x in obj]
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    if isinstance(obj, dict):
+        return {k: jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, dt.datetime):
+        return obj.isoformat()
+    return obj
+
+
+class Ctx:
+    """What a command needs, each opened on first use: a command that fails on its arguments opens nothing."""
+
+    def __init__(self, config: str | None) -> None:
+        self.config = config
+        self._settings = None
+        self._store = None
+        self._admin = None
+        self.as_json = False  # the command's --json: long work stays quiet (relay.cli.progress)
+
+    @property
+    def settings(self):
+        if self._settings is None:
+            from relay.ops.config import load_settings
+
+            self._settings = load_settings(self.config)
+        return self._settings
+
+    @property
+    def store(self):
+        if self._store is None:
+            from relay.store import Store, node_id
+
+            s = self.settings
+            self._store = Store(s.database_url, node_id=node_id(s.data_dir))
+            self._store.migrate()
+        return self._store
+
+    @property
+    def admin(self):
+        if self._admin is None:
+            from relay.secrets import load_or_create_master_key
+            from relay.services.admin import Admin
+
+            self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+            self._admin = Admin(self.settings, self.store, load_or_create_master_key(self.settings.master_key_path))
+        return self._admin
+
+
+def exit_code(exc: Exception) -> int:
+    return next(code for cls, code in EXIT_CODES if isinstance(exc, cls))
+
+
+def command(group: click.Group, name: str, **kw: Any) -> Callable:
+    """A subcommand with ``--json``, and the services' refusals turned into a clear message and exit code.
+
+    The function returns None, or ``(data, text)`` (``data`` printed under --json, else ``text``), or
+    ``(data, text, code)``: a non-zero code sends the text to stderr and exits with it."""
+
+    def deco(fn: Callable) -> Callable:
+        @group.command(name, **kw)
+        @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+        @click.pass_obj
+        @functools.wraps(fn)
+        def wrapper(ctx: Ctx, as_json: bool, **kwargs: Any) -> None:
+            ctx.as_json = as_json
+            try:
+                result = fn(ctx, **kwargs)
+            except REFUSALS as exc:
+                if as_json:
+                    click.echo(json.dumps({"success": False, "error": str(exc)}))
+                else:
+                    click.echo(f"relay: {exc}", err=True)
+                sys.exit(exit_code(exc))
+            if result is None:
+                return
+            data, text, *rest = result
+            if as_json:
+                click.echo(json.dumps(jsonable(data), indent=2))
+            elif text:
+                click.echo(text, err=bool(rest and rest[0]))
+            if rest and rest[0]:
+                sys.exit(rest[0])
+
+        return wrapper
+
+    return deco
+
+
+def table(rows: list[list[Any]], header: list[str]) -> str:
+    """Left-aligned columns; None shows as ``-``."""
+    if not rows:
+        return "(none)"
+    cols = [header] + [[str(c) if c is not None else "-" for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cols) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cols)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config", envvar="RELAY_CONFIG", type=click.Path(dir_okay=False),
+              help="TOML config file (default: env RELAY_CONFIG, else built-in defaults).")
+@click.pass_context
+def main(click_ctx: click.Context, config: str | None) -> None:
+    """Relay: a self-hosted SMTP submission gateway."""
+    click_ctx.obj = Ctx(config)

@@ -1,0 +1,57 @@
+"""``relay domain``: sending domains and their DKIM keys."""
+
+from __future__ import annotations
+
+import click
+
+from relay.cli.base import Ctx, command, table
+
+
+@click.group("domain")
+def domain() -> None:
+    """Sending domains and their DKIM keys."""
+
+
+def records_text(records) -> str:
+    return "\n".join(f"{r.type}  {r.name}\n    {r.value}\n    ({r.purpose})" for r in records)
+
+
+@command(domain, "add")
+@click.argument("name")
+@click.option("--account", required=True)
+def domain_add(ctx: Ctx, name: str, account: str):
+    rec, records = ctx.admin.add_domain(name, account)
+    return ({"domain": rec, "records": records},
+            (f"domain {rec.name} added for {account}. Publish these DNS records, then run "
+             f"`relay domain verify {rec.name}`:\n\n{records_text(records)}"))
+
+
+@command(domain, "records")
+@click.argument("name")
+def domain_records(ctx: Ctx, name: str):
+    records = ctx.admin.dns_records(ctx.store.directory.get_domain(name.lower()))
+    return records, records_text(records)
+
+
+@command(domain, "verify")
+@click.argument("name")
+@click.option("--trust", is_flag=True, help="Mark verified without a DNS check (the sysadmin vouches).")
+def domain_verify(ctx: Ctx, name: str, trust: bool):
+    """Check the verification TXT record (and a pending DKIM rotation's records)."""
+    rec = ctx.admin.verify_domain_and_keys(name, trust=trust)
+    return rec, f"domain {rec.name} verified"
+
+
+@command(domain, "list")
+@click.option("--account", default=None)
+def domain_list(ctx: Ctx, account: str | None):
+    recs = ctx.store.directory.list_domains(account)
+    return recs, table([[r.name, r.id, "verified" if r.verified else "unverified",
+                         " ".join(k.selector for k in r.keys)] for r in recs], ["DOMAIN", "ID", "STATE", "SELECTORS"])
+
+
+@command(domain, "remove")
+@click.argument("name")
+def domain_remove(ctx: Ctx, name: str):
+    ctx.admin.remove_domain(name)
+    return {"success": True, "removed": name}, f"domain {name} removed"

@@ -1,0 +1,91 @@
+"""``relay suppression``: per-account suppression lists, with CSV import and export
+(:mod:`relay.services.suppressions` reads and writes the CSV)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from relay.cli.base import Ctx, command, table
+from relay.cli.progress import progress
+from relay.services import suppressions as svc
+from relay.store.suppressions import REASONS
+
+
+@click.group("suppression")
+def suppression() -> None:
+    """Per-account suppression lists: addresses that are never sent to (RCPT gets 550 5.7.1)."""
+
+
+def _changed(c: svc.Changed) -> str:
+    return f"{c.added} added, {c.updated} updated on the suppression list of {c.account}"
+
+
+@command(suppression, "add")
+@click.argument("emails", nargs=-1, required=True)
+@click.option("--account", required=True)
+@click.option("--reason", type=click.Choice(REASONS), default="manual", show_default=True)
+@click.option("--expires", default=None, help="When the entry lapses: a duration (30d, 12h, 90m, 2w) or an ISO "
+                                              "date/time (UTC). Default: never.")
+@click.option("--detail", default=None, help="A note kept with the entry.")
+def suppression_add(ctx: Ctx, emails: tuple[str, ...], account: str, reason: str, expires: str | None,
+                    detail: str | None):
+    """Add addresses (or update their entries). New sessions see the change within seconds."""
+    c, addrs = svc.add(ctx.store, account, emails, reason=reason, expires=expires, detail=detail)
+    return ({"success": True, "account": c.account, "added": c.added, "updated": c.updated, "emails": addrs},
+            _changed(c))
+
+
+@command(suppression, "list")
+@click.option("--account", required=True)
+@click.option("--reason", type=click.Choice(REASONS), default=None)
+@click.option("--all", "include_expired", is_flag=True, help="Include expired entries.")
+@click.option("--limit", default=1000, show_default=True, type=click.IntRange(min=1))
+def suppression_list(ctx: Ctx, account: str, reason: str | None, include_expired: bool, limit: int):
+    recs = svc.listing(ctx.store, account, reason=reason, include_expired=include_expired, limit=limit)
+    return ([svc.entry_dict(r) for r in recs],
+            table([[r.address, r.reason, r.created_at.strftime("%Y-%m-%d %H:%M"),
+                    r.expires_at.strftime("%Y-%m-%d %H:%M") if r.expires_at else "never", r.detail]
+                   for r in recs], ["EMAIL", "REASON", "ADDED", "EXPIRES", "DETAIL"]))
+
+
+@command(suppression, "remove")
+@click.argument("emails", nargs=-1, required=True)
+@click.option("--account", required=True)
+def suppression_remove(ctx: Ctx, emails: tuple[str, ...], account: str):
+    """Take addresses off the list: mail to them is accepted again."""
+    name, n, addrs = svc.remove(ctx.store, account, emails)
+    return ({"success": True, "account": name, "removed": n, "emails": addrs},
+            f"{n} removed from the suppression list of {name}")
+
+
+@command(suppression, "import")
+@click.argument("file", type=click.File("r", encoding="utf-8"))
+@click.option("--account", required=True)
+@click.option("--reason", type=click.Choice(REASONS), default="manual", show_default=True,
+              help="Reason for rows that give none.")
+def suppression_import(ctx: Ctx, file: Any, account: str, reason: str):
+    """Import a CSV file (``-`` for stdin): email[,reason[,expires_at[,detail]]], header row optional.
+
+    All rows or none: a bad row stops the import and names the row."""
+    c = svc.import_csv(ctx.store, account, file.read(), default_reason=reason)
+    return {"success": True, "account": c.account, "added": c.added, "updated": c.updated}, _changed(c)
+
+
+@command(suppression, "export")
+@click.option("--account", required=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write the CSV here (default: standard output).")
+@click.option("--all", "include_expired", is_flag=True, help="Include expired entries.")
+def suppression_export(ctx: Ctx, account: str, output: str | None, include_expired: bool):
+    """CSV (email,reason,expires_at,detail,created_at), as ``import`` reads it back."""
+    name, recs = svc.export(ctx.store, account, include_expired=include_expired)
+    # a bar on a terminal; nothing under --json or in a pipe
+    text = "".join(progress(svc.csv_lines(recs), label="exporting", length=len(recs) + 1, as_json=ctx.as_json))
+    if output:
+        with open(output, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        return ({"success": True, "account": name, "exported": len(recs), "output": output},
+                f"{len(recs)} entries written to {output}")
+    return [svc.entry_dict(r) for r in recs], text.rstrip("\n")

@@ -1,0 +1,34 @@
+"""Upstream relays: the one place an upstream record becomes the delivery engine's
+:class:`~relay.delivery.upstream.UpstreamConfig`, and the connection test (EHLO, TLS, AUTH, no mail)
+that the CLI (``relay upstream test``) and the API (``POST /smtp-pools/{id}/test``) both run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from relay.delivery.upstream import Upstream, UpstreamConfig
+from relay.store.directory import UpstreamRec
+
+
+def upstream_config(rec: UpstreamRec, password: str | None, *, default_max_connections: int) -> UpstreamConfig:
+    """Every field of the record the delivery engine uses; ``max_connections`` falls back to
+    ``[delivery] max_connections`` when the upstream sets none."""
+    return UpstreamConfig(id=rec.id, name=rec.name, host=rec.host, port=rec.port, encryption=rec.encryption,
+                          username=rec.username, password=password, verify_tls=rec.verify_tls,
+                          priority=rec.priority, weight=rec.weight,
+                          max_connections=rec.max_connections or default_max_connections)
+
+
+def connection(settings: Any, cfg: UpstreamConfig) -> Upstream:
+    """An :class:`Upstream` with the gateway's hostname and ``[delivery]`` timeouts."""
+    d = settings.delivery
+    return Upstream(cfg, local_hostname=settings.hostname, connect_timeout=d.connect_timeout,
+                    command_timeout=d.command_timeout, idle_timeout=d.idle_timeout)
+
+
+async def probe(settings: Any, admin: Any, rec: UpstreamRec) -> dict[str, Any]:
+    """EHLO, TLS and AUTH against the upstream, no mail: ``{success, message, latencyMs[, error]}``."""
+    cfg = upstream_config(rec, admin.upstream_password(rec), default_max_connections=settings.delivery.max_connections)
+    return await connection(settings, cfg).probe()
+
