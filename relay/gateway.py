@@ -28,7 +28,8 @@ from relay.ops.config import Settings, parse_hostport
 from relay.delivery.journal import DotJournal
 from relay.delivery.router import Router
 from relay.delivery.scheduler import Scheduler
-from relay.delivery.upstream import Upstream, UpstreamConfig
+from relay.delivery.upstream import Upstream
+from relay.services.upstreams import connection, upstream_config
 from relay.submission.pipeline import Pipeline
 from relay.submission.policyset import load as load_policies
 from relay.secrets import load_or_create_master_key
@@ -109,16 +110,12 @@ class Gateway:
         for rec in self.store.directory.list_upstreams() if recs is None else recs:
             if not rec.is_active:
                 continue
-            cfg = UpstreamConfig(id=rec.id, name=rec.name, host=rec.host, port=rec.port, encryption=rec.encryption,
-                                 username=rec.username, password=self.admin.upstream_password(rec),
-                                 verify_tls=rec.verify_tls, priority=rec.priority, weight=rec.weight,
-                                 max_connections=rec.max_connections or d.max_connections)
+            cfg = upstream_config(rec, self.admin.upstream_password(rec), default_max_connections=d.max_connections)
             up = self._upstreams.get(rec.id)
             if up is None or up.cfg != cfg:
                 if up is not None:
                     up.close_idle()
-                up = Upstream(cfg, local_hostname=self.settings.hostname, connect_timeout=d.connect_timeout,
-                              command_timeout=d.command_timeout, idle_timeout=d.idle_timeout)
+                up = connection(self.settings, cfg)
             seen[rec.id] = up
             pools.setdefault(rec.ip_pool, []).append(up)
         for uid, up in self._upstreams.items():

@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from relay.delivery.upstream import Upstream, UpstreamConfig
+from relay.ops.config import Settings
+from relay.services.admin import Admin
 from relay.store.directory import UpstreamRec
 
 
@@ -20,14 +22,14 @@ def upstream_config(rec: UpstreamRec, password: str | None, *, default_max_conne
                           max_connections=rec.max_connections or default_max_connections)
 
 
-def connection(settings: Any, cfg: UpstreamConfig) -> Upstream:
+def connection(settings: Settings, cfg: UpstreamConfig) -> Upstream:
     """An :class:`Upstream` with the gateway's hostname and ``[delivery]`` timeouts."""
     d = settings.delivery
     return Upstream(cfg, local_hostname=settings.hostname, connect_timeout=d.connect_timeout,
                     command_timeout=d.command_timeout, idle_timeout=d.idle_timeout)
 
 
-async def probe(settings: Any, admin: Any, rec: UpstreamRec) -> dict[str, Any]:
+async def probe(settings: Settings, admin: Admin, rec: UpstreamRec) -> dict[str, Any]:
     """EHLO, TLS and AUTH against the upstream, no mail: ``{success, message, latencyMs[, error]}``."""
     cfg = upstream_config(rec, admin.upstream_password(rec), default_max_connections=settings.delivery.max_connections)
     return await connection(settings, cfg).probe()
