@@ -19,6 +19,7 @@ import uvicorn
 from hypothesis import HealthCheck, Phase, given, settings
 
 from relay.api.app import create_app
+from relay.api.deps import from_gateway
 from relay.gateway import Gateway
 from tests.api_support import ALL_SCOPES, POLICIES
 from tests.conftest import free_port, make_settings, provision
@@ -44,11 +45,11 @@ ISSUE_PATHS = {
 
 
 class ApiThread:
-    """create_app(gateway) served by uvicorn in its own thread and event loop."""
+    """create_app(services of the gateway) served by uvicorn in its own thread and event loop."""
 
     def __init__(self, gw: Gateway, port: int) -> None:
         self.gw = gw
-        self.server = uvicorn.Server(uvicorn.Config(create_app(gw), host="127.0.0.1", port=port, lifespan="off",
+        self.server = uvicorn.Server(uvicorn.Config(create_app(from_gateway(gw)), host="127.0.0.1", port=port, lifespan="off",
                                                     log_level="warning", access_log=False))
         self.thread = threading.Thread(target=asyncio.run, args=(self._main(),), daemon=True)
 

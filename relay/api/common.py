@@ -1,6 +1,7 @@
-"""What every ``/api/v1`` route shares: the Bearer-key dependency with its scope check, the ONE
-mapping of errors to the seeds' JSON format, request validation as ``400`` with field errors, and
-the OpenAPI document (generated from the routes, then given the Bearer scheme and the 400 shape).
+"""What every ``/api/v1`` route shares: the ONE mapping of errors to the seeds' JSON format, request
+validation as ``400`` with field errors, the OpenAPI document (generated from the routes, then given
+the Bearer scheme and the 400 shape), and the request field types. The dependencies (services, the
+caller's identity) are in :mod:`relay.api.deps`.
 
 Error body (seeds): ``{"success": false, "error": "...", "details": {"fieldErrors": {...}}}``;
 422 adds ``"suppressed": true``.
@@ -8,29 +9,30 @@ Error body (seeds): ``{"success": false, "error": "...", "details": {"fieldError
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import re
-from typing import Annotated, Any, Callable
+from collections.abc import Iterator
+from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from relay.services.send import SUPPRESSION_STATUS
 from relay.submission.compose import ComposeError
 from relay.vocab import Conflict, Forbidden, Invalid, NotFound, RelayError
-from relay.submission.pipeline import Identity
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/api/v1"
-SEND_SCOPES = frozenset({"send", "send:transactional", "send:marketing"})
 SUPPRESSED_MESSAGE = "Send suppressed — recipient unsubscribed or bounced"
 _ID = re.compile(r"^[A-Za-z0-9_.@+-]{1,320}$")
+ADMIN_ERRORS = (Conflict, Forbidden, Invalid, NotFound)  # the refusals of relay.services
 
 
 # -- errors -------------------------------------------------------------------------------------------
@@ -63,8 +65,8 @@ def relay_error(exc: RelayError) -> ApiError:
     """THE mapping of a pipeline refusal (or a policy Verdict) to HTTP: its ``http_status``, else 503
     for a temporary and 400 for a permanent one. 422 is the seeds' suppressed answer."""
     status = exc.http_status or (503 if exc.temporary else 400)
-    if status == 422:
-        return ApiError(422, SUPPRESSED_MESSAGE, suppressed=True)
+    if status == SUPPRESSION_STATUS:
+        return ApiError(SUPPRESSION_STATUS, SUPPRESSED_MESSAGE, suppressed=True)
     if status == 400 and exc.field:
         return field_error(exc.field, exc.public)
     return ApiError(status, exc.public)
@@ -85,6 +87,15 @@ def admin_error(exc: Exception, not_found: str = "Not found") -> ApiError:
     if isinstance(exc, ComposeError):
         return field_error(exc.field.split(".", 1)[0], f"{exc.field}: {exc.message}")
     raise exc
+
+
+@contextlib.contextmanager
+def refusals(not_found: str = "Not found", catch: tuple[type[Exception], ...] = ADMIN_ERRORS) -> Iterator[None]:
+    """``with refusals("Alias not found"): await service...``: a service's refusal becomes its HTTP error."""
+    try:
+        yield
+    except catch as exc:
+        raise admin_error(exc, not_found) from None
 
 
 def _field_errors(exc: RequestValidationError) -> dict[str, list[str]]:
@@ -187,35 +198,7 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {c: {"model": ErrorBody, "description": _DESCRIPTIONS[c]} for c in sorted({400, 401, 403, *codes})}
 
 
-# -- identity -----------------------------------------------------------------------------------------
-_bearer = HTTPBearer(auto_error=False, description="An API key: Authorization: Bearer rk_...")
-
-
-def authenticated(gateway: Any, *any_of: str) -> Callable[..., Any]:
-    """A dependency: the caller's :class:`Identity` (401 without a valid key) holding one of
-    ``any_of`` (403 otherwise)."""
-    needed = frozenset(any_of)
-
-    async def dependency(request: Request,
-                         creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Identity:
-        if creds is None or not creds.credentials.strip():
-            raise ApiError(401, "Missing API key: send Authorization: Bearer <key>")
-        peer = request.client.host if request.client else ""
-        throttle = gateway.pipeline.auth_throttle
-        if throttle.locked(peer):  # per client IP (a username would lock out every client)
-            raise ApiError(429, "Too many failed authentication attempts, try again later")
-        try:
-            ident: Identity = await gateway.pipeline.authenticate("", creds.credentials.strip(), scopes=frozenset())
-        except RelayError:
-            throttle.failure(peer)
-            raise ApiError(401, "Invalid API key") from None
-        if needed and not ident.scopes & needed:
-            raise ApiError(403, f"This API key lacks the required scope (one of: {', '.join(sorted(needed))})")
-        return ident
-
-    return dependency
-
-
+# -- path ids and dates ----------------------------------------------------------------------------
 def check_id(value: str, not_found: str) -> str:
     """Path ids that could never exist answer 404 without reaching the store."""
     if not _ID.match(value):
@@ -227,7 +210,7 @@ def iso(value: dt.datetime | None) -> str | None:
     """ISO-8601 UTC with milliseconds, as the seeds write it: 2026-02-17T12:00:00.000Z."""
     if value is None:
         return None
-    value = value.astimezone(dt.timezone.utc)
+    value = value.astimezone(dt.UTC)
     return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
 
 
@@ -246,6 +229,21 @@ def _no_nul(value: str) -> str:
 
 OneLine = Annotated[str, AfterValidator(_one_line)]  # anything that may end up in a header or a log line
 Text = Annotated[str, AfterValidator(_no_nul)]
+
+# a message tag: in a send, and as a filter of GET /messages
+TAG_MAX = 64
+_TAG_CHARS = "A-Za-z0-9_.:@/+-"
+TAG_PATTERN = rf"^[{_TAG_CHARS}]+$"
+_TAG = re.compile(rf"^[{_TAG_CHARS}]{{1,{TAG_MAX}}}$")
+
+
+def _tag(value: str) -> str:
+    if not _TAG.match(value):
+        raise ValueError(f"tags are 1-{TAG_MAX} characters: letters, digits and _ . : @ / + -")
+    return value
+
+
+Tag = Annotated[str, AfterValidator(_tag)]
 
 
 def line(max_length: int, min_length: int = 0) -> Any:

@@ -13,16 +13,27 @@ import binascii
 import datetime as dt
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from relay.api.common import PREFIX, ApiError, authenticated, check_id, errors, field_error, iso
-from relay.vocab import NotFound
-from relay.submission.pipeline import Identity
+from relay.api.common import (
+    PREFIX,
+    TAG_MAX,
+    TAG_PATTERN,
+    ApiError,
+    check_id,
+    errors,
+    field_error,
+    iso,
+)
+from relay.api.deps import AnyKey, Services
 from relay.store.queue import STATES
 from relay.store.tracking import TrackedMessage, Tracking
+from relay.submission.pipeline import Identity
+from relay.vocab import NotFound
 
 Status = Literal[STATES]  # type: ignore[valid-type]
+router = APIRouter(prefix=PREFIX)
 
 
 class RecipientOut(BaseModel):
@@ -106,7 +117,7 @@ def message_json(msg: TrackedMessage, *, detail: bool) -> dict[str, Any]:
 
 
 def encode_cursor(msg: TrackedMessage) -> str:
-    raw = f"{msg.created_at.astimezone(dt.timezone.utc).isoformat()}|{msg.id}"
+    raw = f"{msg.created_at.astimezone(dt.UTC).isoformat()}|{msg.id}"
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
@@ -122,55 +133,56 @@ def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
         raise field_error("cursor", "invalid cursor") from None
 
 
-def router(gateway: Any) -> APIRouter:
-    r = APIRouter(prefix=PREFIX)
-    runner = gateway.runner
-    tracking = Tracking(gateway.store.sessions, gateway.store.reads)
-    any_key = Depends(authenticated(gateway))
+def _tracking(svc: Services) -> Tracking:
+    return Tracking(svc.store.sessions, svc.store.reads)
 
-    async def page(ident: Identity, *, sandbox: bool, status: str | None = None, tag: str | None = None,
-                   since: dt.datetime | None = None, cursor: str | None = None, limit: int = 50
-                   ) -> tuple[list[dict[str, Any]], str | None]:
-        if since is not None and since.tzinfo is None:
-            since = since.replace(tzinfo=dt.timezone.utc)
-        after = decode_cursor(cursor) if cursor else None
-        msgs = await runner.read(tracking.page, ident.account_id, status=status, tag=tag, since=since,
+
+async def page(svc: Services, ident: Identity, *, sandbox: bool, status: str | None = None, tag: str | None = None,
+               since: dt.datetime | None = None, cursor: str | None = None, limit: int = 50
+               ) -> tuple[list[dict[str, Any]], str | None]:
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=dt.UTC)
+    after = decode_cursor(cursor) if cursor else None
+    msgs = await svc.runner.read(_tracking(svc).page, ident.account_id, status=status, tag=tag, since=since,
                                  sandbox=sandbox, after=after, limit=limit + 1)
-        more = len(msgs) > limit
-        msgs = msgs[:limit]
-        return [message_json(x, detail=False) for x in msgs], encode_cursor(msgs[-1]) if more else None
+    more = len(msgs) > limit
+    msgs = msgs[:limit]
+    return [message_json(x, detail=False) for x in msgs], encode_cursor(msgs[-1]) if more else None
 
-    @r.get("/messages", tags=["messages"], response_model=MessagePage, responses=errors())
-    async def list_messages(ident: Identity = any_key, status: Status | None = None,
-                            tag: str | None = Query(default=None, max_length=64, pattern=r"^[A-Za-z0-9_.:@/+-]+$"),
-                            since: dt.datetime | None = None, cursor: str | None = Query(default=None, max_length=200),
-                            limit: int = Query(default=50, ge=1, le=200)) -> dict[str, Any]:
-        """The account's messages (sandbox sends apart), newest first; pass ``next_cursor`` back as
-        ``cursor`` for the next page."""
-        items, nxt = await page(ident, sandbox=False, status=status, tag=tag, since=since, cursor=cursor, limit=limit)
-        return {"success": True, "messages": items, "next_cursor": nxt}
 
-    @r.get("/messages/{message_id}", tags=["messages"], response_model=MessageOne, responses=errors(404))
-    async def get_message(message_id: str, ident: Identity = any_key) -> dict[str, Any]:
-        """One message: per-recipient state (queued, deferred, delivering, delivered, bounced, suppressed,
-        expired, sandbox) and every event."""
-        check_id(message_id, "Message not found")
-        try:
-            msg = await runner.read(tracking.get, ident.account_id, message_id)
-        except NotFound:
-            raise ApiError(404, "Message not found") from None
-        return {"success": True, "message": message_json(msg, detail=True)}
+@router.get("/messages", tags=["messages"], response_model=MessagePage, responses=errors())
+async def list_messages(ident: AnyKey, svc: Services, status: Status | None = None,
+                        tag: str | None = Query(default=None, max_length=TAG_MAX, pattern=TAG_PATTERN),
+                        since: dt.datetime | None = None, cursor: str | None = Query(default=None, max_length=200),
+                        limit: int = Query(default=50, ge=1, le=200)) -> dict[str, Any]:
+    """The account's messages (sandbox sends apart), newest first; pass ``next_cursor`` back as
+    ``cursor`` for the next page."""
+    items, nxt = await page(svc, ident, sandbox=False, status=status, tag=tag, since=since, cursor=cursor,
+                            limit=limit)
+    return {"success": True, "messages": items, "next_cursor": nxt}
 
-    @r.get("/sandbox", tags=["sandbox"], response_model=SandboxPage, responses=errors())
-    async def list_sandbox(ident: Identity = any_key, cursor: str | None = Query(default=None, max_length=200),
-                           limit: int = Query(default=50, ge=1, le=200)) -> dict[str, Any]:
-        """Sandbox sends (``X-Relay-Sandbox: true`` or a sandbox-only key), newest first: stored, never delivered."""
-        items, nxt = await page(ident, sandbox=True, cursor=cursor, limit=limit)
-        return {"success": True, "sends": items, "next_cursor": nxt}
 
-    @r.delete("/sandbox", tags=["sandbox"], response_model=Cleared, responses=errors())
-    async def clear_sandbox(ident: Identity = any_key) -> dict[str, Any]:
-        """Delete every sandbox send of the account."""
-        return {"success": True, "deleted": await runner.write(tracking.clear_sandbox, ident.account_id)}
+@router.get("/messages/{message_id}", tags=["messages"], response_model=MessageOne, responses=errors(404))
+async def get_message(message_id: str, ident: AnyKey, svc: Services) -> dict[str, Any]:
+    """One message: per-recipient state (queued, deferred, delivering, delivered, bounced, suppressed,
+    expired, sandbox) and every event."""
+    check_id(message_id, "Message not found")
+    try:
+        msg = await svc.runner.read(_tracking(svc).get, ident.account_id, message_id)
+    except NotFound:
+        raise ApiError(404, "Message not found") from None
+    return {"success": True, "message": message_json(msg, detail=True)}
 
-    return r
+
+@router.get("/sandbox", tags=["sandbox"], response_model=SandboxPage, responses=errors())
+async def list_sandbox(ident: AnyKey, svc: Services, cursor: str | None = Query(default=None, max_length=200),
+                       limit: int = Query(default=50, ge=1, le=200)) -> dict[str, Any]:
+    """Sandbox sends (``X-Relay-Sandbox: true`` or a sandbox-only key), newest first: stored, never delivered."""
+    items, nxt = await page(svc, ident, sandbox=True, cursor=cursor, limit=limit)
+    return {"success": True, "sends": items, "next_cursor": nxt}
+
+
+@router.delete("/sandbox", tags=["sandbox"], response_model=Cleared, responses=errors())
+async def clear_sandbox(ident: AnyKey, svc: Services) -> dict[str, Any]:
+    """Delete every sandbox send of the account."""
+    return {"success": True, "deleted": await svc.runner.write(_tracking(svc).clear_sandbox, ident.account_id)}

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 from relay.events import webhooks
+from relay.services.admin import Admin
+from relay.store import Store
+from relay.store.runner import DbRunner
+from relay.submission.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -20,15 +24,25 @@ DKIM_CHECK_INTERVAL = 60.0
 PRUNE_INTERVAL = 3600.0
 
 
-def start(gateway: Any) -> list[asyncio.Task[Any]]:
+class TaskParts(Protocol):
+    """What the background work reads of the gateway (:class:`relay.gateway.Gateway` is one)."""
+
+    worker: int
+    store: Store
+    runner: DbRunner
+    admin: Admin
+    pipeline: Pipeline
+
+
+def start(gateway: TaskParts) -> list[asyncio.Task[Any]]:
     """Every process works the webhook queue; one (worker 0) does the housekeeping."""
     tasks = [webhooks.service(gateway).start()]
-    if getattr(gateway, "worker", 0) == 0:
+    if gateway.worker == 0:
         tasks.append(asyncio.create_task(_housekeeping(gateway), name="api-housekeeping"))
     return tasks
 
 
-async def check_rotations(gateway: Any) -> int:
+async def check_rotations(gateway: TaskParts) -> int:
     """One DKIM rotation pass over the domains that have one under way. Returns how many changed."""
     recs = await gateway.runner.read(gateway.store.directory.domains_rotating)
     changed = 0
@@ -47,7 +61,7 @@ async def check_rotations(gateway: Any) -> int:
     return changed
 
 
-async def _housekeeping(gateway: Any) -> None:
+async def _housekeeping(gateway: TaskParts) -> None:
     loop = asyncio.get_running_loop()
     next_prune = loop.time() + 60.0
     while True:

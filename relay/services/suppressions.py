@@ -1,4 +1,9 @@
-"""An account's suppression list, for the sysadmin: add, remove, list, and CSV import/export.
+"""An account's suppression list: the HTTP API's :class:`SuppressionList`, and for the sysadmin
+(the CLI) add, remove, list, and CSV import/export.
+
+The API checks addresses with the one address rule (:func:`relay.submission.compose.check_address`)
+and stores them in lower case; an expiry without a time zone is UTC. Adding an address with the
+reason ``complaint`` raises the ``complained`` webhook event.
 
 The CSV format (``email[,reason[,expires_at[,detail]]]``, header row optional; export writes
 ``email,reason,expires_at,detail,created_at``, which import reads back) and the expiry syntax
@@ -16,6 +21,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from relay.events.webhooks import WebhookService
 from relay.services.admin import check_email
 from relay.store import Store, utcnow
 from relay.store.suppressions import (
@@ -24,6 +30,8 @@ from relay.store.suppressions import (
     SuppressionRec,
     Suppressions,
 )
+from relay.store.runner import DbRunner
+from relay.submission.compose import check_address
 from relay.vocab import Invalid
 
 CSV_FIELDS = ["email", "reason", "expires_at", "detail", "created_at"]
@@ -31,7 +39,7 @@ _DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _COLUMNS = {"address": "email", "email_address": "email", "expires": "expires_at"}  # CSV header synonyms
 
-__all__ = ["CSV_FIELDS", "REASONS", "Changed", "add", "csv_lines", "entry_dict", "export", "import_csv", "listing",
+__all__ = ["CSV_FIELDS", "REASONS", "Changed", "SuppressionList", "add", "csv_lines", "entry_dict", "export", "import_csv", "listing",
            "parse_expiry", "read_csv", "remove"]
 
 
@@ -159,3 +167,37 @@ def export(store: Store, account: str, *, include_expired: bool = False) -> tupl
     """The account's name and its entries, for :func:`csv_lines`."""
     acc = store.directory.get_account(account)
     return acc.name, _list(store).list(acc.id, include_expired=include_expired)
+
+
+# -- the HTTP API's view --------------------------------------------------------------------------------
+_EPOCH = dt.datetime.min.replace(tzinfo=dt.UTC)
+
+
+class SuppressionList:
+    def __init__(self, runner: DbRunner, store: Store, webhooks: WebhookService) -> None:
+        self.runner = runner
+        self.store = Suppressions(store.sessions, store.reads)
+        self.webhooks = webhooks
+
+    async def entries(self, account_id: str, *, reason: str | None, limit: int) -> list[SuppressionRec]:
+        """The active entries, newest first."""
+        return list(await self.runner.read(self.store.list, account_id, reason=reason, limit=limit))
+
+    async def add(self, account_id: str, email: str, reason: str, detail: str | None,
+                  expires_at: dt.datetime | None) -> SuppressionRec | None:
+        """Add (or update) one address; returns its entry (None when ``expires_at`` is already past)."""
+        try:
+            address = check_address(email, "email").lower()
+        except ValueError as exc:
+            raise Invalid(str(exc), "email") from None
+        if expires_at is not None and expires_at.tzinfo is None:
+            expires_at = expires_at.replace(tzinfo=dt.UTC)
+        await self.runner.write(self.store.add, account_id, [NewSuppression(address, reason, detail, expires_at)])
+        rec = await self.runner.read(self.store.lookup, account_id, address, _EPOCH)
+        if reason == "complaint":
+            await self.webhooks.emit(account_id, "complained", [{"recipient": address, "detail": detail}])
+        return rec
+
+    async def remove(self, account_id: str, email: str) -> None:
+        """NotFound when the address is not on the list."""
+        await self.runner.write(self.store.remove, account_id, [email])

@@ -1,0 +1,113 @@
+"""``/api/v1/aliases``: the account's sending aliases, and the verification link of a new one.
+
+Scope ``aliases`` (or ``admin``). The rules (verified domain, the last verified alias, queued mail
+still using one, tenancy) are in :class:`relay.services.directory_api.AccountDirectory`.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from relay.api.common import PREFIX, Body, Ok, check_id, errors, iso, line, refusals
+from relay.api.deps import AliasesKey, DirectoryDep
+from relay.store.directory import AliasRec
+from relay.submission.pipeline import DEFAULT_POOL
+from relay.vocab import NotFound
+
+router = APIRouter(prefix=PREFIX, tags=["aliases"])
+verify_router = APIRouter(prefix=PREFIX)  # the HTML link in the verification email, outside the JSON API
+NOT_FOUND = "Alias not found"
+
+
+class AliasOut(BaseModel):
+    id: str
+    email: str
+    name: str | None = None
+    is_default: bool
+    is_verified: bool
+    ip_pool: str
+    created_at: str
+
+
+class AliasList(BaseModel):
+    success: bool
+    aliases: list[AliasOut]
+
+
+class AliasOne(BaseModel):
+    success: bool
+    alias: AliasOut
+
+
+class AliasIn(Body):
+    email: line(320)
+    name: line(200) | None = None
+    is_default: bool = False
+    ip_pool: line(100) = Field(default=DEFAULT_POOL)
+
+
+class AliasPatch(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: line(200) | None = None
+    is_default: bool | None = None
+    ip_pool: line(100) | None = None
+
+
+def alias_json(a: AliasRec) -> dict[str, Any]:
+    return {"id": a.id, "email": a.email, "name": a.name, "is_default": a.is_default, "is_verified": a.verified,
+            "ip_pool": a.ip_pool, "created_at": iso(a.created_at)}
+
+
+@router.get("/aliases", response_model=AliasList, responses=errors())
+async def list_aliases(ident: AliasesKey, directory: DirectoryDep) -> dict[str, Any]:
+    """List the account's sending aliases."""
+    return {"success": True, "aliases": [alias_json(a) for a in await directory.aliases(ident)]}
+
+
+@router.post("/aliases", response_model=AliasOne, responses=errors(409))
+async def create_alias(body: AliasIn, ident: AliasesKey, directory: DirectoryDep) -> dict[str, Any]:
+    """Create an alias on a verified domain of the account; its verification email goes out now."""
+    with refusals():
+        alias = await directory.add_alias(ident, body.email, ip_pool=body.ip_pool, name=body.name,
+                                          is_default=body.is_default)
+    return {"success": True, "alias": alias_json(alias)}
+
+
+@router.get("/aliases/{alias_id}", response_model=AliasOne, responses=errors(404))
+async def get_alias(alias_id: str, ident: AliasesKey, directory: DirectoryDep) -> dict[str, Any]:
+    check_id(alias_id, NOT_FOUND)
+    with refusals(NOT_FOUND):
+        return {"success": True, "alias": alias_json(await directory.alias(ident, alias_id))}
+
+
+@router.patch("/aliases/{alias_id}", response_model=AliasOne, responses=errors(404))
+async def update_alias(alias_id: str, body: AliasPatch, ident: AliasesKey, directory: DirectoryDep) -> dict[str, Any]:
+    """Only ``name``, ``is_default`` and ``ip_pool`` change after creation."""
+    check_id(alias_id, NOT_FOUND)
+    changes = {f: getattr(body, f) for f in body.model_fields_set}
+    with refusals(NOT_FOUND):
+        alias = await directory.update_alias(ident, alias_id, changes, unknown=list(body.model_extra or ()))
+    return {"success": True, "alias": alias_json(alias)}
+
+
+@router.delete("/aliases/{alias_id}", response_model=Ok, responses=errors(404, 409))
+async def delete_alias(alias_id: str, ident: AliasesKey, directory: DirectoryDep) -> dict[str, Any]:
+    """409 while queued mail still uses the alias; 403 for the account's only verified alias."""
+    check_id(alias_id, NOT_FOUND)
+    with refusals(NOT_FOUND):
+        await directory.remove_alias(ident, alias_id)
+    return {"success": True}
+
+
+@verify_router.get("/aliases/verify/{token}", response_class=HTMLResponse)
+async def verify_alias(token: str, directory: DirectoryDep) -> HTMLResponse:
+    try:
+        alias = await directory.verify_alias(token)
+    except NotFound:
+        return HTMLResponse("<h1>This verification link is not valid (or was already used).</h1>", 404)
+    return HTMLResponse(f"<h1>{html.escape(alias.email)} is verified.</h1><p>It can now send through Relay.</p>")

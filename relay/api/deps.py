@@ -1,0 +1,144 @@
+"""What the ``/api/v1`` routes are given: the services (set once on ``app.state`` by
+:func:`relay.api.app.create_app`) and the caller's identity, as FastAPI dependencies.
+
+A route names what it needs in its signature (``svc: Services``, ``ident: AdminKey``); nothing is
+looked up from a global or captured from a gateway object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Protocol
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from relay.api.common import ApiError
+from relay.delivery.router import Router
+from relay.events.webhooks import WebhookService
+from relay.events.webhooks import service as webhook_service
+from relay.ops.config import Settings
+from relay.secrets import MasterKey
+from relay.services.admin import Admin
+from relay.services.directory_api import AccountDirectory
+from relay.services.send import Sender
+from relay.services.suppressions import SuppressionList
+from relay.services.upstreams_api import UpstreamAdmin
+from relay.store import Store
+from relay.store.directory import UpstreamRec
+from relay.store.runner import DbRunner
+from relay.submission.pipeline import SEND_SCOPES, Identity, Pipeline
+from relay.vocab import RelayError
+
+
+class Process(Protocol):
+    """The running process as ``/healthz`` and ``/readyz`` see it (the gateway is one)."""
+
+    worker: int
+    stopping: bool
+    servers: Mapping[str, asyncio.AbstractServer]
+
+
+@dataclass(frozen=True)
+class ApiServices:
+    """Everything the HTTP API uses, built once by the caller of ``create_app``."""
+
+    settings: Settings
+    store: Store
+    runner: DbRunner
+    admin: Admin
+    pipeline: Pipeline
+    router: Router  # the delivery router: which upstreams of a pool are healthy
+    webhooks: WebhookService
+    master_key: MasterKey
+    load_upstreams: Callable[[list[UpstreamRec]], None]  # rebuild the pools after an upstream changed
+    process: Process
+
+
+class GatewayParts(Process, Protocol):
+    """The attributes of :class:`relay.gateway.Gateway` that :func:`from_gateway` reads."""
+
+    settings: Settings
+    store: Store
+    runner: DbRunner
+    admin: Admin
+    pipeline: Pipeline
+    router: Router
+    master_key: MasterKey
+
+    def load_upstreams(self, recs: list[Any] | None = None) -> None: ...
+
+
+def from_gateway(gateway: GatewayParts) -> ApiServices:
+    """The API's services of a gateway (the composition root may as well build them itself)."""
+    return ApiServices(settings=gateway.settings, store=gateway.store, runner=gateway.runner, admin=gateway.admin,
+                       pipeline=gateway.pipeline, router=gateway.router, webhooks=webhook_service(gateway),
+                       master_key=gateway.master_key, load_upstreams=gateway.load_upstreams, process=gateway)
+
+
+# -- the services --------------------------------------------------------------------------------------
+def services(request: Request) -> ApiServices:
+    svc: ApiServices = request.app.state.services
+    return svc
+
+
+Services = Annotated[ApiServices, Depends(services)]
+
+
+def _sender(svc: Services) -> Sender:
+    return Sender(svc.pipeline, svc.router, svc.webhooks)
+
+
+def _directory(svc: Services) -> AccountDirectory:
+    return AccountDirectory(svc.runner, svc.store.directory, svc.admin, svc.pipeline.invalidate)
+
+
+def _upstreams(svc: Services) -> UpstreamAdmin:
+    return UpstreamAdmin(svc.runner, svc.store.directory, svc.admin, svc.settings, svc.load_upstreams)
+
+
+def _suppressions(svc: Services) -> SuppressionList:
+    return SuppressionList(svc.runner, svc.store, svc.webhooks)
+
+
+SenderDep = Annotated[Sender, Depends(_sender)]
+DirectoryDep = Annotated[AccountDirectory, Depends(_directory)]
+UpstreamsDep = Annotated[UpstreamAdmin, Depends(_upstreams)]
+SuppressionsDep = Annotated[SuppressionList, Depends(_suppressions)]
+
+
+# -- identity ------------------------------------------------------------------------------------------
+_bearer = HTTPBearer(auto_error=False, description="An API key: Authorization: Bearer rk_...")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def authenticated(*any_of: str) -> Callable[..., Any]:
+    """A dependency: the caller's :class:`Identity` (401 without a valid key) holding one of
+    ``any_of`` (403 otherwise; nothing: any valid key)."""
+    needed = frozenset(any_of)
+
+    async def dependency(request: Request, svc: Services, creds: Credentials) -> Identity:
+        if creds is None or not creds.credentials.strip():
+            raise ApiError(401, "Missing API key: send Authorization: Bearer <key>")
+        peer = request.client.host if request.client else ""
+        throttle = svc.pipeline.auth_throttle
+        if throttle.locked(peer):  # per client IP (a username would lock out every client)
+            raise ApiError(429, "Too many failed authentication attempts, try again later")
+        try:
+            ident = await svc.pipeline.authenticate("", creds.credentials.strip(), scopes=frozenset())
+        except RelayError:
+            throttle.failure(peer)
+            raise ApiError(401, "Invalid API key") from None
+        if needed and not ident.scopes & needed:
+            raise ApiError(403, f"This API key lacks the required scope (one of: {', '.join(sorted(needed))})")
+        return ident
+
+    return dependency
+
+
+AnyKey = Annotated[Identity, Depends(authenticated())]
+AdminKey = Annotated[Identity, Depends(authenticated("admin"))]
+AliasesKey = Annotated[Identity, Depends(authenticated("aliases", "admin"))]
+SendKey = Annotated[Identity, Depends(authenticated(*SEND_SCOPES, "sandbox"))]

@@ -1,0 +1,79 @@
+"""``/healthz``, ``/readyz`` and ``/metrics``: the process as an orchestrator and Prometheus see it."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from relay.api.common import error_response
+from relay.api.deps import ApiServices, Services
+from relay.ops import metrics
+from relay.store.stats import pools_in_use
+from relay.vocab import RelayError
+
+router = APIRouter()
+ADMIN_SCOPES = frozenset({"admin"})
+
+
+@router.get("/healthz")
+async def healthz(svc: Services) -> dict[str, Any]:
+    """Liveness: the event loop answers."""
+    return {"status": "ok", "worker": svc.process.worker}
+
+
+@router.get("/readyz")
+async def readyz(svc: Services) -> JSONResponse:
+    """Readiness: listeners bound, store reachable, an upstream healthy in every pool in use."""
+    ready, checks = await readiness(svc)
+    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
+                        status_code=200 if ready else 503)
+
+
+@router.get("/metrics")
+async def metrics_(request: Request, svc: Services) -> Response:
+    """Prometheus exposition. Free from loopback; elsewhere a Bearer API key with the admin scope."""
+    if not _is_loopback(request.client.host if request.client else ""):
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        try:
+            if scheme.lower() != "bearer" or not token.strip():
+                raise RelayError(401, "5.7.8", "Unauthorized")
+            await svc.pipeline.authenticate("", token.strip(), scopes=ADMIN_SCOPES)
+        except RelayError:
+            return error_response(401, "An API key with the admin scope is required")
+    return Response(await metrics.render(svc), media_type=metrics.CONTENT_TYPE)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+async def readiness(svc: ApiServices) -> tuple[bool, dict[str, Any]]:
+    """(ready, detail) for ``/readyz``."""
+    proc = svc.process
+    listeners = {name: bool(server.is_serving()) and not proc.stopping for name, server in proc.servers.items()}
+    checks: dict[str, Any] = {"listeners": {"ok": bool(listeners) and all(listeners.values()), "detail": listeners}}
+    try:
+        await svc.runner.read(svc.store.ping)
+        in_use = await svc.runner.read(pools_in_use, svc.store)
+        checks["store"] = {"ok": True}
+    except Exception as exc:  # noqa: BLE001 - any failure is "not ready"; the detail names it, never a URL
+        checks["store"] = {"ok": False, "error": type(exc).__name__}
+        in_use = set()
+    router_ = svc.router
+    pools: dict[str, Any] = {}
+    for pool in sorted(in_use):
+        ups = router_.pools.get(pool, [])
+        healthy = [u.name for u in ups if router_.breakers[u.cfg.id].failures < router_.threshold]
+        pools[pool] = {"ok": bool(healthy), "healthy": healthy,
+                       "down": [u.name for u in ups if u.name not in healthy]}
+    checks["pools"] = {"ok": all(p["ok"] for p in pools.values()), "detail": pools}
+    return all(c["ok"] for c in checks.values()), checks

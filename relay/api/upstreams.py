@@ -1,0 +1,135 @@
+"""``/api/v1/smtp-pools``: the upstream relays (Amazon SES, Mailgun, a Postfix smarthost...) that
+deliver the mail of an IP pool. The seeds call an upstream relay an "SMTP pool"; the paths, the tag
+and the field names are theirs.
+
+Scope ``admin``. Upstreams serve the whole gateway. The password is stored encrypted and never
+returned (``has_password`` says whether one is set). The rules are in
+:class:`relay.services.upstreams_api.UpstreamAdmin`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from relay.api.common import PREFIX, Body, Ok, check_id, errors, iso, line, refusals
+from relay.api.deps import AdminKey, UpstreamsDep
+from relay.store.directory import UpstreamRec
+from relay.submission.pipeline import DEFAULT_POOL
+
+router = APIRouter(prefix=PREFIX, tags=["smtp-pools"])
+NOT_FOUND = "SMTP pool not found"
+ENCRYPTION = Literal["tls", "ssl", "none"]
+
+
+class PoolOut(BaseModel):
+    """An SMTP pool (upstream relay). The password is never returned."""
+
+    id: str
+    name: str
+    host: str
+    port: int
+    username: str | None = None
+    encryption: str
+    ip_pool: str
+    priority: int
+    weight: int
+    max_connections: int | None = None
+    verify_tls: bool
+    has_password: bool
+    is_active: bool
+    created_at: str
+
+
+class PoolTest(BaseModel):
+    success: bool
+    message: str
+    latencyMs: int
+    error: str | None = None
+
+
+class PoolIn(Body):
+    name: line(200, 1)
+    host: line(253, 1)
+    port: int = Field(ge=1, le=65535)
+    username: line(400) | None = None
+    password: line(1000) | None = None
+    encryption: ENCRYPTION
+    ip_pool: line(100) = Field(default=DEFAULT_POOL)
+    priority: int = Field(default=0, ge=-1000, le=1000)
+    weight: int = Field(default=1, ge=1, le=1000)
+    max_connections: int | None = Field(default=None, ge=1, le=1000)
+    verify_tls: bool | None = None
+    is_active: bool = True
+
+
+class PoolPatch(Body):
+    name: line(200, 1) | None = None
+    host: line(253, 1) | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    username: line(400) | None = None
+    password: line(1000) | None = None
+    encryption: ENCRYPTION | None = None
+    ip_pool: line(100) | None = None
+    priority: int | None = Field(default=None, ge=-1000, le=1000)
+    weight: int | None = Field(default=None, ge=1, le=1000)
+    max_connections: int | None = Field(default=None, ge=1, le=1000)
+    verify_tls: bool | None = None
+    is_active: bool | None = None
+
+
+def pool_json(u: UpstreamRec) -> dict[str, Any]:
+    return {"id": u.id, "name": u.name, "host": u.host, "port": u.port, "username": u.username,
+            "encryption": u.encryption, "ip_pool": u.ip_pool, "priority": u.priority, "weight": u.weight,
+            "max_connections": u.max_connections, "verify_tls": u.verify_tls, "has_password": bool(u.password_enc),
+            "is_active": u.is_active, "created_at": iso(u.created_at)}
+
+
+@router.get("/smtp-pools", response_model=list[PoolOut], responses=errors())
+async def list_pools(_: AdminKey, upstreams: UpstreamsDep) -> list[dict[str, Any]]:
+    """Every SMTP pool of the gateway (as in the seeds: a bare array). Passwords are never included."""
+    return [pool_json(u) for u in await upstreams.upstreams()]
+
+
+@router.post("/smtp-pools", response_model=PoolOut, responses=errors(409))
+async def create_pool(body: PoolIn, _: AdminKey, upstreams: UpstreamsDep) -> dict[str, Any]:
+    """Create an SMTP pool; the password is stored encrypted and never returned."""
+    with refusals():
+        rec = await upstreams.add(name=body.name, ip_pool=body.ip_pool, host=body.host, port=body.port,
+                                  encryption=body.encryption, username=body.username, password=body.password,
+                                  verify_tls=body.verify_tls, priority=body.priority, weight=body.weight,
+                                  max_connections=body.max_connections, is_active=body.is_active)
+    return pool_json(rec)
+
+
+@router.get("/smtp-pools/{pool_id}", response_model=PoolOut, responses=errors(404))
+async def get_pool(pool_id: str, _: AdminKey, upstreams: UpstreamsDep) -> dict[str, Any]:
+    check_id(pool_id, NOT_FOUND)
+    with refusals(NOT_FOUND):
+        return pool_json(await upstreams.get(pool_id))
+
+
+@router.patch("/smtp-pools/{pool_id}", response_model=PoolOut, responses=errors(404, 409))
+async def update_pool(pool_id: str, body: PoolPatch, _: AdminKey, upstreams: UpstreamsDep) -> dict[str, Any]:
+    check_id(pool_id, NOT_FOUND)
+    changes = {f: getattr(body, f) for f in body.model_fields_set if f != "password"}
+    with refusals(NOT_FOUND):
+        return pool_json(await upstreams.update(pool_id, body.password, changes))
+
+
+@router.delete("/smtp-pools/{pool_id}", response_model=Ok, responses=errors(404))
+async def delete_pool(pool_id: str, _: AdminKey, upstreams: UpstreamsDep) -> dict[str, Any]:
+    check_id(pool_id, NOT_FOUND)
+    with refusals(NOT_FOUND):
+        await upstreams.remove(pool_id)
+    return {"success": True}
+
+
+@router.post("/smtp-pools/{pool_id}/test", response_model=PoolTest, responses=errors(404))
+async def test_pool(pool_id: str, _: AdminKey, upstreams: UpstreamsDep) -> dict[str, Any]:
+    """EHLO, TLS and AUTH against the relay, no mail: ``{success, message, latencyMs, error}``."""
+    check_id(pool_id, NOT_FOUND)
+    with refusals(NOT_FOUND):
+        return await upstreams.probe(pool_id)

@@ -1,0 +1,180 @@
+"""One HTTP send, end to end: what ``POST /api/v1/send`` decides, so the route only translates.
+
+:meth:`Sender.send` takes a typed :class:`Submission` and answers :class:`Sent` or
+:class:`Suppressed`, or raises the refusal (:class:`relay.vocab.RelayError` from the pipeline or a
+policy; :class:`relay.vocab.Forbidden` / :class:`relay.vocab.Invalid` for the request;
+:class:`relay.submission.compose.ComposeError` for a value that cannot go into the message).
+
+The rules it holds: who may send to the sandbox; an idempotency key replays the original answer;
+``alias_id`` must be an alias of the account; a recipient refused as suppressed (a Verdict with
+``http_status`` :data:`SUPPRESSION_STATUS`, see :mod:`policies.spec`) is held back while the others
+get the message, and every held-back one raises the ``suppressed`` webhook event; a send whose
+alias's IP pool has no healthy upstream right now is committed all the same, answered as queued.
+
+TODO(pipeline): the HTTP-only ctx.extra keys (TAGS, METADATA, SUPPRESSED, QUEUED, IDEMPOTENT) and
+the rcpt loop with its suppression split belong in the submission pipeline's entry
+(``Pipeline.submit(ctx, sender, recipients, raw)``); this module then keeps the sandbox rule and
+the webhook events.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from relay.delivery.router import Router
+from relay.events.webhooks import WebhookService
+from relay.store import utcnow
+from relay.submission.compose import Draft, compose
+from relay.submission.idempotency import Original
+from relay.submission.pipeline import (
+    ACCEPTED_AT,
+    API_MAX_RECIPIENTS,
+    IDEMPOTENT,
+    METADATA,
+    QUEUED,
+    SEND_SCOPES,
+    SUPPRESSED,
+    TAGS,
+    Context,
+    Identity,
+    Pipeline,
+)
+from relay.vocab import Forbidden, Invalid, NotFound, RelayError
+
+# The pipeline's limit for one HTTP send, split as the seeds' request does: to, cc, bcc.
+MAX_TO = API_MAX_RECIPIENTS // 2
+MAX_CC = MAX_BCC = API_MAX_RECIPIENTS // 4
+SUPPRESSION_STATUS = 422  # policies.spec: the http_status of a Verdict refusing a suppressed recipient
+SANDBOX_SCOPE = "sandbox"
+
+
+@dataclass(frozen=True)
+class Submission:
+    """An HTTP send, already translated from JSON (attachments decoded, addresses checked)."""
+
+    identity: Identity
+    peer: str
+    draft: Draft
+    recipients: tuple[str, ...]  # to + cc + bcc, each once
+    sandbox_requested: bool = False  # the X-Relay-Sandbox header
+    alias_id: str | None = None
+    idempotency_key: str | None = None
+    tags: tuple[str, ...] = ()
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Sent:
+    """Committed (or the original answer of a replayed idempotency key)."""
+
+    message_id: str
+    provider: str  # "smtp" or "sandbox"
+    queued: bool  # no healthy upstream in the pool right now: committed, delivered later
+    timestamp: dt.datetime
+    idempotent: bool = False
+    suppressed: tuple[str, ...] = ()  # recipients held back, the others got the message
+
+
+@dataclass(frozen=True)
+class Suppressed:
+    """Every recipient is suppressed: nothing was stored."""
+
+    recipients: tuple[str, ...]
+
+
+def is_suppression(exc: RelayError) -> bool:
+    return exc.http_status == SUPPRESSION_STATUS
+
+
+def unique_recipients(*groups: tuple[str, ...]) -> tuple[str, ...]:
+    """The addresses of every group, each once (case-insensitively), in order."""
+    seen: set[str] = set()
+    out: list[str] = []
+    for address in (a for g in groups for a in g):
+        if address.lower() not in seen:
+            seen.add(address.lower())
+            out.append(address)
+    return tuple(out)
+
+
+def _replayed(original: Original) -> Sent:
+    return Sent(original.message_id, original.provider, original.queued, original.timestamp, idempotent=True)
+
+
+class Sender:
+    def __init__(self, pipeline: Pipeline, router: Router, webhooks: WebhookService) -> None:
+        self.pipeline = pipeline
+        self.router = router
+        self.webhooks = webhooks
+
+    def pool_healthy(self, pool: str) -> bool:
+        return any(self.router.healthy(u) for u in self.router.pools.get(pool, ()))
+
+    async def send(self, sub: Submission) -> Sent | Suppressed:
+        ident = sub.identity
+        sandbox = sub.sandbox_requested or not ident.scopes & SEND_SCOPES
+        if sandbox and SANDBOX_SCOPE not in ident.scopes:
+            raise Forbidden("Sandbox sends need an API key with the sandbox scope")
+        if sub.draft.html is None and sub.draft.text is None:
+            raise Invalid("html or text is required", "html")
+        if sub.idempotency_key:
+            original = await self.pipeline.idempotency.lookup(ident.account_id, sub.idempotency_key)
+            if original is not None:
+                return _replayed(original)
+        sender = await self._sender_address(sub)
+        raw = compose(sub.draft)
+        ctx = Context(listener="api", peer=sub.peer, identity=ident, sandbox=sandbox,
+                      idempotency_key=sub.idempotency_key)
+        await self.pipeline.mail(ctx, sender)
+        suppressed = await self._recipients(ctx, sub.recipients)
+        if not ctx.recipients:
+            await self.pipeline.abort(ctx)
+            await self._emit_suppressed(sub, None, suppressed)
+            return Suppressed(suppressed)
+        ctx.extra[TAGS] = list(sub.tags) or None
+        ctx.extra[METADATA] = sub.metadata or None
+        ctx.extra[SUPPRESSED] = dict.fromkeys(suppressed, "suppressed")
+        queued = ctx.extra[QUEUED] = not sandbox and not self.pool_healthy(ctx.alias.ip_pool if ctx.alias else "")
+        message_id = await self.pipeline.data(ctx, raw)
+        original = ctx.extra.get(IDEMPOTENT)
+        if original is not None:
+            return _replayed(original)
+        await self._emit_suppressed(sub, message_id, suppressed)
+        return Sent(message_id, "sandbox" if sandbox else "smtp", queued, ctx.extra.get(ACCEPTED_AT) or utcnow(),
+                    suppressed=suppressed)
+
+    async def _sender_address(self, sub: Submission) -> str:
+        """The envelope sender: the ``alias_id``'s address (an alias of the account), else From."""
+        if not sub.alias_id:
+            return sub.draft.sender.email
+        try:
+            alias = await self.pipeline.runner.read(self.pipeline.store.directory.get_alias, sub.alias_id)
+        except NotFound:
+            alias = None
+        if alias is None or alias.id != sub.alias_id or alias.account_id != sub.identity.account_id:
+            raise Invalid("Unknown alias", "alias_id")
+        return alias.email
+
+    async def _recipients(self, ctx: Context, recipients: tuple[str, ...]) -> tuple[str, ...]:
+        """RCPT for each; the suppressed ones are held back (returned), any other refusal aborts."""
+        suppressed: list[str] = []
+        try:
+            for rcpt in recipients:
+                try:
+                    await self.pipeline.rcpt(ctx, rcpt)
+                except RelayError as exc:
+                    if not is_suppression(exc):
+                        raise
+                    suppressed.append(rcpt)
+        except RelayError:
+            await self.pipeline.abort(ctx)
+            raise
+        return tuple(suppressed)
+
+    async def _emit_suppressed(self, sub: Submission, message_id: str | None, recipients: tuple[str, ...]) -> None:
+        if not recipients:
+            return
+        await self.webhooks.emit(sub.identity.account_id, "suppressed", (
+            {"message_id": message_id, "recipient": a, "status": "suppressed", "tags": list(sub.tags),
+             "metadata": sub.metadata} for a in recipients))
