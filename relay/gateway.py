@@ -17,13 +17,15 @@ import uvicorn
 
 from policies.spec import PolicyServices
 
-from relay.api import tasks as api_tasks
+from relay.services import housekeeping as api_tasks
 
 from relay.ops import notify
 
 from relay.smtp import session as smtp
 from relay.services.admin import Admin
 from relay.api.app import create_app
+from relay.api.deps import from_gateway
+from relay.events.webhooks import WebhookService
 from relay.ops.config import Settings, parse_hostport
 from relay.delivery.journal import DotJournal
 from relay.delivery.router import Router
@@ -93,6 +95,7 @@ class Gateway:
             submit_dsn=self.pipeline.submit_system)
         self.pipeline.on_queued = self.scheduler.push
         self.scheduler.policies = self.policies  # after_delivery / after_bounce
+        self.webhooks = WebhookService(store=self.store, runner=self.runner, master_key=self.master_key)
         self.servers: dict[str, asyncio.AbstractServer] = {}
         self.handlers: dict[str, smtp.SubmissionHandler] = {}
         self.sockets: dict[str, socket.socket] = dict(sockets or {})
@@ -152,7 +155,7 @@ class Gateway:
             log.info("listening", extra={"listener": name, "address": "%s:%d" % sock.getsockname()[:2]})
         if s.api.listen and self.worker == 0:
             host, port = parse_hostport(s.api.listen)
-            config = uvicorn.Config(create_app(self), host=host, port=port, log_level="warning", lifespan="off",
+            config = uvicorn.Config(create_app(from_gateway(self)), host=host, port=port, log_level="warning", lifespan="off",
                                     access_log=False)
             self._api = _Uvicorn(config)
             self._tasks.append(asyncio.create_task(self._api.serve(), name="api"))

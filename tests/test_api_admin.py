@@ -171,7 +171,7 @@ async def test_domain_verification_and_dkim_rotation(gateway_factory, sink_facto
         assert {k["selector"] for k in r.json()["domain"]["dkim"] if k["status"] == "pending"} == new
         for s in new:
             fake.txt[f"{s}._domainkey.example.com"] = [published[f"{s}._domainkey.example.com"]]
-        from relay.api import tasks as api_tasks
+        from relay.services import housekeeping as api_tasks
 
         assert await api_tasks.check_rotations(a.gw) == 1  # what the gateway runs every minute
         assert await signed_with() == new

@@ -24,7 +24,7 @@ def test_signature_round_trip():
 
 
 def fast(gw: Gateway) -> None:
-    svc = webhooks.service(gw)
+    svc = gw.webhooks
     svc.retry_base, svc.retry_max, svc.poll_interval = 0.1, 0.3, 0.05
     svc._poke()
 

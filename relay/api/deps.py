@@ -18,7 +18,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from relay.api.common import ApiError
 from relay.delivery.router import Router
 from relay.events.webhooks import WebhookService
-from relay.events.webhooks import service as webhook_service
 from relay.ops.config import Settings
 from relay.secrets import MasterKey
 from relay.services.admin import Admin
@@ -33,12 +32,17 @@ from relay.submission.pipeline import SEND_SCOPES, Identity, Pipeline
 from relay.vocab import RelayError
 
 
+class SessionCounter(Protocol):
+    sessions: int  # open SMTP connections of one listener
+
+
 class Process(Protocol):
     """The running process as ``/healthz`` and ``/readyz`` see it (the gateway is one)."""
 
     worker: int
     stopping: bool
     servers: Mapping[str, asyncio.AbstractServer]
+    handlers: Mapping[str, SessionCounter]
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ class GatewayParts(Process, Protocol):
     pipeline: Pipeline
     router: Router
     master_key: MasterKey
+    webhooks: WebhookService
 
     def load_upstreams(self, recs: list[Any] | None = None) -> None: ...
 
@@ -74,7 +79,7 @@ class GatewayParts(Process, Protocol):
 def from_gateway(gateway: GatewayParts) -> ApiServices:
     """The API's services of a gateway (the composition root may as well build them itself)."""
     return ApiServices(settings=gateway.settings, store=gateway.store, runner=gateway.runner, admin=gateway.admin,
-                       pipeline=gateway.pipeline, router=gateway.router, webhooks=webhook_service(gateway),
+                       pipeline=gateway.pipeline, router=gateway.router, webhooks=gateway.webhooks,
                        master_key=gateway.master_key, load_upstreams=gateway.load_upstreams, process=gateway)
 
 

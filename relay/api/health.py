@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from relay.api.common import error_response
 from relay.api.deps import ApiServices, Services
 from relay.ops import metrics
-from relay.store.stats import pools_in_use
+from relay.store.stats import pools_in_use, queue_stats
 from relay.vocab import RelayError
 
 router = APIRouter()
@@ -43,7 +43,14 @@ async def metrics_(request: Request, svc: Services) -> Response:
             await svc.pipeline.authenticate("", token.strip(), scopes=ADMIN_SCOPES)
         except RelayError:
             return error_response(401, "An API key with the admin scope is required")
-    return Response(await metrics.render(svc), media_type=metrics.CONTENT_TYPE)
+    stats = await svc.runner.read(queue_stats, svc.store)
+    router = svc.router
+    ups = [(pool, u.name, not ((b := router.breakers.get(u.cfg.id)) and b.failures >= router.threshold))
+           for pool, members in sorted(router.pools.items()) for u in members]
+    snap = metrics.Snapshot(depth=stats.depth, oldest_created_at=stats.oldest_created_at,
+                            sessions_open={name: h.sessions for name, h in svc.process.handlers.items()},
+                            upstreams_up=ups)
+    return Response(metrics.render(snap), media_type=metrics.CONTENT_TYPE)
 
 
 def _is_loopback(host: str) -> bool:

@@ -25,7 +25,9 @@ import httpx
 
 from relay.aio import wait_event
 from relay.delivery.policy import backoff
-from relay.store import utcnow
+from relay.secrets import MasterKey
+from relay.store import Store, utcnow
+from relay.store.runner import DbRunner
 from relay.store.webhooks import Attempt, Result, Subscriptions, WebhookStore
 
 log = logging.getLogger(__name__)
@@ -71,26 +73,21 @@ class WebhookService:
     timeout = 10.0
     concurrency = 8
 
-    def __init__(self, gateway: Any) -> None:
-        self.gateway = gateway
-        self.runner = gateway.runner
-        self.master_key = gateway.master_key
-        self.owner = gateway.store.node_id
-        self.store = WebhookStore(gateway.store.sessions, gateway.store.reads)
-        self.subs: Subscriptions = {}
+    def __init__(self, *, store: Store, runner: DbRunner, master_key: MasterKey) -> None:
+        self.runner = runner
+        self.master_key = master_key
+        self.owner = store.node_id
+        self.outbox = store.webhook_outbox
+        self.store = self.outbox.webhooks
         self._secrets: dict[str, str] = {}
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
 
     # -- queueing events ------------------------------------------------------------------------
-    def on_outcomes(self, conn: Any, outcomes: Sequence[Any], now: dt.datetime) -> None:
-        """Queue.apply's hook (store writer thread, inside the outcomes' transaction)."""
-        subs = self.subs
-        if not subs:
-            return  # no webhook anywhere: nothing on the hot path
-        if self.store.enqueue_outcomes(conn, subs, outcomes, now):
-            self._poke()
+    @property
+    def subs(self) -> Subscriptions:
+        return self.outbox.subs
 
     async def emit(self, account_id: str, event: str, items: Iterable[dict[str, Any]]) -> None:
         """Events that are not delivery outcomes (``suppressed``, ``complained``)."""
@@ -105,7 +102,7 @@ class WebhookService:
             self._loop.call_soon_threadsafe(self._wake.set)
 
     async def refresh(self) -> None:
-        self.subs = await self.runner.read(self.store.subscriptions)
+        self.outbox.subs = await self.runner.read(self.store.subscriptions)
 
     def forget(self, webhook_id: str) -> None:
         self._secrets.pop(webhook_id, None)
@@ -114,6 +111,7 @@ class WebhookService:
     def start(self) -> asyncio.Task[None]:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        self.outbox.wake = self._poke  # outcomes' transactions queue events from now on
         self._task = asyncio.create_task(self._run(), name="webhooks")
         return self._task
 
@@ -180,12 +178,3 @@ class WebhookService:
             return Result(d.id, False, status, error, None)
         delay = backoff(attempts, self.retry_base, self.retry_max)
         return Result(d.id, False, status, error, utcnow() + dt.timedelta(seconds=delay))
-
-
-def service(gateway: Any) -> WebhookService:
-    """The gateway's one WebhookService, created (and hooked into the outcomes' commit) on first use."""
-    svc = getattr(gateway, "webhooks", None)
-    if svc is None:
-        svc = gateway.webhooks = WebhookService(gateway)
-        gateway.store.queue.on_outcomes = svc.on_outcomes
-    return svc

@@ -15,7 +15,8 @@ counters are worker 0's, the queue gauges are global (they come from the shared 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Iterable
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
@@ -105,42 +106,44 @@ def store_committed(seconds: float, items: int) -> None:
 
 
 # -- scrape time ----------------------------------------------------------------------------------
-class _Snapshot(Collector):
-    """Gauges of one gateway at scrape time, from a queue summary read just before."""
+@dataclass(frozen=True)
+class Snapshot:
+    """One gateway's gauges at scrape time, gathered by the caller (the ``/metrics`` route)."""
 
-    def __init__(self, gateway: Any, stats: Any, now: dt.datetime) -> None:
-        self.gateway, self.stats, self.now = gateway, stats, now
+    depth: Mapping[str, int]  # recipients in the queue by state (whole store)
+    oldest_created_at: dt.datetime | None  # oldest message with a recipient still pending
+    sessions_open: Mapping[str, int]  # listener -> open SMTP connections
+    upstreams_up: Sequence[tuple[str, str, bool]]  # (ip_pool, upstream, breaker lets deliveries through)
+
+
+class _Snapshot(Collector):
+    def __init__(self, snap: Snapshot, now: dt.datetime) -> None:
+        self.snap, self.now = snap, now
 
     def collect(self) -> Iterable[Any]:
-        gw = self.gateway
+        snap = self.snap
         depth = GaugeMetricFamily("relay_queue_recipients", "Recipients in the queue by state (whole store)",
                                   labels=["state"])
-        for state, n in sorted(self.stats.depth.items()):
+        for state, n in sorted(snap.depth.items()):
             depth.add_metric([state], n)
         yield depth
-        oldest = self.stats.oldest_created_at
+        oldest = snap.oldest_created_at
         yield GaugeMetricFamily("relay_queue_oldest_age_seconds",
                                 "Age of the oldest message with a recipient still queued, deferred or delivering",
                                 value=max(0.0, (self.now - oldest).total_seconds()) if oldest else 0.0)
         open_ = GaugeMetricFamily("relay_smtp_sessions_open", "Open SMTP connections", labels=["listener"])
-        for name, handler in getattr(gw, "handlers", {}).items():
-            open_.add_metric([name], handler.sessions)
+        for name, n in snap.sessions_open.items():
+            open_.add_metric([name], n)
         yield open_
         up = GaugeMetricFamily("relay_upstream_up", "1 when the upstream's circuit breaker lets deliveries through",
                                labels=["pool", "upstream"])
-        for pool, ups in sorted(gw.router.pools.items()):
-            for u in ups:
-                breaker = gw.router.breakers.get(u.cfg.id)
-                up.add_metric([pool, u.name], 0.0 if breaker and breaker.failures >= gw.router.threshold else 1.0)
+        for pool, name, ok in snap.upstreams_up:
+            up.add_metric([pool, name], 1.0 if ok else 0.0)
         yield up
 
 
-async def render(gateway: Any) -> bytes:
+def render(snap: Snapshot) -> bytes:
     """The exposition text for ``GET /metrics``: process metrics plus this gateway's gauges."""
-    from relay.store.stats import queue_stats
-
-    stats = await gateway.runner.read(queue_stats, gateway.store)
-    now = dt.datetime.now(dt.timezone.utc)
     scrape = CollectorRegistry(auto_describe=False)
-    scrape.register(_Snapshot(gateway, stats, now))
+    scrape.register(_Snapshot(snap, dt.datetime.now(dt.timezone.utc)))
     return generate_latest(REGISTRY) + generate_latest(scrape)

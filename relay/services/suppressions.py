@@ -39,7 +39,8 @@ _DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _COLUMNS = {"address": "email", "email_address": "email", "expires": "expires_at"}  # CSV header synonyms
 
-__all__ = ["CSV_FIELDS", "REASONS", "Changed", "SuppressionList", "add", "csv_lines", "entry_dict", "export", "import_csv", "listing",
+__all__ = ["CSV_FIELDS", "REASONS", "Changed", "SuppressionList", "add", "csv_lines", "entry_dict", "export",
+           "import_csv", "listing",
            "parse_expiry", "read_csv", "remove"]
 
 

@@ -96,6 +96,7 @@ class Store:
     def __init__(self, url: str, *, node_id: str | None = None) -> None:
         from relay.store.directory import Directory
         from relay.store.queue import Queue
+        from relay.store.webhooks import Outbox, WebhookStore
 
         self.url = url
         self.engine = make_engine(url)
@@ -104,7 +105,8 @@ class Store:
                                                          expire_on_commit=False)
         self.node_id = node_id or new_id("node")
         self.directory = Directory(self.sessions, self.reads)
-        self.queue = Queue(self.sessions, self.reads)
+        self.webhook_outbox = Outbox(WebhookStore(self.sessions, self.reads))
+        self.queue = Queue(self.sessions, self.reads, on_outcomes=self.webhook_outbox.on_outcomes)
 
     @property
     def dialect(self) -> str:

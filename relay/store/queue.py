@@ -159,13 +159,14 @@ class _HotQueries:
 
 
 class Queue:
-    def __init__(self, sessions: sessionmaker[Session], reads: sessionmaker[Session] | None = None) -> None:
+    def __init__(self, sessions: sessionmaker[Session], reads: sessionmaker[Session] | None = None, *,
+                 on_outcomes: Callable[[sa.Connection, Sequence[Outcome], dt.datetime], None] | None = None) -> None:
         self._sessions = sessions
         self._reads = reads or sessions
         self._engine = sessions.kw["bind"]
         self._sql = _HotQueries(self._engine.dialect)
-        # Called inside the outcomes' transaction (relay.events.webhooks queues its events there).
-        self.on_outcomes: Callable[[sa.Connection, Sequence[Outcome], dt.datetime], None] | None = None
+        # Called inside the outcomes' transaction (the webhook outbox queues its events there).
+        self.on_outcomes = on_outcomes
 
     # -- hot path ---------------------------------------------------------------------------
     def enqueue(self, batch: Sequence[NewMessage]) -> None:

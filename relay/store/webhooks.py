@@ -12,7 +12,7 @@ import datetime as dt
 import json
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
@@ -238,3 +238,21 @@ class WebhookStore:
 
 def new_webhook_id() -> str:
     return new_id("whk")
+
+
+class Outbox:
+    """The transactional outbox of webhook events: the queue calls :meth:`on_outcomes` inside the
+    outcomes' own transaction (the store's writer thread). The webhook service keeps ``subs`` current
+    and, once running, gives ``wake`` to be called (thread-safe) when events were queued."""
+
+    def __init__(self, webhooks: WebhookStore) -> None:
+        self.webhooks = webhooks
+        self.subs: Subscriptions = {}
+        self.wake: Callable[[], None] | None = None
+
+    def on_outcomes(self, conn: sa.Connection, outcomes: Sequence[Any], now: dt.datetime) -> None:
+        subs = self.subs
+        if not subs:
+            return  # no webhook anywhere: nothing on the hot path
+        if self.webhooks.enqueue_outcomes(conn, subs, outcomes, now) and self.wake is not None:
+            self.wake()

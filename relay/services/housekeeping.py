@@ -1,4 +1,4 @@
-"""Background work behind the HTTP API's features, started once per gateway process:
+"""Background work behind the gateway's features, started once per gateway process:
 
 - the webhook delivery worker (:class:`relay.events.webhooks.WebhookService`);
 - DKIM rotation: every ``DKIM_CHECK_INTERVAL`` seconds, domains with a pending selector switch
@@ -12,7 +12,7 @@ import asyncio
 import logging
 from typing import Any, Protocol
 
-from relay.events import webhooks
+from relay.events.webhooks import WebhookService
 from relay.services.admin import Admin
 from relay.store import Store
 from relay.store.runner import DbRunner
@@ -32,11 +32,12 @@ class TaskParts(Protocol):
     runner: DbRunner
     admin: Admin
     pipeline: Pipeline
+    webhooks: WebhookService
 
 
 def start(gateway: TaskParts) -> list[asyncio.Task[Any]]:
     """Every process works the webhook queue; one (worker 0) does the housekeeping."""
-    tasks = [webhooks.service(gateway).start()]
+    tasks = [gateway.webhooks.start()]
     if gateway.worker == 0:
         tasks.append(asyncio.create_task(_housekeeping(gateway), name="api-housekeeping"))
     return tasks
