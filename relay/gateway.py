@@ -27,7 +27,9 @@ from relay.api.app import create_app
 from relay.api.deps import from_gateway
 from relay.events.webhooks import WebhookService
 from relay.ops.config import Settings, parse_hostport
+from relay.delivery.active import ActiveQueue
 from relay.delivery.journal import DotJournal
+from relay.events.bounces import Bouncer
 from relay.delivery.router import Router
 from relay.delivery.scheduler import Scheduler
 from relay.delivery.upstream import Upstream
@@ -74,17 +76,18 @@ class Gateway:
         self.policies = load_policies(settings.policies.enabled, settings.policies.options, PolicyServices(
             sessions=self.store.sessions, reads=self.store.reads, runner=self.runner, clock=clock,
             max_message_size=lambda: self.settings.smtp.max_message_size))
+        self.active = ActiveQueue()  # fed by the pipeline (fresh mail) and the scheduler (mail due again)
         self.pipeline = Pipeline(
             store=self.store, runner=self.runner, master_key=self.master_key, hostname=settings.hostname,
             lease_seconds=d.lease, max_age=d.max_age, policies=self.policies,
             trusted=[(t.network, t.account) for t in settings.smtp.trusted],
             max_recipients=settings.smtp.max_recipients,
             auth_throttle=AuthThrottle(settings.smtp.auth_max_failures, settings.smtp.auth_lockout),
-            connections=ConnectionLimits(settings.smtp.max_connections, settings.smtp.max_connections_per_ip))
+            connections=ConnectionLimits(settings.smtp.max_connections, settings.smtp.max_connections_per_ip),
+            on_queued=self.active.push)
         self.router = Router(threshold=d.breaker_threshold, cooldown=d.breaker_cooldown)
         self.scheduler = Scheduler(
-            store=self.store, runner=self.runner, writer=self.pipeline.writer, router=self.router,
-            hostname=settings.hostname,
+            store=self.store, runner=self.runner, writer=self.pipeline.writer, router=self.router, active=self.active,
             retry_base=d.retry_base, retry_max=d.retry_max, lease=d.lease, poll_interval=d.poll_interval,
             concurrency=d.concurrency, journal=DotJournal(settings.data_dir / "journal", nid),
             # one machine's SQLite: the journal alone covers every restart; PostgreSQL: other nodes
@@ -92,9 +95,8 @@ class Gateway:
             markers=self.store.dialect != "sqlite",
             orphans=DotJournal.orphans(settings.data_dir / "journal", node_id(settings.data_dir),
                                        settings.smtp.workers) if worker == 0 else (),
-            submit_dsn=self.pipeline.submit_system)
-        self.pipeline.on_queued = self.scheduler.push
-        self.scheduler.policies = self.policies  # after_delivery / after_bounce
+            bounce=Bouncer(hostname=settings.hostname, submit=self.pipeline.submit_system),
+            policies=self.policies)  # after_delivery / after_bounce
         self.webhooks = WebhookService(store=self.store, runner=self.runner, master_key=self.master_key)
         self.servers: dict[str, asyncio.AbstractServer] = {}
         self.handlers: dict[str, smtp.SubmissionHandler] = {}

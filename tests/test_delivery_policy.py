@@ -9,7 +9,7 @@ from email import policy as email_policy
 
 import pytest
 
-from relay.delivery import dsn
+from relay.events import dsn
 from relay.delivery.policy import backoff, is_hard_bounce, outcome_of, weighted_order
 from relay.delivery.router import Router
 from relay.delivery.upstream import Upstream, UpstreamConfig

@@ -13,11 +13,11 @@ import datetime as dt
 import logging
 import random
 import time
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable, Protocol
 
 from relay.ops import metrics
 from relay.aio import wait_event
-from relay.events import dsn
+from relay.delivery.active import ActiveQueue
 from relay.delivery.journal import DotJournal
 from relay.delivery.policy import backoff, is_hard_bounce, outcome_of
 from relay.delivery.router import Router
@@ -25,34 +25,43 @@ from relay.delivery.upstream import DotHooks, UpstreamUnavailable
 from relay.store import Store, utcnow
 from relay.store.queue import Outcome, QueuedMessage
 from relay.store.runner import DbRunner, StoreWriter
+from relay.vocab import Context
 
 log = logging.getLogger(__name__)
 
 
+class OutcomeHooks(Protocol):
+    """The policies' after_delivery / after_bounce hooks (a relay.submission.policyset.PolicySet)."""
+
+    def has(self, hook: str) -> bool: ...
+
+    async def notify(self, hook: str, *args: Any) -> None: ...
+
+
+Bounce = Callable[[QueuedMessage, list[Outcome]], Awaitable[None]]  # the bounce stage (relay.events.bounces)
+
+
 class Scheduler:
-    def __init__(self, *, store: Store, runner: DbRunner, writer: StoreWriter, router: Router, hostname: str, retry_base: float,
-                 retry_max: float, lease: float, poll_interval: float, concurrency: int, journal: DotJournal,
-                 markers: bool = True, orphans: tuple[DotJournal, ...] = (),
-                 submit_dsn: Callable[..., Any] | None = None, clock: Callable[[], dt.datetime] = utcnow,
-                 rand: random.Random | None = None) -> None:
+    def __init__(self, *, store: Store, runner: DbRunner, writer: StoreWriter, router: Router, active: ActiveQueue,
+                 retry_base: float, retry_max: float, lease: float, poll_interval: float, concurrency: int,
+                 journal: DotJournal, markers: bool = True, orphans: tuple[DotJournal, ...] = (),
+                 bounce: Bounce | None = None, policies: OutcomeHooks | None = None,
+                 clock: Callable[[], dt.datetime] = utcnow, rand: random.Random | None = None) -> None:
         self.store = store
         self.runner = runner
         self.journal = journal
         self.markers = markers  # the store's dot markers: for other nodes (PostgreSQL)
         self.orphans = orphans  # journals of workers that no longer exist (fewer workers than before)
         self.router = router
-        self.hostname = hostname
         self.retry_base = retry_base
         self.retry_max = retry_max
         self.lease = lease
         self.poll_interval = poll_interval
         self.concurrency = concurrency
-        self.submit_dsn = submit_dsn
+        self.bounce = bounce
         self.clock = clock
         self.rand = rand or random.Random()
-        self.active: asyncio.Queue[QueuedMessage] = asyncio.Queue()
-        self.inflight: set[str] = set()
-        self._parked: dict[str, QueuedMessage] = {}  # claimed again while an attempt was in flight
+        self.active = active
         self.writer = writer
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
@@ -60,22 +69,15 @@ class Scheduler:
         self._next_renewal = clock()
         self._busy = 0
         self._stopping = False
-        self.policies: Any = None  # relay.submission.policyset.PolicySet: after_delivery / after_bounce hooks
+        self.policies = policies
 
     # -- feeding ------------------------------------------------------------------------------
     def push(self, msg: QueuedMessage) -> None:
-        if msg.id in self.inflight:
-            # Some recipients fell due while others of the same message are in flight: park them
-            # and queue them when that attempt ends (their lease is ours; dropping them would strand it).
-            parked = self._parked.get(msg.id)
-            if parked is None:
-                self._parked[msg.id] = msg
-            else:
-                parked.recipients.extend(r for r in msg.recipients if r not in parked.recipients)
-                parked.tries.update(msg.tries)
-            return
-        self.inflight.add(msg.id)
-        self.active.put_nowait(msg)
+        self.active.push(msg)
+
+    @property
+    def inflight(self) -> set[str]:
+        return self.active.inflight
 
     def wake(self) -> None:
         """Look at the store now (``relay queue retry`` through the API, tests)."""
@@ -138,10 +140,7 @@ class Scheduler:
                 log.exception("delivery failed unexpectedly", extra={"queue_id": msg.id})
             finally:
                 self._busy -= 1
-                self.inflight.discard(msg.id)
-                parked = self._parked.pop(msg.id, None)
-                if parked is not None:
-                    self.push(parked)
+                self.active.done(msg.id)
 
     async def _poller(self) -> None:
         while True:
@@ -243,10 +242,10 @@ class Scheduler:
                                                      "pool": msg.ip_pool, "upstream": o.upstream,
                                                      "reply": o.reply, "recipient": o.address, "code": o.code})
         failed = [o for o in outcomes if o.state in ("bounced", "expired")]
-        if failed:
-            await self._bounce(msg, failed)
+        if failed and self.bounce is not None:
+            await self.bounce(msg, failed)
         if self.policies is not None:
-            await self._notify_policies(msg, outcomes)
+            await self._notify_policies(self.policies, msg, outcomes)
 
     async def _mark(self, items: list[tuple[str, str, str]]) -> None:
         """The store's dot marker, for another node taking over this one's leases. Best effort: this
@@ -256,22 +255,21 @@ class Scheduler:
         except Exception:
             log.exception("could not write the dot marker", extra={"queue_id": items[0][0]})
 
-    async def _notify_policies(self, msg: QueuedMessage, outcomes: list[Outcome]) -> None:
+    @staticmethod
+    async def _notify_policies(policies: OutcomeHooks, msg: QueuedMessage, outcomes: list[Outcome]) -> None:
         """The policies' after_delivery / after_bounce hooks (counters only; failures are logged)."""
-        delivered = [o for o in outcomes if o.state == "delivered"] if self.policies.has("after_delivery") else []
-        bounced = [o for o in outcomes if o.state in ("bounced", "expired")] if self.policies.has("after_bounce") else []
+        delivered = [o for o in outcomes if o.state == "delivered"] if policies.has("after_delivery") else []
+        bounced = [o for o in outcomes if o.state in ("bounced", "expired")] if policies.has("after_bounce") else []
         if not delivered and not bounced:
             return
-        from relay.submission.pipeline import Context
-
         ctx = Context(listener="delivery", mail_from=msg.mail_from, recipients=list(msg.recipients),
                       extra={"queue_id": msg.id, "account_id": msg.account_id, "ip_pool": msg.ip_pool,
                              "source": msg.source})
         for o in delivered:
-            await self.policies.notify("after_delivery", ctx, o.address, o.upstream)
+            await policies.notify("after_delivery", ctx, o.address, o.upstream)
         for o in bounced:
             hard = o.state == "bounced" and is_hard_bounce(o.code or 0, o.reply or "")
-            await self.policies.notify("after_bounce", ctx, o.address, f"{o.code} {o.reply or ''}".strip(), hard)
+            await policies.notify("after_bounce", ctx, o.address, f"{o.code} {o.reply or ''}".strip(), hard)
 
     def _breaker_wait(self, pool: str) -> float | None:
         """Seconds to wait when the router gave no upstream for *pool* because all are marked
@@ -306,22 +304,6 @@ class Scheduler:
         elif state == "bounced" and msg.account_id and is_hard_bounce(code, reply):
             o.suppress_account_id = msg.account_id
         return o
-
-    async def _bounce(self, msg: QueuedMessage, failed: list[Outcome]) -> None:
-        """An RFC 3464 DSN to the envelope sender, from the null sender. A DSN never gets a DSN."""
-        if not msg.mail_from or msg.source == "dsn" or self.submit_dsn is None or dsn.is_dsn(msg.body):
-            return
-        from relay.submission.pipeline import new_queue_id
-
-        body = dsn.build_dsn(hostname=self.hostname, queue_id=msg.id, original_sender=msg.mail_from,
-                             original=msg.body, arrival=msg.created_at.strftime("%a, %d %b %Y %H:%M:%S +0000"),
-                             failures=[(o.address, "failed", o.code, o.reply or "") for o in failed],
-                             dsn_id=new_queue_id())
-        try:
-            await self.submit_dsn(sender=f"MAILER-DAEMON@{self.hostname}", mail_from="",
-                                  recipients=[msg.mail_from], raw=body, source="dsn", account_id=msg.account_id)
-        except Exception:
-            log.exception("could not queue the DSN", extra={"queue_id": msg.id})
 
 
 def _nothing() -> None:

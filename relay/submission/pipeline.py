@@ -68,7 +68,9 @@ class Pipeline:
                  lease_seconds: float, max_age: float, policies: PolicySet | None = None,
                  trusted: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] | None = None,
                  cache_ttl: float = 5.0, clock: Callable[[], dt.datetime] = utcnow, max_recipients: int = 100,
-                 auth_throttle: AuthThrottle | None = None, connections: ConnectionLimits | None = None) -> None:
+                 auth_throttle: AuthThrottle | None = None, connections: ConnectionLimits | None = None,
+                 writer: StoreWriter | None = None,
+                 on_queued: Callable[[QueuedMessage], None] = lambda _m: None) -> None:
         self.store = store
         self.runner = runner
         self.master_key = master_key
@@ -88,8 +90,8 @@ class Pipeline:
         self._domains: TTLCache[DomainRec | None] = TTLCache(cache_ttl)
         self._accounts: TTLCache[Identity] = TTLCache(cache_ttl)
         # shared with the scheduler: one fsync per round
-        self.writer = StoreWriter(runner, store.queue.apply, on_commit=metrics.store_committed)
-        self.on_queued: Callable[[QueuedMessage], None] = lambda _m: None  # the scheduler plugs in here
+        self.writer = writer or StoreWriter(runner, store.queue.apply, on_commit=metrics.store_committed)
+        self.on_queued = on_queued  # the active queue's push
         self.idempotency = Idempotency(runner, IdempotencyStore(store.sessions, store.reads), clock=clock)
         self._aborting: set[asyncio.Task[None]] = set()  # on_abort hooks started by abandon()
 
