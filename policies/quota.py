@@ -32,30 +32,18 @@ import datetime as dt
 import logging
 from typing import Any
 
-from policies.options import Options
-from policies.quota_rules import Effective, KeyedError, LimitSpec, effective, parse_defaults, recipients_left, targets
+from policies.quota_rules import Effective, effective, recipients_left, targets
 from policies.spec import DRY_RUN, PolicyServices, Verdict
 from relay.cache import TTLCache
+from relay.store.directory import Directory
+from policies.quota_admin import KEYS, account_limits, parse_options  # noqa: F401  (KEYS, parse_options: public here too)
 from policies.quota_store import Charge, LimitRec, QuotaStore
 
 log = logging.getLogger(__name__)
 
-KEYS = ("cache_ttl", "pool_warmup") + tuple(f"{k}_{w}" for k in ("account", "key", "alias", "pool")
-                                            for w in ("rate", "daily"))
 FIRST_OVER = dict(code=451, enhanced="4.7.1", message="Too much mail, try again later", http_status=429)
 MORE_OVER = dict(code=452, enhanced="4.5.3", message="Too many recipients, try again later", http_status=429)
 _STATE = "quota"  # ctx.extra[_STATE]: [(recipient, (Charge, ...)), ...] reserved in this transaction
-
-
-def parse_options(options: dict[str, Any]) -> tuple[float, dict[str, LimitSpec]]:
-    """(cache_ttl, defaults per kind) from ``[policies.quota]``; ConfigError names the key."""
-    o = Options("quota", options, KEYS)
-    ttl = o.number("cache_ttl", 5.0)
-    try:
-        defaults = parse_defaults(o.raw)
-    except KeyedError as exc:
-        raise o.error(exc.key, exc.value, exc.expected) from None
-    return ttl, defaults
 
 
 class QuotaPolicy:
@@ -68,6 +56,16 @@ class QuotaPolicy:
         self._pools: TTLCache[dt.date | None] = TTLCache(self.cache_ttl)
         self._pruned: dt.date | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- GET /api/v1/usage ------------------------------------------------------------------------
+    async def usage(self, account_id: str, now: dt.datetime) -> list[dict[str, Any]]:
+        """The account's limited targets with what is used and left today."""
+        directory = Directory(self.services.sessions, self.services.reads)
+
+        def read() -> list[dict[str, Any]]:
+            return account_limits(directory, self.store, self.defaults, directory.get_account_by_id(account_id), now)
+
+        return await self.services.runner.read(read)
 
     # -- limits of one submission -----------------------------------------------------------------
     async def limits_of(self, ctx: Any, now: dt.datetime) -> list[Effective]:

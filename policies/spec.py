@@ -30,8 +30,13 @@ Construction
     ``services`` is a :class:`PolicyServices`, the narrow and typed set of what a policy may use:
     ``sessions``/``reads`` (SQLAlchemy session factories for writes and reads), ``runner`` (run
     synchronous store code in threads, never block the event loop), ``clock`` (aware UTC "now";
-    tests move it) and ``max_message_size()`` (the current ``smtp.max_message_size``). Never the gateway. A constructor taking only
-    ``options`` is also accepted (decided from its signature, not by trying).
+    tests move it) and ``max_message_size()`` (the current ``smtp.max_message_size``). Never the
+    gateway. A constructor taking only ``options`` is also accepted (decided from its signature).
+
+Commands
+    A policy may bring ``relay`` subcommands (a click command or group) through the entry-point
+    group ``relay.commands`` (:data:`COMMANDS_ENTRY_POINT_GROUP`); the quota policy's ``relay quota``
+    is one. The core CLI knows no policy by name.
 
 Ordering and results
     For one event the policies run in the ``enabled`` order; the first refusing verdict wins and the
@@ -170,8 +175,16 @@ class PolicySpec(Protocol):
         Counters only; ``ctx`` as in :meth:`after_delivery`."""
 
 
-HOOKS = ("on_connect", "on_mail", "on_rcpt", "on_data", "on_commit", "on_abort", "after_delivery", "after_bounce")
+    async def usage(self, account_id: str, now: "dt.datetime") -> list[dict[str, Any]] | None:
+        """``GET /api/v1/usage``: the account's limits with what is used and left today (a list of
+        ``{target, kind, label, rate, available_now, daily, used_today, remaining_today, warmup_day,
+        warmup_cap}``). A policy that limits nothing per account returns None or does not define it."""
+
+
+HOOKS = ("on_connect", "on_mail", "on_rcpt", "on_data", "on_commit", "on_abort", "after_delivery", "after_bounce",
+         "usage")
 ENTRY_POINT_GROUP = "relay.policies"
+COMMANDS_ENTRY_POINT_GROUP = "relay.commands"
 DRY_RUN = "dry_run"
 SIZE = "size"
 

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict
 
 from relay.api.common import PREFIX, errors
 from relay.api.deps import AnyKey, Services
-from relay.services.usage_api import usage_today
+from relay.services.usage import usage_today
 
 router = APIRouter(prefix=PREFIX, tags=["usage"])
 
@@ -26,4 +26,4 @@ class Usage(BaseModel):
 @router.get("/usage", response_model=Usage, responses=errors())
 async def usage(ident: AnyKey, svc: Services) -> dict[str, Any]:
     """Today's sends against the account's quotas and its pools' warm-up caps."""
-    return {"success": True, **await usage_today(svc.runner, svc.store, svc.settings, ident.account_id)}
+    return {"success": True, **await usage_today(svc.runner, svc.store, svc.pipeline.policies, ident.account_id)}

@@ -6,13 +6,15 @@ This module only assembles the command groups (one module each) onto the root gr
 
 from __future__ import annotations
 
+from importlib.metadata import entry_points
+
+from policies.spec import COMMANDS_ENTRY_POINT_GROUP
 from relay.cli import (
     accounts,
     aliases,
     domains,
     keys,
     queue,
-    quota,
     route,
     serve,
     suppressions,
@@ -21,8 +23,11 @@ from relay.cli import (
 from relay.cli.base import main
 
 for _cmd in (*serve.COMMANDS, accounts.account, keys.key, domains.domain, upstreams.upstream, upstreams.pool,
-             aliases.alias, queue.queue, suppressions.suppression, quota.quota, route.route):
+             aliases.alias, queue.queue, suppressions.suppression, route.route):
     main.add_command(_cmd)
+for _ep in entry_points(group=COMMANDS_ENTRY_POINT_GROUP):  # commands that installed policies bring (relay quota)
+    if _ep.name not in main.commands:
+        main.add_command(_ep.load(), _ep.name)
 
 __all__ = ["main"]
 

@@ -95,6 +95,16 @@ class PolicySet:
                 out.append((name, POLICY_ERROR))
         return out
 
+    async def gather(self, hook: str, *args: Any) -> list[tuple[str, Any]]:
+        """Every policy's answer to a reporting hook (``usage``), in order; a failure is logged and skipped."""
+        out = []
+        for name, fn in self._by_hook[hook]:
+            try:
+                out.append((name, await fn(*args)))
+            except Exception:
+                log.exception("policy failed", extra={"policy": name, "hook": hook})
+        return out
+
     async def notify(self, hook: str, *args: Any) -> None:
         """after_delivery / after_bounce: counters only; failures are logged, never raised."""
         for name, fn in self._by_hook[hook]:

@@ -1,4 +1,4 @@
-"""Sending quotas, for the sysadmin: which target a request names, what a limit given as text
+"""The quota policy's administration (``relay quota``, ``GET /api/v1/usage``'s limits): for the sysadmin, which target a request names, what a limit given as text
 means, and usage today against the effective limits (stored, or the ``[policies.quota]`` defaults).
 
 The limits are the quota policy's own (:mod:`policies.quota_rules` merges them exactly as the
@@ -11,7 +11,11 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+from policies.options import Options
 from policies.quota_rules import (
+    KeyedError,
+    LimitSpec,
+    parse_defaults,
     KINDS,
     RATE_EXPECTED,
     UNLIMITED,
@@ -23,9 +27,24 @@ from policies.quota_rules import (
 )
 from policies.quota_store import QuotaStore
 from relay.store import Store, utcnow
+from relay.store.directory import AccountRec, Directory
 from relay.vocab import Invalid, NotFound
 
 POOL_KINDS = ("pool", "account_pool")
+
+KEYS = ("cache_ttl", "pool_warmup") + tuple(f"{k}_{w}" for k in ("account", "key", "alias", "pool")
+                                            for w in ("rate", "daily"))
+
+
+def parse_options(options: dict[str, Any]) -> tuple[float, dict[str, LimitSpec]]:
+    """(cache_ttl, defaults per kind) from ``[policies.quota]``; ConfigError names the key."""
+    o = Options("quota", options, KEYS)
+    ttl = o.number("cache_ttl", 5.0)
+    try:
+        defaults = parse_defaults(o.raw)
+    except KeyedError as exc:
+        raise o.error(exc.key, exc.value, exc.expected) from None
+    return ttl, defaults
 
 
 @dataclass(frozen=True)
@@ -228,8 +247,6 @@ def report(store: Store, settings: Any, *, account: str | None = None, ip_pool: 
     """Usage today and tokens available now against the effective limits:
     ``{enforced, day, targets: [{target, kind, label, source, rate, available_now, daily, used_today,
     remaining_today, warmup_day, warmup_cap}]}``."""
-    from policies.quota import parse_options
-
     _, defaults = parse_options(settings.policies.options.get("quota", {}))
     qs = _quotas(store)
     now = now or utcnow()
@@ -251,3 +268,37 @@ def report(store: Store, settings: Any, *, account: str | None = None, ip_pool: 
                         "remaining_today": None if e.daily is None else max(0, e.daily - u.used_today),
                         "warmup_day": e.warmup_day, "warmup_cap": e.warmup_cap})
     return {"enforced": "quota" in settings.policies.enabled, "day": today.isoformat(), "targets": targets}
+
+
+def account_limits(directory: Directory, qs: QuotaStore, defaults: dict[str, Any], account: AccountRec,
+                   now: dt.datetime) -> list[dict[str, Any]]:
+    """One account's limited targets today (``GET /api/v1/usage``): its own, its keys', its aliases',
+    and its IP pools' (warm-up included), each with what is used and left."""
+    today = now.astimezone(dt.timezone.utc).date()
+    aliases = directory.list_aliases(account.name)
+    pools = sorted({a.ip_pool for a in aliases})
+    cands = [("account", f"account:{account.id}", account.name, None)]
+    cands += [("key", f"key:{k.id}", k.id, None) for k in directory.list_api_keys(account.name) if not k.revoked]
+    cands += [("alias", f"alias:{a.id}", a.email, a.ip_pool) for a in aliases]
+    cands += [("pool", f"pool:{p}", p, p) for p in pools]
+    cands += [("account_pool", f"account_pool:{account.id}/{p}", f"{account.name} in {p}", p) for p in pools]
+    rows = qs.limits([c[1] for c in cands])
+    starts = {p: qs.pool_started(p) for p in pools}
+    effs = {}
+    for kind, target, label, pool in cands:
+        row = rows.get(target)
+        e = effective(kind, target, row.spec if row else None, defaults.get(kind), today=today,
+                      pool_start=starts.get(pool) if pool else None)
+        if e.limited:
+            effs[target] = (kind, label, e)
+    usage = qs.usage(list(effs), today, now, {t: e.rate for t, (_, _, e) in effs.items() if e.rate})
+    out = []
+    for target, (kind, label, e) in effs.items():
+        u = usage[target]
+        available = None if e.rate is None else (e.rate.count if u.tokens is None else int(u.tokens))
+        out.append({
+            "target": target, "kind": kind, "label": label, "rate": str(e.rate) if e.rate else None,
+            "available_now": available, "daily": e.daily, "used_today": u.used_today,
+            "remaining_today": None if e.daily is None else max(0, e.daily - u.used_today),
+            "warmup_day": e.warmup_day, "warmup_cap": e.warmup_cap})
+    return out

@@ -1,4 +1,7 @@
-"""``relay quota``: sending limits per account, API key, alias and IP pool (:mod:`relay.services.quota`)."""
+"""``relay quota``: sending limits per account, API key, alias and IP pool (:mod:`policies.quota_admin`).
+
+The quota policy brings its own commands: they reach ``relay`` through the ``relay.commands``
+entry-point group, so the core CLI knows no policy."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from typing import Any
 import click
 
 from relay.cli.base import Ctx, command, table
-from relay.services import quota as svc
+from policies import quota_admin as svc
 
 
 @click.group("quota")
