@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import sys
-from pathlib import Path
 import datetime as dt
 from typing import Any, Callable
 
@@ -166,6 +165,15 @@ class Gateway:
                 if self._tasks[-1].done():
                     self._tasks[-1].result()
         self._tasks.append(asyncio.create_task(self._refresh_upstreams(), name="upstream-refresh"))
+
+    def apply(self, settings: Settings) -> None:
+        """A reload: every component takes the reloadable values it uses."""
+        self.settings = settings
+        self.admin.apply(settings)
+        for handler in self.handlers.values():
+            handler.apply(settings.smtp)
+        self.pipeline.apply(settings)
+        self.scheduler.apply(settings)
 
     def reload(self) -> Any:
         """SIGHUP: new certificate and reloadable settings for new connections (see relay.ops.reload)."""

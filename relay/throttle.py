@@ -19,6 +19,10 @@ class AuthThrottle:
         self._failures: dict[str, tuple[int, float]] = {}  # key -> (count, first failure time)
         self._locked: dict[str, float] = {}  # key -> locked until
 
+    def apply(self, max_failures: int, lockout: float) -> None:
+        """A reload: new limits for the next failures (the window is the lockout)."""
+        self.max_failures, self.lockout, self.window = max_failures, lockout, lockout
+
     @staticmethod
     def _keys(ip: str, username: str) -> tuple[str, ...]:
         return (f"ip:{ip}", f"user:{username.lower()}") if username else (f"ip:{ip}",)

@@ -16,6 +16,7 @@ import time
 from typing import Any, Awaitable, Callable, Protocol
 
 from relay.ops import metrics
+from relay.ops.config import Settings
 from relay.aio import wait_event
 from relay.delivery.active import ActiveQueue
 from relay.delivery.journal import DotJournal
@@ -70,6 +71,13 @@ class Scheduler:
         self._busy = 0
         self._stopping = False
         self.policies = policies
+
+    def apply(self, settings: Settings) -> None:
+        """A reload: the retry schedule, the poll interval, and the upstreams' timeouts."""
+        d = settings.delivery
+        self.retry_base, self.retry_max, self.poll_interval = d.retry_base, d.retry_max, d.poll_interval
+        for up in self.router.all_upstreams():
+            up.connect_timeout, up.command_timeout = d.connect_timeout, d.command_timeout
 
     # -- feeding ------------------------------------------------------------------------------
     def push(self, msg: QueuedMessage) -> None:

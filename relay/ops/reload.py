@@ -12,7 +12,8 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+import ssl
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
@@ -59,12 +60,24 @@ def merge_reloadable(old: Settings, new: Settings, keys: set[str]) -> Settings:
     return merged
 
 
-def reload_gateway(gw: Any, env: Mapping[str, str] | None = None) -> ReloadReport:
-    """Reload *gw* (a :class:`relay.gateway.Gateway`) in place. Never raises for bad input."""
+class Reloadable(Protocol):
+    """What a reload needs of the running gateway (:class:`relay.gateway.Gateway` is one)."""
+
+    settings: Settings
+    env: Mapping[str, str] | None
+    worker: int
+    tls_context: ssl.SSLContext
+
+    def apply(self, settings: Settings) -> None:
+        """Push the reloadable values into every running component (each one's own ``apply``)."""
+
+
+def reload_gateway(gw: Reloadable, env: Mapping[str, str] | None = None) -> ReloadReport:
+    """Reload *gw* in place. Never raises for bad input."""
     report = ReloadReport()
     old: Settings = gw.settings
     try:
-        new = load_settings(old.source_path, env if env is not None else getattr(gw, "env", None) or os.environ)
+        new = load_settings(old.source_path, env if env is not None else gw.env or os.environ)
     except ConfigError as exc:
         report.error = str(exc)
         new = old
@@ -80,41 +93,15 @@ def reload_gateway(gw: Any, env: Mapping[str, str] | None = None) -> ReloadRepor
         report.error = f"{report.error}\n{exc}" if report.error else str(exc)
         settings = merge_reloadable(old, settings.model_copy(update={"tls": old.tls}), set(report.applied))
         report.applied = [k for k in report.applied if not k.startswith("tls.")]
-    _apply(gw, settings)
+    apply_log_settings(settings.log.level, settings.log.format)
+    gw.apply(settings)
     metrics.reloaded(report.ok)
     if report.error:
         log.error("reload: configuration not (fully) applied; still running with the previous values",
                   extra={"error": report.error})
     log.info("reloaded", extra={"changed": report.applied, "certificate": report.certificate,
-                                "worker": getattr(gw, "worker", 0)})
+                                "worker": gw.worker})
     if report.restart_required:
         log.warning("reload: these settings changed but need a restart: %s", ", ".join(report.restart_required),
                     extra={"restart_required": report.restart_required})
     return report
-
-
-def _apply(gw: Any, s: Settings) -> None:
-    """Push the reloadable values into the running objects (each read per use or per connection)."""
-    gw.settings = s
-    gw.admin.settings = s  # public_url, dns resolver, default verify_certificates for new upstreams
-    apply_log_settings(s.log.level, s.log.format)
-    smtp, d = s.smtp, s.delivery
-    for handler in getattr(gw, "handlers", {}).values():
-        options = getattr(handler, "session_options", None)
-        if options is not None:  # read by the listener's protocol factory on each new connection
-            options["data_size_limit"] = smtp.max_message_size
-            options["timeout"] = smtp.command_timeout
-        handler.data_timeout, handler.max_errors = smtp.data_timeout, smtp.max_errors
-    p = gw.pipeline
-    if tuple((t.network, t.account) for t in smtp.trusted) != p.trusted:
-        p.trusted = tuple((t.network, t.account) for t in smtp.trusted)
-        p.invalidate()
-    p.max_recipients = smtp.max_recipients
-    p.connections.max_total, p.connections.max_per_ip = smtp.max_connections, smtp.max_connections_per_ip
-    p.max_age = d.max_age
-    throttle = p.auth_throttle
-    throttle.max_failures, throttle.lockout, throttle.window = smtp.auth_max_failures, smtp.auth_lockout, smtp.auth_lockout
-    sch = gw.scheduler
-    sch.retry_base, sch.retry_max, sch.poll_interval = d.retry_base, d.retry_max, d.poll_interval
-    for up in gw.router.all_upstreams():
-        up.connect_timeout, up.command_timeout = d.connect_timeout, d.command_timeout

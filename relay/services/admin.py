@@ -66,6 +66,10 @@ def check_email(value: str, field: str = "email") -> str:
 
 
 class Admin:
+    def apply(self, settings: Settings) -> None:
+        """A reload: public_url, the DNS resolver, default verify_certificates for new upstreams."""
+        self.settings = settings
+
     def __init__(self, settings: Settings, store: Store, master_key: MasterKey) -> None:
         self.settings = settings
         self.store = store

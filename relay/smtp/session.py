@@ -19,6 +19,7 @@ import aiosmtpd.smtp
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session, _AuthMechAttr, login_always_fail
 
 from relay.ops import metrics
+from relay.ops.config import SmtpSettings
 from relay.vocab import RelayError
 from relay.submission.pipeline import AUTH_FAILED, RELAY_DENIED, Context, Identity, Pipeline
 from relay.smtp.data import BlockData
@@ -333,6 +334,13 @@ class SubmissionHandler:
         self.session_options: dict[str, Any] = {}  # what new sessions are built with (SIGHUP updates it)
         self.data_timeout = 600.0
         self.max_errors = 20
+
+    def apply(self, smtp: SmtpSettings) -> None:
+        """A reload: the next connections get the new limits and timeouts (open ones keep theirs)."""
+        if self.session_options:  # read by the listener's protocol factory on each new connection
+            self.session_options["data_size_limit"] = smtp.max_message_size
+            self.session_options["timeout"] = smtp.command_timeout
+        self.data_timeout, self.max_errors = smtp.data_timeout, smtp.max_errors
 
     def connected(self, conn: RelaySMTP) -> None:
         self.sessions += 1

@@ -20,6 +20,7 @@ from typing import Any, Callable
 from policies.spec import SIZE, Verdict
 from relay.submission import message as msgs
 from relay.ops import metrics
+from relay.ops.config import Settings
 from relay.cache import TTLCache
 from relay.submission.dkim import DkimKey, SignerCache
 from relay.vocab import (DEFAULT_IP_POOL, POOL_SCOPES, SEND_SCOPES, Context, Identity, RelayError, StoreError,
@@ -128,6 +129,18 @@ class Pipeline:
     async def _load_account(self, name: str) -> Identity:
         acc = await self.runner.read(self.store.directory.get_account, name)
         return Identity(acc.id, acc.name, None, frozenset({"send"}))
+
+    def apply(self, settings: Settings) -> None:
+        """A reload: trusted networks, recipient and connection limits, AUTH throttling, max_age."""
+        smtp = settings.smtp
+        trusted = tuple((t.network, t.account) for t in smtp.trusted)
+        if trusted != self.trusted:
+            self.trusted = trusted
+            self.invalidate()
+        self.max_recipients = smtp.max_recipients
+        self.connections.max_total, self.connections.max_per_ip = smtp.max_connections, smtp.max_connections_per_ip
+        self.max_age = settings.delivery.max_age
+        self.auth_throttle.apply(smtp.auth_max_failures, smtp.auth_lockout)
 
     def invalidate(self) -> None:
         for c in (self._keys, self._aliases, self._domains, self._accounts):
