@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -18,7 +17,7 @@ from policies.spec import PolicyServices
 
 from relay.services import housekeeping as api_tasks
 
-from relay.ops import notify
+from relay.ops import notify, uvicorn_compat
 
 from relay.smtp import session as smtp
 from relay.services.admin import Admin
@@ -43,12 +42,6 @@ from relay.ops.tls import ensure_certificate, server_context
 from relay.ops.workers import WorkerLink, beat_interval, supervise
 
 log = logging.getLogger(__name__)
-
-
-class _Uvicorn(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self):  # the gateway owns the signals
-        yield
 
 
 class Gateway:
@@ -101,7 +94,7 @@ class Gateway:
         self.handlers: dict[str, smtp.SubmissionHandler] = {}
         self.sockets: dict[str, socket.socket] = dict(sockets or {})
         self._upstreams: dict[str, Upstream] = {}
-        self._api: _Uvicorn | None = None
+        self._api: uvicorn_compat.Server | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.stopped = asyncio.Event()
 
@@ -158,7 +151,7 @@ class Gateway:
             host, port = parse_hostport(s.api.listen)
             config = uvicorn.Config(create_app(from_gateway(self)), host=host, port=port, log_level="warning", lifespan="off",
                                     access_log=False)
-            self._api = _Uvicorn(config)
+            self._api = uvicorn_compat.Server(config)  # the gateway owns the signals
             self._tasks.append(asyncio.create_task(self._api.serve(), name="api"))
             while not self._api.started:
                 await asyncio.sleep(0.01)

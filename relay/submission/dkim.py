@@ -12,7 +12,8 @@ usual message (CRLF line endings only, a blank line after the header, every head
 (:func:`_fast_header_data`). Anything else -- bare LF, no blank line, a line without a colon,
 an mbox ``From `` line, a continuation before the first field, odd bytes in a field name --
 goes through dkimpy (``rfc822_parse``, ``canonicalization.Relaxed``, ``select_headers``,
-:func:`_dkimpy_header_data`), which also raises dkimpy's errors for malformed input. The tests
+:func:`_dkimpy_header_data`), which also raises dkimpy's errors for malformed input. Those dkimpy
+internals are reached only through :mod:`relay.submission.dkimpy_compat`. The tests
 check both paths give the same bytes and that sign() is byte for byte the dkimpy-based
 implementation it replaced. The relaxed body canonicalization is a bytes-method rewrite of
 dkimpy's (its regexes cost ~0.1 ms on 4 KB of text), also checked against dkimpy.
@@ -28,15 +29,15 @@ import hashlib
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Union
+from typing import TypeAlias
 
-import dkim as _dkimpy
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
-from dkim.canonicalization import CanonicalizationPolicy, Relaxed, correct_empty_body, strip_trailing_lines
 
-__all__ = ["DkimKey", "Signer", "SignerCache", "SIGNED_HEADERS", "dns_txt_value", "generate_key"]
+from relay.submission import dkimpy_compat
+
+__all__ = ["SIGNED_HEADERS", "DkimKey", "Signer", "SignerCache", "dns_txt_value", "generate_key"]
 
 #: Header fields signed when present (lower case). From is always signed, and oversigned.
 SIGNED_HEADERS: frozenset[bytes] = frozenset(
@@ -50,12 +51,11 @@ SIGNED_HEADERS: frozenset[bytes] = frozenset(
 _ALGORITHMS = {"rsa": b"rsa-sha256", "ed25519": b"ed25519-sha256"}
 _RSA_BITS = 2048
 _MIN_RSA_BITS = 1024  # RFC 8301: verifiers MUST NOT accept less
-_POLICY = CanonicalizationPolicy(Relaxed, Relaxed)
 _PKCS1 = padding.PKCS1v15()
 _PREHASHED_SHA256 = Prehashed(hashes.SHA256())
 _MAX_LINE = 76  # folded signature lines stay under the RFC 5322 78-character limit
 
-_PrivateKey = Union[rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey]
+_PrivateKey: TypeAlias = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 
 
 @dataclass(frozen=True)
@@ -148,9 +148,9 @@ def _split(message: bytes) -> tuple[list[list[bytes]], bytes]:
     when every line ends in CRLF (rfc822_parse would return that body unchanged)."""
     end = message.find(b"\r\n\r\n")
     if end > 0 and message.count(b"\n") == message.count(b"\r\n"):
-        headers, _ = _dkimpy.rfc822_parse(message[: end + 2])
+        headers, _ = dkimpy_compat.parse_message(message[: end + 2])
         return headers, message[end + 4 :]
-    return _dkimpy.rfc822_parse(message)
+    return dkimpy_compat.parse_message(message)
 
 
 def _relaxed_body(body: bytes) -> bytes:
@@ -170,7 +170,7 @@ def _relaxed_body(body: bytes) -> bytes:
             body = body.replace(b"\t", b" ")
         while b"  " in body:
             body = body.replace(b"  ", b" ")
-    return correct_empty_body(strip_trailing_lines(body))
+    return dkimpy_compat.finish_relaxed_body(body)
 
 
 def _relaxed_value(value: bytes) -> bytes:
@@ -240,8 +240,8 @@ def _dkimpy_header_data(message: bytes) -> tuple[list[bytes], bytes, bytes]:
     and ``select_headers``. Raises dkimpy's errors for input it cannot parse."""
     headers, body = _split(message)
     include = [name.lower() for name, _ in headers if name.lower() in SIGNED_HEADERS]
-    canonical = _POLICY.canonicalize_headers(headers)
-    selected = _dkimpy.select_headers(canonical, include + [b"from"])
+    canonical = dkimpy_compat.relaxed_headers(headers)
+    selected = dkimpy_compat.select_headers(canonical, [*include, b"from"])
     return include, b"".join([name + b":" + value for name, value in selected]), body
 
 
@@ -297,7 +297,7 @@ class _Key:
     """A signing key, parsed once, with the folded key-constant start of its signature
     (``v=``, ``a=``, ``c=``, ``d=``, ``s=``) and the column that start ends at."""
 
-    __slots__ = ("selector", "algorithm", "a_tag", "private_key", "prefix", "prefix_col")
+    __slots__ = ("a_tag", "algorithm", "prefix", "prefix_col", "private_key", "selector")
 
     def __init__(self, key: DkimKey, d: bytes) -> None:
         self.selector = _token(key.selector, "selector")
@@ -323,7 +323,7 @@ class _Key:
 class Signer:
     """Keys are parsed once at construction; sign() is then cheap and thread-safe."""
 
-    __slots__ = ("domain", "_d", "_keys")
+    __slots__ = ("_d", "_keys", "domain")
 
     def __init__(self, domain: str, keys: list[DkimKey]) -> None:
         if not keys:
