@@ -3,43 +3,42 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import os
 import signal
 import socket
 import sys
-import datetime as dt
 from typing import Any, Callable
 
 import uvicorn
 
 from policies.spec import PolicyServices
-
-from relay.services import housekeeping as api_tasks
-
-from relay.ops import notify, uvicorn_compat
-
-from relay.smtp import session as smtp
-from relay.services.admin import Admin
 from relay.api.app import create_app
 from relay.api.deps import from_gateway
-from relay.events.webhooks import WebhookService
-from relay.ops.config import Settings, parse_hostport
 from relay.delivery.active import ActiveQueue
 from relay.delivery.journal import DotJournal
-from relay.events.bounces import Bouncer
 from relay.delivery.router import Router
 from relay.delivery.scheduler import Scheduler
 from relay.delivery.upstream import Upstream
-from relay.services.upstreams import connection, upstream_config
-from relay.submission.pipeline import Pipeline
-from relay.submission.policyset import load as load_policies
-from relay.secrets import load_or_create_master_key
-from relay.store import Store, node_id, utcnow
-from relay.store.runner import DbRunner
-from relay.throttle import AuthThrottle, ConnectionLimits
+from relay.events.bounces import Bouncer
+from relay.events.webhooks import WebhookService
+from relay.ops import notify, uvicorn_compat
+from relay.ops.config import Settings, parse_hostport
 from relay.ops.tls import ensure_certificate, server_context
 from relay.ops.workers import WorkerLink, beat_interval, supervise
+from relay.secrets import load_or_create_master_key
+from relay.services import housekeeping
+from relay.services.admin import Admin
+from relay.services.upstreams import connection, upstream_config
+from relay.smtp import session as smtp
+from relay.store import Store, node_id, utcnow
+from relay.store.runner import DbRunner
+from relay.submission import dkimpy_compat
+from relay.submission.pipeline import Pipeline
+from relay.submission.policyset import load as load_policies
+from relay.throttle import AuthThrottle, ConnectionLimits
+from relay.vocab import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +135,7 @@ class Gateway:
     async def start(self) -> None:
         self.load_upstreams()
         self.pipeline.start()
-        self._tasks += api_tasks.start(self)  # webhook deliveries, DKIM rotation (before outcomes flow)
+        self._tasks += housekeeping.start(self)  # webhook deliveries, DKIM rotation (before outcomes flow)
         await self.scheduler.start()
         if not self.sockets:
             self.bind()
@@ -296,6 +295,19 @@ def _event_loop_policy() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+COMPAT_CHECKS = (dkimpy_compat.check, uvicorn_compat.check)
+
+
+def check_libraries() -> None:
+    """Refuse to start on a version of a library whose internals Relay uses but was not written for
+    (each compat module names the library, the installed version and the range it supports)."""
+    for check in COMPAT_CHECKS:
+        try:
+            check()
+        except RuntimeError as exc:
+            raise ConfigError(str(exc)) from None
+
+
 def run(settings: Settings) -> int:
     """``relay serve``: one process, or ``smtp.workers`` forked processes sharing the listeners.
 
@@ -303,6 +315,7 @@ def run(settings: Settings) -> int:
     binds the listening sockets, forks, and forwards SIGTERM/SIGINT to the workers. Each worker has
     its own delivery scheduler and store connections; worker 0 also serves the HTTP API.
     """
+    check_libraries()
     n = settings.smtp.workers
     _event_loop_policy()
     # The store thread hands each group commit back through the event loop's thread: a short switch
