@@ -7,7 +7,6 @@ objects, so results cross threads safely. Secrets arrive here already encrypted.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -16,102 +15,19 @@ from sqlalchemy.orm import Session, sessionmaker
 from relay.vocab import Conflict, NotFound
 from relay.store import aware, new_id, utcnow
 from relay.store import models as m
-
-
-@dataclass(frozen=True)
-class AccountRec:
-    id: str
-    name: str
-    created_at: dt.datetime
-
-
-@dataclass(frozen=True)
-class KeyRec:
-    id: str
-    account_id: str
-    account_name: str
-    key_hash: str = field(repr=False)
-    scopes: frozenset[str]
-    name: str | None
-    created_at: dt.datetime
-    revoked: bool
-
-
-@dataclass(frozen=True)
-class DkimKeyRec:
-    id: str
-    selector: str
-    algorithm: str
-    private_key_enc: str = field(repr=False)
-    public_txt: str
-    active: bool
-    status: str = "active"  # pending | active | retiring (see DkimKey)
-    retire_at: dt.datetime | None = None
-
-
-@dataclass(frozen=True)
-class DomainRec:
-    id: str
-    account_id: str
-    name: str
-    verification_token: str
-    verified: bool
-    created_at: dt.datetime
-    keys: tuple[DkimKeyRec, ...] = ()
-
-
-@dataclass(frozen=True)
-class UpstreamRec:
-    id: str
-    name: str
-    ip_pool: str
-    host: str
-    port: int
-    username: str | None
-    password_enc: str | None = field(repr=False)
-    encryption: str
-    verify_tls: bool
-    priority: int
-    weight: int
-    max_connections: int | None
-    is_active: bool
-    created_at: dt.datetime
-
-
-@dataclass(frozen=True)
-class AliasRec:
-    id: str
-    account_id: str
-    email: str
-    name: str | None
-    ip_pool: str
-    is_default: bool
-    verified: bool
-    created_at: dt.datetime
-
-
-def _account(r: m.Account) -> AccountRec:
-    return AccountRec(r.id, r.name, aware(r.created_at))
-
-
-def _key(r: m.ApiKey, account_name: str) -> KeyRec:
-    return KeyRec(r.id, r.account_id, account_name, r.key_hash, frozenset(filter(None, r.scopes.split(","))),
-                  r.name, aware(r.created_at), r.revoked_at is not None)
-
-
-def _dkim(r: m.DkimKey) -> DkimKeyRec:
-    return DkimKeyRec(r.id, r.selector, r.algorithm, r.private_key_enc, r.public_txt, r.active, r.status,
-                      aware(r.retire_at))
-
-
-def _upstream(r: m.Upstream) -> UpstreamRec:
-    return UpstreamRec(r.id, r.name, r.ip_pool, r.host, r.port, r.username, r.password_enc, r.encryption,
-                       r.verify_tls, r.priority, r.weight, r.max_connections, r.is_active, aware(r.created_at))
-
-
-def _alias(r: m.Alias) -> AliasRec:
-    return AliasRec(r.id, r.account_id, r.email, r.name, r.ip_pool, r.is_default, r.verified_at is not None,
-                    aware(r.created_at))
+from relay.store.records import (  # the records are the directory's vocabulary: importable from here too
+    AccountRec,
+    AliasRec,
+    DkimKeyRec,  # noqa: F401
+    DomainRec,
+    KeyRec,
+    UpstreamRec,
+    _account,
+    _alias,
+    _dkim,
+    _key,
+    _upstream,
+)
 
 
 def _ensure_pool(s: Session, name: str) -> None:
