@@ -1,5 +1,6 @@
-"""The quota policy's administration (``relay quota``, ``GET /api/v1/usage``'s limits): for the sysadmin, which target a request names, what a limit given as text
-means, and usage today against the effective limits (stored, or the ``[policies.quota]`` defaults).
+"""The quota policy's administration (``relay quota``, ``GET /api/v1/usage``'s limits): for the
+sysadmin, which target a request names, what a limit given as text means, and usage today
+against the effective limits (stored, or the ``[policies.quota]`` defaults).
 
 The limits are the quota policy's own (:mod:`policies.quota_rules` merges them exactly as the
 policy does); one unit is one recipient. Synchronous: the CLI calls it directly.

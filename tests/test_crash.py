@@ -106,7 +106,7 @@ class Node:
                 _, w = await asyncio.open_connection("127.0.0.1", self.submission)
             except OSError:
                 if loop.time() > deadline:
-                    raise AssertionError(f"relay serve did not listen in time: {self.log()}")
+                    raise AssertionError(f"relay serve did not listen in time: {self.log()}") from None
                 await asyncio.sleep(0.05)
                 continue
             w.close()

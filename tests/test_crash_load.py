@@ -21,7 +21,6 @@ import uuid
 from collections import Counter
 
 import aiosmtplib
-import pytest
 from aiosmtpd.smtp import SMTP as AioSMTP, Envelope, Session
 
 from tests.conftest import Sink

@@ -74,7 +74,7 @@ async def test_kill9_while_the_dot_marker_is_being_written_delivers_exactly_once
                 await asyncio.sleep(0.005)
             n.kill9()
             # the dot went before the marker: the upstream has (or is reading) the message already
-            await wait_for(lambda: counts(sink, [mid])[mid] == 1, timeout=5)
+            await wait_for(lambda mid=mid: counts(sink, [mid])[mid] == 1, timeout=5)
             await asyncio.to_thread(_sql, pg_url, "DROP TRIGGER relay_test_stall ON recipients")  # waits for the stall
             await n.start()
             await wait_settled(n)

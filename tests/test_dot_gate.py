@@ -11,7 +11,6 @@ real process stalls at the moment the journal record is prepared, then is SIGKIL
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
 import ssl

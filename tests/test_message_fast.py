@@ -12,7 +12,6 @@ import email._parseaddr
 import email.utils
 import functools
 import random
-import time
 from unittest import mock
 
 import pytest

@@ -17,7 +17,6 @@ from types import SimpleNamespace
 import aiosmtplib
 import pytest
 
-from policies.limits import LimitsPolicy
 from policies.spec import HOOKS, SIZE, PolicySpec
 from relay.vocab import ConfigError
 from relay.submission.policyset import load as load_policies

@@ -120,7 +120,10 @@ def test_suppression_import_and_export_round_trip(site):
     assert (r.code, r.out) == (0, "4 added, 0 updated on the suppression list of other\n")
     theirs = relay(site, "suppression", "list", "--account", "other", "--json").json()
     ours = relay(site, "suppression", "list", "--account", "acme", "--json").json()
-    strip = lambda es: sorted((e["email"], e["reason"], e["expires_at"], e["detail"]) for e in es)
+
+    def strip(es):
+        return sorted((e["email"], e["reason"], e["expires_at"], e["detail"]) for e in es)
+
     assert strip(theirs) == strip(ours)
 
 

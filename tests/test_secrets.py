@@ -167,7 +167,8 @@ def test_api_key_generate_parse_verify():
 
 @pytest.mark.parametrize(
     "value",
-    ["", "rk_", "rk_ab12cd34", "rk_ab12cd34_", "xx_ab12cd34_" + "a" * 43, "rk_AB12CD34_" + "a" * 43, "rk_ab12cd34_" + "a" * 42, "rk_ab12cd34_" + "!" * 43],
+    ["", "rk_", "rk_ab12cd34", "rk_ab12cd34_", "xx_ab12cd34_" + "a" * 43, "rk_AB12CD34_" + "a" * 43,
+     "rk_ab12cd34_" + "a" * 42, "rk_ab12cd34_" + "!" * 43],
 )
 def test_parse_api_key_rejects(value):
     assert parse_api_key(value) is None

@@ -1,5 +1,4 @@
 import aiosmtplib
-import pytest
 
 from tests.conftest import port_of, provision, wait_for
 

@@ -8,8 +8,9 @@ thing that loses it, and then the worst case is a duplicate, never a loss.
 
 The record is written right AFTER the dot is committed - from then on even a crash sends it - and
 before it is uncorked (see relay.delivery.upstream._DotGate): a crash between the two system calls
-can at worst send a second copy, never drop a message that was marked as sent. Each record names the recipient's attempt number; at start, :meth:`Queue.recover` resolves
-a record only while the store still shows that attempt unfinished, so records of attempts whose
+can at worst send a second copy, never drop a message that was marked as sent. Each record names
+the recipient's attempt number; at start, :meth:`Queue.recover` resolves a record only while the
+store still shows that attempt unfinished, so records of attempts whose
 outcome was written (delivered, or deferred by a 4xx after the dot) never count twice.
 
 Files are per owner (node and worker): ``<dir>/<owner>.<generation>.dots``. A generation is

@@ -19,7 +19,7 @@ import hashlib
 import hmac
 import logging
 import time
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import httpx
 
@@ -28,7 +28,7 @@ from relay.delivery.policy import backoff
 from relay.secrets import MasterKey
 from relay.store import Store, utcnow
 from relay.store.runner import DbRunner
-from relay.store.webhooks import Attempt, Result, Subscriptions, WebhookStore
+from relay.store.webhooks import Attempt, Result, Subscriptions
 
 log = logging.getLogger(__name__)
 

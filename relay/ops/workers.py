@@ -36,76 +36,96 @@ class WorkerLink:
             pass
 
 
+class _Supervisor:
+    """The parent's state: the workers alive, those that said ready, their last heartbeats."""
+
+    def __init__(self, pids: dict[int, int], beat: float | None) -> None:
+        self.n = len(pids)
+        self.alive = dict(pids)
+        self.beat = beat
+        self.ready: set[int] = set()
+        self.beats: dict[int, float] = {}
+        self.stopping = False
+        self.status = 0
+        self.announced = False
+        self.last_ping = 0.0
+
+    def forward(self, signum: int) -> None:
+        for pid, index in self.alive.items():
+            if signum != signal.SIGHUP or index in self.ready:
+                try:
+                    os.kill(pid, signum)
+                except ProcessLookupError:
+                    pass
+
+    def on_stop(self, signum: int, _frame: Any) -> None:
+        if not self.stopping:
+            self.stopping = True
+            notify("STOPPING=1")
+        self.forward(signum)
+
+    def on_hup(self, signum: int, _frame: Any) -> None:
+        self.forward(signum)
+
+    def heard(self, indexes: bytes, now: float) -> None:
+        """Bytes from the workers' pipe: each is a worker index saying ready / alive."""
+        for index in indexes:
+            self.ready.add(index)
+            self.beats[index] = now
+        if not self.announced and len(self.ready) == self.n and not self.stopping:
+            self.announced = notify("READY=1", f"STATUS=Relay: {self.n} workers serving") or True
+
+    def ping_watchdog(self, now: float) -> None:
+        beat = self.beat
+        if beat and self.announced and now - self.last_ping >= beat:
+            if all(now - self.beats.get(i, 0.0) < 2 * beat for i in self.alive.values()):
+                notify("WATCHDOG=1")
+                self.last_ping = now
+
+    def reap(self) -> None:
+        """Collect exited workers; one that exits unexpectedly stops the others."""
+        while self.alive:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.alive.clear()
+                return
+            if pid == 0:
+                return
+            index = self.alive.pop(pid, None)
+            code = os.waitstatus_to_exitcode(status)
+            if code:
+                self.status = self.status or (code if code > 0 else 1)
+            if not self.stopping:
+                log.error("worker exited unexpectedly; stopping the others", extra={"worker": index, "status": code})
+                self.stopping = True
+                self.status = self.status or 1
+                notify("STOPPING=1")
+                self.forward(signal.SIGTERM)
+
+
 def supervise(pids: dict[int, int], read_fd: int, *, beat: float | None) -> int:
     """Run the parent until every worker has exited; returns the exit status for ``relay serve``.
 
     *pids* maps child pid -> worker index; *beat* is the heartbeat interval the workers were given
     (the watchdog interval, None without a watchdog).
     """
-    n = len(pids)
-    alive = dict(pids)
-    ready: set[int] = set()
-    beats: dict[int, float] = {}
-    state = {"stopping": False, "status": 0}
-
-    def forward(signum: int) -> None:
-        for pid, index in alive.items():
-            if signum != signal.SIGHUP or index in ready:
-                try:
-                    os.kill(pid, signum)
-                except ProcessLookupError:
-                    pass
-
-    def on_stop(signum: int, _frame: Any) -> None:
-        if not state["stopping"]:
-            state["stopping"] = True
-            notify("STOPPING=1")
-        forward(signum)
-
-    def on_hup(signum: int, _frame: Any) -> None:
-        forward(signum)
-
-    signal.signal(signal.SIGTERM, on_stop)
-    signal.signal(signal.SIGINT, on_stop)
-    signal.signal(signal.SIGHUP, on_hup)
-    announced = False
-    last_ping = 0.0
-    while alive:
+    sup = _Supervisor(pids, beat)
+    signal.signal(signal.SIGTERM, sup.on_stop)
+    signal.signal(signal.SIGINT, sup.on_stop)
+    signal.signal(signal.SIGHUP, sup.on_hup)
+    while sup.alive:
         try:
             readable, _, _ = select.select([read_fd], [], [], min(beat or 1.0, 1.0))
         except InterruptedError:  # pragma: no cover - PEP 475 retries
             readable = []
         now = time.monotonic()
         if readable:
-            for index in os.read(read_fd, 4096):
-                ready.add(index)
-                beats[index] = now
-        if not announced and len(ready) == n and not state["stopping"]:
-            announced = notify("READY=1", f"STATUS=Relay: {n} workers serving") or True
-        if beat and announced and now - last_ping >= beat:
-            if all(now - beats.get(i, 0.0) < 2 * beat for i in alive.values()):
-                notify("WATCHDOG=1")
-                last_ping = now
-        while alive:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                alive.clear()
-                break
-            if pid == 0:
-                break
-            index = alive.pop(pid, None)
-            code = os.waitstatus_to_exitcode(status)
-            if code:
-                state["status"] = state["status"] or (code if code > 0 else 1)
-            if not state["stopping"]:
-                log.error("worker exited unexpectedly; stopping the others", extra={"worker": index, "status": code})
-                state["stopping"] = True
-                state["status"] = state["status"] or 1
-                notify("STOPPING=1")
-                forward(signal.SIGTERM)
+            sup.heard(os.read(read_fd, 4096), now)
+        sup.ping_watchdog(now)
+        sup.reap()
     os.close(read_fd)
-    return int(state["status"])
+    return sup.status
 
 
 def beat_interval() -> float | None:

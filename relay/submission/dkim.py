@@ -342,7 +342,8 @@ class Signer:
         return f"Signer(domain={self.domain!r}, keys=[{keys}])"
 
     def sign(self, message: bytes) -> bytes:
-        """Return the DKIM-Signature header field(s) to PREPEND to message, CRLF-terminated, one per key, in the order of keys. The message uses CRLF line endings."""
+        """Return the DKIM-Signature header field(s) to PREPEND to message, CRLF-terminated, one per
+        key, in the order of keys. The message uses CRLF line endings."""
         include, data, bh = _prepare(message)
         tokens = [(b" ", b"t=" + str(int(time.time())).encode("ascii") + b";"), (b" ", b"h=" + include[0] + b":")]
         tokens += [(b"", name + b":") for name in include[1:-1]]
