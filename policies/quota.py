@@ -72,7 +72,7 @@ class QuotaPolicy:
         ident = ctx.identity
         if ident is None:
             return []
-        pool = ctx.pool
+        pool = ctx.ip_pool
         pairs = targets(ident.account_id, ident.key_id, ctx.alias.id if ctx.alias else None, pool)
         names = tuple(t for _, t in pairs)
         rows = await self._limits.get(names, lambda: self.services.runner.read(self.store.limits, names))

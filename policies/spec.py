@@ -53,7 +53,7 @@ Front doors
 Context
     ``ctx`` is a :class:`relay.submission.pipeline.Context`, the same for SMTP and HTTP: ``listener``
     (``submission``, ``smtps``, ``relay``, ``api``), ``peer``, ``identity`` (account id and name,
-    API key id, scopes), ``alias`` (the verified sender alias; ``ctx.pool`` is its IP pool),
+    API key id, scopes), ``alias`` (the verified sender alias; ``ctx.ip_pool`` is its IP pool),
     ``mail_from``, ``recipients`` (those accepted so far), ``sandbox`` and ``extra``, a dict for
     the transaction's state. Policies keep their per-transaction state in ``ctx.extra`` under their
     own name. Keys set by the pipeline:

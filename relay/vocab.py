@@ -67,8 +67,14 @@ class Context:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def pool(self) -> str | None:
+    def ip_pool(self) -> str | None:
+        """The IP pool of the sender's alias (None before MAIL)."""
         return self.alias.ip_pool if self.alias else None
+
+    @property
+    def pool(self) -> str | None:
+        """The former name of :attr:`ip_pool`, kept for third-party policies."""
+        return self.ip_pool
 
 
 class RelayError(Exception):

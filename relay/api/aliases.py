@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from relay.api.common import PREFIX, Body, Ok, check_id, errors, iso, line, refusals
 from relay.api.deps import AliasesKey, DirectoryDep
 from relay.store.directory import AliasRec
-from relay.submission.pipeline import DEFAULT_POOL
+from relay.vocab import DEFAULT_IP_POOL
 from relay.vocab import NotFound
 
 router = APIRouter(prefix=PREFIX, tags=["aliases"])
@@ -48,7 +48,7 @@ class AliasIn(Body):
     email: line(320)
     name: line(200) | None = None
     is_default: bool = False
-    ip_pool: line(100) = Field(default=DEFAULT_POOL)
+    ip_pool: line(100) = Field(default=DEFAULT_IP_POOL)
 
 
 class AliasPatch(BaseModel):

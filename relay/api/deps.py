@@ -28,7 +28,8 @@ from relay.services.upstreams_api import UpstreamAdmin
 from relay.store import Store
 from relay.store.directory import UpstreamRec
 from relay.store.runner import DbRunner
-from relay.submission.pipeline import SEND_SCOPES, Identity, Pipeline
+from relay.submission.pipeline import Pipeline
+from relay.vocab import Identity, SEND_SCOPES
 from relay.vocab import RelayError
 
 

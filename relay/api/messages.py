@@ -29,7 +29,7 @@ from relay.api.common import (
 from relay.api.deps import AnyKey, Services
 from relay.store.queue import STATES
 from relay.store.tracking import TrackedMessage, Tracking
-from relay.submission.pipeline import Identity
+from relay.vocab import Identity
 from relay.vocab import NotFound
 
 Status = Literal[STATES]  # type: ignore[valid-type]

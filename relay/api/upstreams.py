@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from relay.api.common import PREFIX, Body, Ok, check_id, errors, iso, line, refusals
 from relay.api.deps import AdminKey, UpstreamsDep
 from relay.store.directory import UpstreamRec
-from relay.submission.pipeline import DEFAULT_POOL
+from relay.vocab import DEFAULT_IP_POOL
 
 router = APIRouter(prefix=PREFIX, tags=["smtp-pools"])
 NOT_FOUND = "SMTP pool not found"
@@ -57,7 +57,7 @@ class PoolIn(Body):
     username: line(400) | None = None
     password: line(1000) | None = None
     encryption: ENCRYPTION
-    ip_pool: line(100) = Field(default=DEFAULT_POOL)
+    ip_pool: line(100) = Field(default=DEFAULT_IP_POOL)
     priority: int = Field(default=0, ge=-1000, le=1000)
     weight: int = Field(default=1, ge=1, le=1000)
     max_connections: int | None = Field(default=None, ge=1, le=1000)

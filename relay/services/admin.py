@@ -18,7 +18,7 @@ from relay.store import Store, utcnow
 from relay.store.directory import AliasRec, DomainRec, KeyRec, UpstreamRec
 from relay.store.queue import NewMessage
 from relay.submission import dkim, message
-from relay.submission.pipeline import DEFAULT_POOL, new_queue_id
+from relay.vocab import DEFAULT_IP_POOL, new_queue_id
 from relay.vocab import Conflict, Forbidden, Invalid, NotFound
 
 SCOPES = ("send", "send:transactional", "send:marketing", "sandbox", "aliases", "admin")
@@ -190,7 +190,7 @@ class Admin:
         return self.master_key.decrypt_str(rec.password_enc, aad=rec.name) if rec.password_enc else None
 
     # -- aliases --------------------------------------------------------------------------------
-    def add_alias(self, email: str, *, account: str, ip_pool: str = DEFAULT_POOL, name: str | None = None,
+    def add_alias(self, email: str, *, account: str, ip_pool: str = DEFAULT_IP_POOL, name: str | None = None,
                   is_default: bool = False) -> tuple[AliasRec, str]:
         """Create an unverified alias and queue its verification email. Returns (alias, queue id)."""
         email = check_email(email)
@@ -218,7 +218,7 @@ class Admin:
                                                  link=self.verification_link(token), queue_id=queue_id)
         now = utcnow()
         self.store.queue.enqueue([NewMessage(
-            id=queue_id, ip_pool=DEFAULT_POOL, mail_from=sender, body=raw, recipients=[alias.email],
+            id=queue_id, ip_pool=DEFAULT_IP_POOL, mail_from=sender, body=raw, recipients=[alias.email],
             created_at=now, expires_at=now + dt.timedelta(seconds=self.settings.delivery.max_age),
             account_id=alias.account_id, source="system", subject="Verify your sending address")])
         return queue_id

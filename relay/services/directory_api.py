@@ -16,7 +16,7 @@ from typing import Any
 from relay.services.admin import Admin, DnsRecord
 from relay.store.directory import AliasRec, Directory, DomainRec, KeyRec
 from relay.store.runner import DbRunner
-from relay.submission.pipeline import Identity
+from relay.vocab import Identity
 from relay.vocab import Invalid, NotFound
 
 DomainView = tuple[DomainRec, list[DnsRecord]]  # a domain with the DNS records to publish

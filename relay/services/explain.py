@@ -16,7 +16,8 @@ from typing import Any, Sequence
 from policies.spec import DRY_RUN, PolicyServices, Verdict
 from relay.ops.config import Settings
 from relay.vocab import Invalid, NotFound, RelayError
-from relay.submission.pipeline import SEND_SCOPES, Context, Identity, Pipeline
+from relay.submission.pipeline import Pipeline
+from relay.vocab import Context, Identity, SEND_SCOPES
 from relay.submission.policyset import PolicySet
 from relay.submission.policyset import load as load_policies
 from relay.secrets import parse_api_key, verify_api_key

@@ -33,14 +33,11 @@ from relay.submission.pipeline import (
     IDEMPOTENT,
     METADATA,
     QUEUED,
-    SEND_SCOPES,
     SUPPRESSED,
     TAGS,
-    Context,
-    Identity,
     Pipeline,
 )
-from relay.vocab import Forbidden, Invalid, NotFound, RelayError
+from relay.vocab import SEND_SCOPES, Context, Forbidden, Identity, Invalid, NotFound, RelayError
 
 # The pipeline's limit for one HTTP send, split as the seeds' request does: to, cc, bcc.
 MAX_TO = API_MAX_RECIPIENTS // 2

@@ -37,7 +37,6 @@ from relay.throttle import AuthThrottle, ConnectionLimits
 
 log = logging.getLogger(__name__)
 
-DEFAULT_POOL = DEFAULT_IP_POOL
 
 AUTH_FAILED = RelayError(535, "5.7.8", "Authentication credentials invalid", http_status=401)
 AUTH_REQUIRED = RelayError(530, "5.7.0", "Authentication required", http_status=401)
@@ -333,7 +332,7 @@ class Pipeline:
         """System mail (alias verification, DSNs): default pool, no alias, no policies."""
         queue_id = new_queue_id(False)
         await self.commit(NewMessage(
-            id=queue_id, ip_pool=DEFAULT_POOL, mail_from=sender if mail_from is None else mail_from, body=raw,
+            id=queue_id, ip_pool=DEFAULT_IP_POOL, mail_from=sender if mail_from is None else mail_from, body=raw,
             recipients=recipients, created_at=self.clock(), expires_at=self.clock(), account_id=account_id,
             source=source))
         return queue_id
