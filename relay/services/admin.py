@@ -166,7 +166,8 @@ class Admin:
     # -- upstreams ----------------------------------------------------------------------------
     def add_upstream(self, *, name: str, ip_pool: str, host: str, port: int, encryption: str,
                      username: str | None = None, password: str | None = None, verify_tls: bool | None = None,
-                     priority: int = 0, weight: int = 1, max_connections: int | None = None) -> UpstreamRec:
+                     priority: int = 0, weight: int = 1, max_connections: int | None = None,
+                     is_active: bool = True) -> UpstreamRec:
         check_upstream_name(name)
         check_name(ip_pool, "ip_pool")
         if encryption not in ENCRYPTIONS:
@@ -181,7 +182,7 @@ class Admin:
         return self.directory.add_upstream(
             name=name, ip_pool=ip_pool, host=host, port=port, encryption=encryption, username=username,
             password_enc=enc, verify_tls=self.settings.delivery.verify_certificates if verify_tls is None else verify_tls,
-            priority=priority, weight=weight, max_connections=max_connections)
+            priority=priority, weight=weight, max_connections=max_connections, is_active=is_active)
 
     def remove_upstream(self, name_or_id: str) -> None:
         self.directory.remove_upstream(name_or_id)

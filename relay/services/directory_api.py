@@ -94,14 +94,13 @@ class AccountDirectory:
     async def remove_domain(self, ident: Identity, domain_id: str) -> None:
         """Conflict while aliases of the domain exist."""
         rec = await self._own_domain(ident, domain_id)
-        await self.runner.write(self.directory.remove_domain, rec.name)
+        await self.runner.write(self.admin.remove_domain, rec.name)
         self.invalidate()
 
     async def verify_domain(self, ident: Identity, domain_id: str) -> DomainView:
         """The verification TXT record (Invalid naming what was found), and a pending DKIM rotation."""
         rec = await self._own_domain(ident, domain_id)
-        await asyncio.to_thread(self.admin.verify_domain, rec.name)
-        rec = await asyncio.to_thread(self.admin.check_dkim_rotation, rec.name)
+        rec = await asyncio.to_thread(self.admin.verify_domain_and_keys, rec.name)
         self.invalidate()
         return self._view(rec)
 
@@ -120,8 +119,5 @@ class AccountDirectory:
         return created
 
     async def revoke_key(self, ident: Identity, key_id: str) -> None:
-        rec = await self.runner.read(self.directory.find_api_key, key_id)
-        if rec is None or rec.account_id != ident.account_id:
-            raise NotFound(key_id)
-        await self.runner.write(self.directory.revoke_api_key, key_id)
+        await self.runner.write(self.admin.revoke_key, key_id, account_id=ident.account_id)
         self.invalidate()

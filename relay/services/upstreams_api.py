@@ -43,11 +43,9 @@ class UpstreamAdmin:
             raise NotFound(upstream_id)
         return rec
 
-    async def add(self, *, is_active: bool = True, **fields: Any) -> UpstreamRec:
+    async def add(self, **fields: Any) -> UpstreamRec:
         """A new upstream (``fields``: :meth:`Admin.add_upstream`'s); its password stored encrypted."""
         rec: UpstreamRec = await self.runner.write(self.admin.add_upstream, **fields)
-        if not is_active:
-            rec = await self.runner.write(self.directory.update_upstream, rec.id, is_active=False)
         await self._reload()
         return rec
 
@@ -62,7 +60,7 @@ class UpstreamAdmin:
 
     async def remove(self, upstream_id: str) -> None:
         rec = await self.get(upstream_id)
-        await self.runner.write(self.directory.remove_upstream, rec.id)
+        await self.runner.write(self.admin.remove_upstream, rec.id)
         await self._reload()
 
     async def probe(self, upstream_id: str) -> dict[str, Any]:

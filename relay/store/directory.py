@@ -181,7 +181,8 @@ class Directory:
 
     def add_upstream(self, *, name: str, ip_pool: str, host: str, port: int, encryption: str,
                      username: str | None, password_enc: str | None, verify_tls: bool = True,
-                     priority: int = 0, weight: int = 1, max_connections: int | None = None) -> UpstreamRec:
+                     priority: int = 0, weight: int = 1, max_connections: int | None = None,
+                     is_active: bool = True) -> UpstreamRec:
         with self._sessions.begin() as s:
             if s.scalar(sa.select(m.Upstream.id).where(m.Upstream.name == name)):
                 raise Conflict(f"upstream {name!r} exists already")
@@ -189,7 +190,7 @@ class Directory:
             row = m.Upstream(id=new_id("smtp"), name=name, ip_pool=ip_pool, host=host, port=port,
                              username=username, password_enc=password_enc, encryption=encryption,
                              verify_tls=verify_tls, priority=priority, weight=weight,
-                             max_connections=max_connections, is_active=True, created_at=utcnow())
+                             max_connections=max_connections, is_active=is_active, created_at=utcnow())
             s.add(row)
             return _upstream(row)
 
