@@ -161,3 +161,25 @@ async def test_an_unreachable_upstream_fails_its_test_through_cli_and_api(api: A
     r = await relay(api, "upstream", "remove", "gone", "--json")
     assert r.code == EXIT_OK and r.json() == {"success": True, "removed": "gone"}
     assert (await api.client.get(f"/api/v1/smtp-pools/{rec.id}")).status_code == NOT_FOUND
+
+
+# -- suppression with reason complaint: relay.services.suppressions.store_entries --------------------------
+async def test_a_complaint_raises_the_complained_event_through_cli_and_api(api: Api):
+    from tests.api_support import Receiver
+    from tests.conftest import wait_for
+
+    api.gw.webhooks.poll_interval = 0.05
+    receiver = Receiver()
+    await receiver.start()
+    try:
+        resp = await api.client.post("/api/v1/webhooks", json={"url": receiver.url, "events": ["complained"]})
+        assert resp.status_code == OK, resp.text
+        r = await relay(api, "suppression", "add", "cli@dest.org", "--account", api.p.account, "--reason", "complaint")
+        assert r.code == EXIT_OK, r.err
+        resp = await api.client.post("/api/v1/suppressions", json={"email": "api@dest.org", "reason": "complaint"})
+        assert resp.status_code == OK, resp.text
+        await wait_for(lambda: len(receiver.received) == 2)
+        got = sorted((h.json["type"], h.json["data"]["recipient"]) for h in receiver.received)
+        assert got == [("complained", "api@dest.org"), ("complained", "cli@dest.org")]
+    finally:
+        await receiver.stop()

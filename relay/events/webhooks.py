@@ -97,6 +97,10 @@ class WebhookService:
         if await self.runner.write(self.store.enqueue_events, subs, account_id, event, list(items)):
             self._poke()
 
+    def wake(self) -> None:
+        """Events were queued in the store by another path: look at the queue now."""
+        self._poke()
+
     def _poke(self) -> None:
         if self._loop is not None and self._wake is not None:
             self._loop.call_soon_threadsafe(self._wake.set)

@@ -130,6 +130,18 @@ def _list(store: Store) -> Suppressions:
     return Suppressions(store.sessions, store.reads)
 
 
+def store_entries(store: Store, account_id: str, entries: list[NewSuppression], now: dt.datetime) -> tuple[int, int]:
+    """The one way entries get on a list (CLI, CSV import, API): stored, and each ``complaint`` raises
+    the account's ``complained`` webhook event (queued in the store: the gateway's webhook worker
+    delivers it, whichever process added the entry). Returns (added, updated)."""
+    added, updated = _list(store).add(account_id, entries, now)
+    complaints = [{"recipient": e.address, "detail": e.detail} for e in entries if e.reason == "complaint"]
+    if complaints:
+        outbox = store.webhook_outbox.webhooks
+        outbox.enqueue_events(outbox.subscriptions(), account_id, "complained", complaints, now)
+    return added, updated
+
+
 def add(store: Store, account: str, emails: Iterable[str], *, reason: str = "manual", expires: str | None = None,
         detail: str | None = None) -> tuple[Changed, list[str]]:
     """Add addresses to the account's list (or update their entries). Returns what changed and the
@@ -138,7 +150,7 @@ def add(store: Store, account: str, emails: Iterable[str], *, reason: str = "man
     now = utcnow()
     addrs = [address(e) for e in emails]
     expires_at = parse_expiry(expires, now)
-    added, updated = _list(store).add(acc.id, [NewSuppression(a, reason, detail, expires_at) for a in addrs], now)
+    added, updated = store_entries(store, acc.id, [NewSuppression(a, reason, detail, expires_at) for a in addrs], now)
     return Changed(acc.name, added, updated), addrs
 
 
@@ -160,7 +172,7 @@ def import_csv(store: Store, account: str, text: str, *, default_reason: str = "
     """All rows or none: a bad row stops the import before anything is stored."""
     acc = store.directory.get_account(account)
     now = utcnow()
-    added, updated = _list(store).add(acc.id, read_csv(text, default_reason, now), now)
+    added, updated = store_entries(store, acc.id, read_csv(text, default_reason, now), now)
     return Changed(acc.name, added, updated)
 
 
@@ -177,8 +189,9 @@ _EPOCH = dt.datetime.min.replace(tzinfo=dt.UTC)
 class SuppressionList:
     def __init__(self, runner: DbRunner, store: Store, webhooks: WebhookService) -> None:
         self.runner = runner
+        self.relay_store = store
         self.store = Suppressions(store.sessions, store.reads)
-        self.webhooks = webhooks
+        self.webhooks = webhooks  # woken after a complaint, so its event goes out at once
 
     async def entries(self, account_id: str, *, reason: str | None, limit: int) -> list[SuppressionRec]:
         """The active entries, newest first."""
@@ -193,11 +206,11 @@ class SuppressionList:
             raise Invalid(str(exc), "email") from None
         if expires_at is not None and expires_at.tzinfo is None:
             expires_at = expires_at.replace(tzinfo=dt.UTC)
-        await self.runner.write(self.store.add, account_id, [NewSuppression(address, reason, detail, expires_at)])
-        rec = await self.runner.read(self.store.lookup, account_id, address, _EPOCH)
+        entry = NewSuppression(address, reason, detail, expires_at)
+        await self.runner.write(store_entries, self.relay_store, account_id, [entry], utcnow())
         if reason == "complaint":
-            await self.webhooks.emit(account_id, "complained", [{"recipient": address, "detail": detail}])
-        return rec
+            self.webhooks.wake()
+        return await self.runner.read(self.store.lookup, account_id, address, _EPOCH)
 
     async def remove(self, account_id: str, email: str) -> None:
         """NotFound when the address is not on the list."""
