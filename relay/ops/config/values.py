@@ -1,8 +1,8 @@
 """Typed values shared by the settings models: host:port listeners, paths, networks, masked URLs.
 
 Pure functions and ``Annotated`` types only; no I/O beyond resolving a path against the working
-directory. The ``BeforeValidator`` functions raise :class:`ValueError` (the only exception pydantic
-turns into a validation error) with an ``expected ...`` message that the loader puts in front of the key.
+directory. The ``BeforeValidator`` functions raise :class:`ValueError`, never TypeError (pydantic reports
+ValueError as a validation error but lets TypeError through), with an ``expected ...`` message.
 """
 
 from __future__ import annotations
@@ -114,13 +114,13 @@ def _listener(value: Any) -> Any:
 
 def _no_bool_int(value: Any) -> Any:
     if isinstance(value, bool):
-        raise ValueError("expected an integer, not true/false")  # noqa: TRY004 (pydantic converts ValueError only)
+        raise ValueError("expected an integer, not true/false")  # noqa: TRY004 (pydantic reports ValueError, not TypeError)
     return value
 
 
 def _no_bool_float(value: Any) -> Any:
     if isinstance(value, bool):
-        raise ValueError("expected a number, not true/false")  # noqa: TRY004 (pydantic converts ValueError only)
+        raise ValueError("expected a number, not true/false")  # noqa: TRY004 (pydantic reports ValueError, not TypeError)
     return value
 
 
@@ -128,7 +128,7 @@ def _network(value: Any) -> IPv4Network | IPv6Network:
     if isinstance(value, (IPv4Network, IPv6Network)):
         return value
     if not isinstance(value, str):
-        raise ValueError("expected a network such as 10.0.0.0/8 or 2001:db8::/32")  # noqa: TRY004 (pydantic converts ValueError only)
+        raise ValueError("expected a network such as 10.0.0.0/8 or 2001:db8::/32")  # noqa: TRY004 (pydantic reports ValueError, not TypeError)
     try:
         return ipaddress.ip_network(value.strip(), strict=False)
     except ValueError:
