@@ -65,6 +65,16 @@ class Context:
     sandbox: bool = False
     idempotency_key: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # what a front door adds to the submission (stored with the message)
+    source: str = "smtp"  # the kind of front door: "smtp" or "api"
+    max_recipients: int | None = None  # this transaction's envelope cap (None: the gateway's smtp.max_recipients)
+    tags: list[str] | None = None
+    metadata: dict[str, str] | None = None
+    held_back: dict[str, str] = field(default_factory=dict)  # recipient -> state, stored but never delivered
+    expect_delay: bool = False  # no healthy upstream right now: the answer says "queued"
+    # what the pipeline answers besides the queue id
+    accepted_at: dt.datetime | None = None  # the idempotency key's first acceptance
+    replayed: Any = None  # the original submission of a repeated idempotency key (nothing committed)
 
     @property
     def ip_pool(self) -> str | None:

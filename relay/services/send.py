@@ -11,10 +11,9 @@ The rules it holds: who may send to the sandbox; an idempotency key replays the 
 get the message, and every held-back one raises the ``suppressed`` webhook event; a send whose
 alias's IP pool has no healthy upstream right now is committed all the same, answered as queued.
 
-TODO(pipeline): the HTTP-only ctx.extra keys (TAGS, METADATA, SUPPRESSED, QUEUED, IDEMPOTENT) and
-the rcpt loop with its suppression split belong in the submission pipeline's entry
-(``Pipeline.submit(ctx, sender, recipients, raw)``); this module then keeps the sandbox rule and
-the webhook events.
+What the send adds to the submission (tags, metadata, the held-back recipients, the envelope cap)
+travels in the typed :class:`relay.vocab.Context` the pipeline stores from, the same for both
+front doors; the pipeline knows no HTTP.
 """
 
 from __future__ import annotations
@@ -27,16 +26,7 @@ from relay.events.webhooks import WebhookService
 from relay.store import utcnow
 from relay.submission.compose import Draft, compose
 from relay.submission.idempotency import Original
-from relay.submission.pipeline import (
-    ACCEPTED_AT,
-    API_MAX_RECIPIENTS,
-    IDEMPOTENT,
-    METADATA,
-    QUEUED,
-    SUPPRESSED,
-    TAGS,
-    Pipeline,
-)
+from relay.submission.pipeline import API_MAX_RECIPIENTS, Pipeline
 from relay.vocab import SEND_SCOPES, Context, Forbidden, Identity, Invalid, NotFound, RelayError
 
 # The pipeline's limit for one HTTP send, split as the seeds' request does: to, cc, bcc.
@@ -122,23 +112,23 @@ class Sender:
         sender = await self._sender_address(sub)
         raw = compose(sub.draft)
         ctx = Context(listener="api", peer=sub.peer, identity=ident, sandbox=sandbox,
-                      idempotency_key=sub.idempotency_key)
+                      idempotency_key=sub.idempotency_key, source="api",
+                      max_recipients=max(self.pipeline.max_recipients, API_MAX_RECIPIENTS))
         await self.pipeline.mail(ctx, sender)
         suppressed = await self._recipients(ctx, sub.recipients)
         if not ctx.recipients:
             await self.pipeline.abort(ctx)
             await self._emit_suppressed(sub, None, suppressed)
             return Suppressed(suppressed)
-        ctx.extra[TAGS] = list(sub.tags) or None
-        ctx.extra[METADATA] = sub.metadata or None
-        ctx.extra[SUPPRESSED] = dict.fromkeys(suppressed, "suppressed")
-        queued = ctx.extra[QUEUED] = not sandbox and not self.pool_healthy(ctx.alias.ip_pool if ctx.alias else "")
+        ctx.tags = list(sub.tags) or None
+        ctx.metadata = sub.metadata or None
+        ctx.held_back = dict.fromkeys(suppressed, "suppressed")
+        queued = ctx.expect_delay = not sandbox and not self.pool_healthy(ctx.ip_pool or "")
         message_id = await self.pipeline.data(ctx, raw)
-        original = ctx.extra.get(IDEMPOTENT)
-        if original is not None:
-            return _replayed(original)
+        if ctx.replayed is not None:
+            return _replayed(ctx.replayed)
         await self._emit_suppressed(sub, message_id, suppressed)
-        return Sent(message_id, "sandbox" if sandbox else "smtp", queued, ctx.extra.get(ACCEPTED_AT) or utcnow(),
+        return Sent(message_id, "sandbox" if sandbox else "smtp", queued, ctx.accepted_at or utcnow(),
                     suppressed=suppressed)
 
     async def _sender_address(self, sub: Submission) -> str:

@@ -47,10 +47,7 @@ SCOPE_DENIED = RelayError(550, "5.7.1", "This key may not send through that send
 BARE_NEWLINE = RelayError(550, "5.6.11", "Bare CR or LF in message data refused", http_status=400)
 TOO_MANY_RECIPIENTS = RelayError(452, "4.5.3", "Too many recipients", http_status=400)
 _OPEN = "_transaction_open"  # ctx.extra: MAIL accepted, neither committed nor aborted yet
-# ctx.extra keys of the HTTP front door (relay.api.send): what it stores with the message, and back
-TAGS, METADATA, SUPPRESSED, QUEUED = "api_tags", "api_metadata", "api_suppressed", "api_queued"
-ACCEPTED_AT, IDEMPOTENT = "accepted_at", "idempotent"  # set by data() for a submission with a key
-API_MAX_RECIPIENTS = 200  # to 100 + cc 50 + bcc 50
+API_MAX_RECIPIENTS = 200  # one HTTP send's envelope: to 100 + cc 50 + bcc 50
 
 
 def verdict_error(v: Verdict) -> RelayError:
@@ -178,8 +175,7 @@ class Pipeline:
 
     async def rcpt(self, ctx: Context, recipient: str) -> None:
         """One recipient; a refusal applies to it alone."""
-        if len(ctx.recipients) >= (self.max_recipients if ctx.listener != "api" else
-                                   max(self.max_recipients, API_MAX_RECIPIENTS)):
+        if len(ctx.recipients) >= (ctx.max_recipients or self.max_recipients):
             raise TOO_MANY_RECIPIENTS
         verdict = await self.policies.run("on_rcpt", ctx, recipient)
         if verdict:
@@ -252,9 +248,9 @@ class Pipeline:
             id=queue_id, ip_pool=ctx.alias.ip_pool, mail_from=ctx.mail_from, body=raw,
             recipients=list(ctx.recipients), created_at=self.clock(), expires_at=self.clock(),
             account_id=ctx.identity.account_id, api_key_id=ctx.identity.key_id, alias_id=ctx.alias.id,
-            header_message_id=message_id, subject=summary.subject, source=ctx.listener if ctx.listener == "api" else "smtp",
+            header_message_id=message_id, subject=summary.subject, source=ctx.source,
             sandbox=ctx.sandbox, idempotency_key=ctx.idempotency_key))
-        if IDEMPOTENT in ctx.extra:
+        if ctx.replayed is not None:
             return queue_id  # a duplicate: the original's id, nothing committed
         metrics.message_accepted(ctx.listener, ctx.alias.ip_pool)
         log.info("message queued", extra={"queue_id": queue_id, "account": ctx.identity.account_name,
@@ -264,21 +260,20 @@ class Pipeline:
 
     async def _commit_once(self, ctx: Context, summary: msgs.HeaderSummary, new: NewMessage) -> str:
         """:meth:`commit`, once per idempotency key (HTTP ``idempotency_key``, SMTP ``Idempotency-Key:``)
-        in 24 hours: a duplicate commits nothing and gets the original's id (``ctx.extra[IDEMPOTENT]``)."""
-        extra = ctx.extra
-        if TAGS in extra or METADATA in extra or SUPPRESSED in extra:  # set by the HTTP front door
-            new.tags, new.meta = extra.get(TAGS), extra.get(METADATA)
-            new.suppressed = dict(extra.get(SUPPRESSED) or {})
+        in 24 hours: a duplicate commits nothing and gets the original's id (``ctx.replayed``)."""
+        new.tags, new.meta = ctx.tags, ctx.metadata
+        if ctx.held_back:
+            new.suppressed = dict(ctx.held_back)
             new.recipients = new.recipients + [r for r in new.suppressed if r not in new.recipients]
         key = ctx.idempotency_key or summary.idempotency_key
         new.idempotency_key = None  # the 24-hour claim lives in idempotency_keys, not in the message
         if not key or new.account_id is None:
             await self.commit(new)
             return new.id
-        original, extra[ACCEPTED_AT] = await self.idempotency.begin(
-            new.account_id, key, new.id, "sandbox" if new.sandbox else "smtp", bool(extra.get(QUEUED)))
+        original, ctx.accepted_at = await self.idempotency.begin(
+            new.account_id, key, new.id, "sandbox" if new.sandbox else "smtp", ctx.expect_delay)
         if original is not None:
-            extra[IDEMPOTENT] = original
+            ctx.replayed = original
             await self.abort(ctx)
             return original.message_id
         try:
