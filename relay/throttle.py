@@ -1,4 +1,6 @@
-"""AUTH failure counting per client IP and per username, with a lockout (pure, clock injected)."""
+"""AUTH failure counting per client address (and per address and username), with a lockout (pure,
+clock injected). Never per username alone: the documented username ``apikey`` (or an account's
+name) is shared, and failures from one address must not lock out a correct key from another."""
 
 from __future__ import annotations
 
@@ -7,7 +9,8 @@ from typing import Callable
 
 
 class AuthThrottle:
-    """``max_failures`` failures within ``window`` seconds lock the IP and the username out for ``lockout``."""
+    """``max_failures`` failures within ``window`` seconds from one address lock that address out for
+    ``lockout`` (also counted per address and username, which locks that pair alone)."""
 
     def __init__(self, max_failures: int, lockout: float, *, window: float | None = None,
                  clock: Callable[[], float] = time.monotonic, max_entries: int = 100_000) -> None:
@@ -25,7 +28,7 @@ class AuthThrottle:
 
     @staticmethod
     def _keys(ip: str, username: str) -> tuple[str, ...]:
-        return (f"ip:{ip}", f"user:{username.lower()}") if username else (f"ip:{ip}",)
+        return (f"ip:{ip}", f"ip:{ip}/user:{username.lower()}") if username else (f"ip:{ip}",)
 
     def locked(self, ip: str, username: str = "") -> bool:
         now = self.clock()
