@@ -4,7 +4,12 @@
     python bench/run.py [--messages 5000] [--sessions 20] [--size 4096] [--workers 2] [--no-postfix] [--rounds 1]
 
 Needs Postfix's smtp-sink and smtp-source (Debian package ``postfix``; run as root for the
-Postfix comparison, which reconfigures the local Postfix instance as a relay to the sink).
+Postfix comparison, which starts a private Postfix instance in a temporary directory - its own
+main.cf, master.cf, queue and data directories - and never writes to /etc/postfix or
+/var/spool/postfix nor stops a running system Postfix; without root or the package that phase is
+skipped). Run it with a Python that has Relay's dependencies (e.g. the project's venv): Relay is
+started as ``python -m relay.cli`` with this tree first on PYTHONPATH, so it is the code next to
+this script, not whatever ``relay`` is installed.
 
 Phases:
 1. smtp-sink listens on a free loopback port (the upstream for both).
@@ -13,8 +18,11 @@ Phases:
    msgs/s from the store (every recipient delivered), CPU seconds from /proc.
 3. Latency: our aiosmtplib loader with STARTTLS + AUTH on 587-style submission, reused connections,
    p50/p99 time from the end of DATA to the 250.
-4. Postfix, configured as a relay to the same sink, gets the same smtp-source load; delivered when
-   its queue is empty. The ratio Relay/Postfix of delivered msgs/s is printed.
+4. Postfix, a private instance on a free loopback port relaying everything to the same sink
+   (relayhost, no DNS, no local delivery, log in its temporary directory), gets the same
+   smtp-source load; delivered when its queue directory is empty. The instance is stopped and its
+   directory removed afterwards, also on error or SIGTERM. The ratio Relay/Postfix of delivered
+   msgs/s is printed.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import socket
 import sqlite3
 import statistics
@@ -92,8 +101,13 @@ def smtp_source(port: int, messages: int, sessions: int, size: int, sender: str,
 
 
 # -- Relay -----------------------------------------------------------------------------------------
+RELAY = [sys.executable, "-m", "relay.cli"]
+
+
 def relay_env(data: Path, ports: dict[str, int], workers: int) -> dict[str, str]:
     env = dict(os.environ)
+    # The Relay of this tree, whatever "relay" is on PATH or installed (editable) in the venv.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     env.update({
         "RELAY_DATA_DIR": str(data), "RELAY_HOSTNAME": "relay.bench",
         "RELAY_SMTP_SUBMISSION": f"127.0.0.1:{ports['submission']}",
@@ -110,7 +124,7 @@ def relay_env(data: Path, ports: dict[str, int], workers: int) -> dict[str, str]
 
 def provision(env: dict[str, str], sink_port: int) -> str:
     def cli(*args: str, stdin: str | None = None) -> str:
-        return subprocess.run(["relay", *args], env=env, check=True, capture_output=True, text=True,
+        return subprocess.run([*RELAY, *args], env=env, check=True, capture_output=True, text=True,
                               input=stdin).stdout
 
     cli("account", "create", "bench")
@@ -161,7 +175,7 @@ def bench_relay(args: argparse.Namespace, sink_port: int) -> dict:
     ports = {k: free_port() for k in ("submission", "smtps", "relay", "api")}
     env = relay_env(tmp / "data", ports, args.workers)
     key = provision(env, sink_port)
-    proc = subprocess.Popen(["relay", "serve"], env=env)
+    proc = subprocess.Popen([*RELAY, "serve"], env=env)
     try:
         wait_port(ports["relay"])
         wait_port(ports["submission"])
@@ -191,48 +205,130 @@ def bench_relay(args: argparse.Namespace, sink_port: int) -> dict:
 
 
 # -- Postfix ---------------------------------------------------------------------------------------
-def postfix_queue_size() -> int:
+# A private instance: its own config_directory (main.cf and master.cf written here), queue_directory
+# and data_directory under one temporary directory. The system's /etc/postfix and /var/spool/postfix
+# are only read (by "postfix check": the meta files such as postfix-files), never written, and a
+# running system Postfix is left alone. The queue directory is created here (root-owned, as Postfix
+# wants it); its subdirectories and the data directory, owned by mail_owner, by "postfix -c DIR
+# start" (post-install create-missing).
+POSTFIX_MASTER_CF = """\
+{listen} inet  n       -       n       -       -       smtpd
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+proxywrite unix -       -       n       -       1       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+local     unix  -       n       n       -       -       local
+virtual   unix  -       n       n       -       -       virtual
+lmtp      unix  -       -       n       -       -       lmtp
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+"""
+
+
+def postfix_compatibility_level() -> str:
+    version = subprocess.run(["postconf", "-dh", "mail_version"], check=True, capture_output=True,
+                             text=True).stdout.strip()
+    major, minor = (int(x) for x in version.split(".")[:2])
+    return "3.6" if (major, minor) >= (3, 6) else "2"
+
+
+def postfix_main_cf(tmp: Path, queue: Path, data: Path, maillog: Path, sink_port: int) -> str:
+    settings = {
+        "queue_directory": queue, "data_directory": data,
+        "maillog_file_prefixes": tmp, "maillog_file": maillog,
+        "compatibility_level": postfix_compatibility_level(),
+        "myhostname": "postfix.bench", "mydestination": "", "mynetworks": "127.0.0.0/8",
+        "inet_interfaces": "127.0.0.1", "inet_protocols": "ipv4",
+        "relayhost": f"[127.0.0.1]:{sink_port}", "smtp_dns_support_level": "disabled",
+        "smtpd_relay_restrictions": "permit_mynetworks, reject",
+        "alias_maps": "", "alias_database": "", "biff": "no",
+        "default_destination_concurrency_limit": "20", "smtp_connection_cache_on_demand": "yes",
+    }
+    return "".join(f"{k} = {v}\n" for k, v in settings.items())
+
+
+def postfix_queue_size(queue: Path) -> int:
     total = 0
-    for sub in ("incoming", "active", "deferred", "maildrop"):
-        d = Path("/var/spool/postfix") / sub
-        if d.exists():
-            total += sum(len(files) for _, _, files in os.walk(d))
+    for sub in ("maildrop", "incoming", "active", "deferred", "hold"):
+        total += sum(len(files) for _, _, files in os.walk(queue / sub))
     return total
+
+
+def postfix_instance_pids(queue: Path) -> list[int]:
+    """The instance's processes: master and every daemon it spawns chdir to its queue_directory."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.readlink(entry / "cwd") == str(queue):
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+def stop_postfix(conf: Path, queue: Path) -> None:
+    # "postfix stop" waits up to 5 s for master, then kills its process group; whatever of the
+    # instance is left after that (a daemon still finishing) gets SIGKILL.
+    try:
+        master = int((queue / "pid" / "master.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        master = 0
+    subprocess.run(["postfix", "-c", str(conf), "stop"], check=False, capture_output=True)
+    end = time.time() + 10
+    # Until init has reaped master (a zombie has no cwd), so that none is left when we return.
+    while (postfix_instance_pids(queue) or master and Path(f"/proc/{master}").exists()) and time.time() < end:
+        time.sleep(0.1)
+    for pid in postfix_instance_pids(queue):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def bench_postfix(args: argparse.Namespace, sink_port: int) -> dict | None:
     if os.geteuid() != 0 or not shutil.which("postfix"):
         print("postfix: skipped (needs root and the postfix package)")
         return None
+    tmp = Path(tempfile.mkdtemp(prefix="relay-bench-postfix-")).resolve()
+    tmp.chmod(0o755)  # the daemons run as mail_owner and must reach the queue directory
+    conf, queue, data, maillog = tmp / "etc", tmp / "spool", tmp / "data", tmp / "maillog"
     port = free_port()
-    subprocess.run(["postfix", "stop"], capture_output=True)
-    settings = [f"relayhost=[127.0.0.1]:{sink_port}", "inet_interfaces=loopback-only", "mydestination=",
-                "mynetworks=127.0.0.0/8", "smtpd_relay_restrictions=permit_mynetworks,reject",
-                "default_destination_concurrency_limit=20", "smtp_connection_cache_on_demand=yes",
-                "compatibility_level=3.6", "myhostname=postfix.bench"]
-    subprocess.run(["postconf", "-e", *settings], check=True)
-    master = Path("/etc/postfix/master.cf")
-    text = master.read_text()
-    line = f"127.0.0.1:{port} inet n - y - - smtpd\n"
-    master.write_text(text + line)
     try:
-        r = subprocess.run(["postfix", "start"], capture_output=True, text=True)
+        conf.mkdir(mode=0o755)
+        queue.mkdir(mode=0o755)  # root-owned; "postfix start" creates its subdirectories and data
+        (conf / "main.cf").write_text(postfix_main_cf(tmp, queue, data, maillog, sink_port))
+        (conf / "master.cf").write_text(POSTFIX_MASTER_CF.format(listen=f"127.0.0.1:{port}"))
+        r = subprocess.run(["postfix", "-c", str(conf), "start"], check=False, capture_output=True, text=True)
         if r.returncode:
-            raise SystemExit(f"postfix start failed: {r.stdout}{r.stderr}")
+            log = maillog.read_text(errors="replace")[-2000:] if maillog.exists() else ""
+            raise SystemExit(f"postfix start failed: {r.stdout}{r.stderr}{log}")
         wait_port(port)
         t0 = time.time()
-        cpu0 = 0.0
         elapsed_accept = smtp_source(port, args.messages, args.sessions, args.size, "app@bench.test", "rcpt@dest.test")
-        while postfix_queue_size() > 0:
+        while postfix_queue_size(queue) > 0:
             if time.time() - t0 > 600:
                 raise SystemExit("postfix: queue not empty within 600 s")
             time.sleep(0.05)
         elapsed = time.time() - t0
-        return {"accepted_per_s": args.messages / elapsed_accept, "delivered_per_s": args.messages / elapsed,
-                "cpu_s": cpu0}
+        return {"accepted_per_s": args.messages / elapsed_accept, "delivered_per_s": args.messages / elapsed}
     finally:
-        subprocess.run(["postfix", "stop"], capture_output=True)
-        master.write_text(text)
+        stop_postfix(conf, queue)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> None:
@@ -247,6 +343,8 @@ def main() -> None:
                     help="alternate Relay and Postfix this many times and print the median ratio "
                          "(on a noisy machine one round's ratio can be off by a third)")
     args = ap.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop Relay, Postfix and the sink.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     for tool in ("smtp-sink", "smtp-source"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} not found: apt-get install postfix")
