@@ -148,8 +148,12 @@ class Gateway:
             log.info("listening", extra={"listener": name, "address": "%s:%d" % sock.getsockname()[:2]})
         if s.api.listen and self.worker == 0:
             host, port = parse_hostport(s.api.listen)
-            config = uvicorn.Config(create_app(from_gateway(self)), host=host, port=port, log_level="warning", lifespan="off",
-                                    access_log=False)
+            proxies = [str(n) for n in s.api.trusted_proxies]
+            # the client address (lockouts, /metrics from loopback) comes from X-Forwarded-For only
+            # when the peer is a configured proxy; uvicorn alone would believe any loopback peer
+            config = uvicorn.Config(create_app(from_gateway(self)), host=host, port=port, log_level="warning",
+                                    lifespan="off", access_log=False, proxy_headers=bool(proxies),
+                                    forwarded_allow_ips=proxies or None)
             self._api = uvicorn_compat.Server(config)  # the gateway owns the signals
             self._tasks.append(asyncio.create_task(self._api.serve(), name="api"))
             while not self._api.started:

@@ -116,6 +116,8 @@ class ApiSettings(_Model):
 
     listen: Listener = "127.0.0.1:8025"
     public_url: str | None = None
+    # peers whose X-Forwarded-For / X-Forwarded-Proto are believed (a reverse proxy); none by default
+    trusted_proxies: list[Network] = Field(default_factory=list)
 
     @field_validator("public_url", mode="before")
     @classmethod
