@@ -14,6 +14,7 @@ from typing import Any, Callable
 import uvicorn
 
 from policies.spec import PolicyServices
+from relay import asyncio_compat
 from relay.api.app import create_app
 from relay.api.deps import from_gateway
 from relay.delivery.active import ActiveQueue
@@ -31,6 +32,7 @@ from relay.secrets import load_or_create_master_key
 from relay.services import housekeeping
 from relay.services.admin import Admin
 from relay.services.upstreams import connection, upstream_config
+from relay.smtp import aiosmtpd_compat
 from relay.smtp import session as smtp
 from relay.store import Store, node_id, utcnow
 from relay.store.runner import DbRunner
@@ -299,7 +301,7 @@ def _event_loop_policy() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-COMPAT_CHECKS = (dkimpy_compat.check, uvicorn_compat.check)
+COMPAT_CHECKS = (aiosmtpd_compat.check, asyncio_compat.check, dkimpy_compat.check, uvicorn_compat.check)
 
 
 def check_libraries() -> None:
@@ -308,7 +310,7 @@ def check_libraries() -> None:
     for check in COMPAT_CHECKS:
         try:
             check()
-        except RuntimeError as exc:
+        except (RuntimeError, ConfigError) as exc:
             raise ConfigError(str(exc)) from None
 
 

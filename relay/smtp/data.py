@@ -19,6 +19,9 @@ from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP
 
+from relay.asyncio_compat import set_stream_limit, stream_limit
+from relay.smtp.aiosmtpd_compat import SMTPCompat
+
 log = logging.getLogger(__name__)
 
 _END = b"\r\n.\r\n"
@@ -27,13 +30,13 @@ _TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"  # aiosmtpd's wording (r
 _TOO_MUCH = "552 Error: Too much mail data"
 
 
-class BlockData(SMTP):
+class BlockData(SMTPCompat):
     """aiosmtpd's ``smtp_DATA``, reading the message as one block. A mixin for SMTP subclasses."""
 
     async def smtp_DATA(self, arg: str) -> None:
-        reader = self._reader
+        reader = self.stream_reader
         limit = self.data_size_limit
-        if self._decode_data or not limit or not isinstance(getattr(reader, "_limit", None), int):
+        if self.decode_data or not limit or stream_limit(reader) is None:
             await SMTP.smtp_DATA(self, arg)  # the rare set-ups: aiosmtpd's own reader
             return
         if await self.check_helo_needed():
@@ -52,16 +55,16 @@ class BlockData(SMTP):
             content, error = await _read_block(reader, limit, self.line_length_limit)
         except asyncio.CancelledError:
             log.info("Connection lost during DATA")
-            self._writer.close()
+            self.stream_writer.close()
             raise
         if error is not None:
             await self.push(error)
-            self._set_post_data_state()
+            self.set_post_data_state()
             return
         self.envelope.content = content
         self.envelope.original_content = content
-        status: Any = await self._call_handler_hook("DATA")
-        self._set_post_data_state()
+        status: Any = await self.call_handler_hook("DATA")
+        self.set_post_data_state()
         await self.push("250 OK" if status is MISSING else status)
 
 
@@ -75,8 +78,9 @@ async def _read_block(reader: asyncio.StreamReader, limit: int, line_limit: int)
         data += await reader.readexactly(1)
         if data.endswith(_END):
             return _finish(data, limit, line_limit)
-    saved = reader._limit  # type: ignore[attr-defined]  # (aiosmtpd itself reaches into the reader)
-    reader._limit = limit + line_limit  # type: ignore[attr-defined]  # the bound on what is buffered
+    saved = stream_limit(reader)
+    assert saved is not None  # (smtp_DATA checked)
+    set_stream_limit(reader, limit + line_limit)  # the bound on what is buffered
     try:
         try:
             return _finish(data + await reader.readuntil(_END), limit, line_limit)
@@ -91,7 +95,7 @@ async def _read_block(reader: asyncio.StreamReader, limit: int, line_limit: int)
             except asyncio.LimitOverrunError as exc:
                 await reader.read(exc.consumed)
     finally:
-        reader._limit = saved  # type: ignore[attr-defined]
+        set_stream_limit(reader, saved)
 
 
 def _may_begin_end(data: bytes) -> bool:

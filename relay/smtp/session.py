@@ -11,22 +11,19 @@ import logging
 import re
 import socket
 import ssl
-import warnings
-from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
-import aiosmtpd.smtp
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session, _AuthMechAttr, login_always_fail
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
 
+from relay.asyncio_compat import waiting_for_data
 from relay.ops import metrics
 from relay.ops.config import SmtpSettings
-from relay.vocab import RelayError
-from relay.submission.pipeline import AUTH_FAILED, RELAY_DENIED, Context, Identity, Pipeline
+from relay.smtp.aiosmtpd_compat import RelaySMTPBase
 from relay.smtp.data import BlockData
+from relay.submission.pipeline import AUTH_FAILED, RELAY_DENIED, Pipeline
+from relay.vocab import Context, Identity, RelayError
 
 log = logging.getLogger(__name__)
-# On 465 the transport is TLS from the first byte, so aiosmtpd's "AUTH without TLS" warning is moot.
-warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS")
 # aiosmtpd's own wording for these, with the codes we promise
 _REWRITE = {
     "500 Command line too long": "500 5.5.2 Command line too long",
@@ -34,21 +31,6 @@ _REWRITE = {
     "552 Error: Too much mail data": "552 5.3.4 Message too big for system",
 }
 _KEY_SECRET = re.compile(r"(rk_[0-9a-f]{8})_\S+")
-
-
-def _sanitized_log(func: Any, msg: Any, *args: Any, **kwargs: Any) -> None:
-    """aiosmtpd logs every command line through ``sanitized_log``, which masks AUTH data before it
-    asks the logger whether the level is on at all. Ask first (two calls per command saved)."""
-    logger = getattr(func, "__self__", None)
-    level = _LOG_LEVELS.get(getattr(func, "__name__", ""))
-    if isinstance(logger, logging.Logger) and level is not None and not logger.isEnabledFor(level):
-        return
-    _aiosmtpd_sanitized_log(func, msg, *args, **kwargs)
-
-
-_LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
-_aiosmtpd_sanitized_log = aiosmtpd.smtp.sanitized_log
-aiosmtpd.smtp.sanitized_log = _sanitized_log
 
 
 def redact(text: str) -> str:
@@ -62,127 +44,19 @@ _ESC_BY_CODE = {"221": "2.0.0", "220": "2.0.0", "250": "2.0.0", "252": "2.5.0", 
                 "535": "5.7.8", "552": "5.3.4", "554": "5.7.0", "555": "5.5.4"}
 
 
-class _PendingAuth:
-    """What aiosmtpd's PLAIN/LOGIN parsers hand back: checked asynchronously by the pipeline."""
-
-    __slots__ = ("login", "password")
-
-    def __init__(self, creds: LoginPassword) -> None:
-        self.login, self.password = creds.login, creds.password
-
-    def __repr__(self) -> str:
-        return "_PendingAuth(***)"
-
-
-_NAMES: dict[tuple[type, type, tuple[str, ...]], tuple[tuple[tuple[str, str], ...], tuple[str, ...], tuple[str, ...]]] = {}
-
-
-def _introspect(cls: type, handler: Any, excluded: tuple[str, ...]):
-    """What aiosmtpd's __init__ finds by inspect.getmembers()/dir() on every connection, found once."""
-    key = (cls, type(handler), excluded)
-    names = _NAMES.get(key)
-    if names is None:
-        auth = tuple((getattr(getattr(cls, n), "__auth_mechanism_name__", n[5:].replace("__", "-")), n)
-                     for n in dir(cls) if n.startswith("auth_") and callable(getattr(cls, n)))
-        names = (tuple((m, n) for m, n in auth if m not in excluded),
-                 tuple(n[7:] for n in dir(handler) if n.startswith("handle_")),
-                 tuple(n[5:] for n in dir(cls) if n.startswith("smtp_")))
-        _NAMES[key] = names
-    return names
-
-
-class _Commands(Mapping):
-    """aiosmtpd's command table (name -> bound ``smtp_*`` method), binding only the commands a
-    session uses instead of all ~20 at every connection."""
-
-    __slots__ = ("_session", "_names")
-
-    def __init__(self, session: SMTP, names: tuple[str, ...]) -> None:
-        self._session = session
-        self._names = names
-
-    def __getitem__(self, name: str) -> Any:
-        if name not in self._names:
-            raise KeyError(name)
-        return getattr(self._session, "smtp_" + name)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names)
-
-    def __len__(self) -> int:
-        return len(self._names)
-
-
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-_PLAIN_ADDR = re.compile(rf"[ \t]*<(({_ATOM}(?:\.{_ATOM})*)@{_LABEL}(?:\.{_LABEL})*)>[ \t]*")
-
-
-class RelaySMTP(BlockData):
+class RelaySMTP(BlockData, RelaySMTPBase):
     """aiosmtpd's protocol engine with enhanced status codes on every reply and async AUTH.
 
-    ``__init__`` sets exactly the state aiosmtpd 1.4's does, but takes the handler/method tables
-    from a per-class cache: aiosmtpd re-inspects the class and the handler on every connection
-    (inspect.getmembers, dir, inspect.signature), which was ~5% of the CPU per message.
+    The hooks of :class:`relay.smtp.aiosmtpd_compat.RelaySMTPBase` are implemented here; DATA is read
+    as one block (:class:`relay.smtp.data.BlockData`).
     """
 
-    def __init__(self, handler: "SubmissionHandler", *, loop: asyncio.AbstractEventLoop, hostname: str,
-                 ident: str, data_size_limit: int | None, enable_SMTPUTF8: bool = True, decode_data: bool = False,
-                 tls_context: ssl.SSLContext | None = None, require_starttls: bool = False, timeout: float = 300,
-                 auth_required: bool = False, auth_require_tls: bool = True,
-                 auth_exclude_mechanism: tuple[str, ...] = (), implicit_tls: bool = False) -> None:
-        self.__ident__ = ident
-        self.loop = loop
-        asyncio.StreamReaderProtocol.__init__(
-            self, asyncio.StreamReader(loop=loop, limit=self.line_length_limit),
-            client_connected_cb=self._cb_client_connected, loop=loop)
-        self.event_handler = handler
-        self.data_size_limit = data_size_limit
-        self.enable_SMTPUTF8 = enable_SMTPUTF8
-        self._decode_data = decode_data
-        self.command_size_limits.clear()
-        self.hostname = hostname
-        self.tls_context = tls_context
-        self.require_starttls = tls_context and require_starttls
-        self._timeout_duration = timeout
-        self._timeout_handle = None
-        self._tls_handshake_okay = True
-        self._tls_protocol = None
-        self._original_transport = None
-        self.session = None
-        self.envelope = None
-        self.transport = None
-        self._handler_coroutine = None
-        self._auth_require_tls = auth_require_tls
-        self._proxy_timeout = None
-        self._authenticator = None
-        self._auth_callback = login_always_fail
-        self._auth_required = auth_required
-        auth, hooks, commands = _introspect(type(self), handler, tuple(auth_exclude_mechanism))
-        self._auth_methods = {mech: _AuthMechAttr(getattr(self, name), True) for mech, name in auth}
-        tables = handler.__dict__.get("_hook_tables")
-        if tables is None:
-            tables = handler.__dict__["_hook_tables"] = {}
-        self._handle_hooks = tables.get(hooks)  # the handler's bound hooks: the same for every session
-        if self._handle_hooks is None:
-            self._handle_hooks = tables[hooks] = {name: getattr(handler, "handle_" + name) for name in hooks}
-        self._ehlo_hook_ver = "new" if "EHLO" in self._handle_hooks else None
-        self._smtp_methods = _Commands(self, commands)
-        self._enforce_call_limit = False
-        self._implicit_tls = implicit_tls
-        self._greeting_or_ehlo = False
-        self._ehlo_buffer: list[bytes] | None = None
-        self._errors = 0
-        self._counted_ip: str | None = None
-
-    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        """``<local@domain> PARAMS`` with a plain dot-atom address (nearly every MAIL and RCPT) is
-        split by one regular expression; anything else goes to aiosmtpd's RFC 5322 parser, which
-        gives the same result at ~10x the cost (tests/test_fuzz.py checks the two agree)."""
-        m = _PLAIN_ADDR.match(arg)
-        if m is None or "(" in arg or (self.local_part_limit and m.end(2) - m.start(2) > self.local_part_limit):
-            return SMTP._getaddr(self, arg)
-        return m.group(1), arg[m.end():]
+    # Per-session state, set on the instance when it changes (no __init__ of its own: one call less
+    # per connection). Not names of aiosmtpd's (tests/test_smtp_compat.py checks).
+    _greeting_or_ehlo = False
+    _ehlo_buffer: list[bytes] | None = None
+    _errors = 0  # 5xx replies so far
+    counted_ip: str | None = None  # the address counted against the connection limits
 
     # every reply carries an enhanced status code, except the greeting and EHLO/HELO (RFC 2034)
     async def push(self, status: Any) -> None:
@@ -218,8 +92,8 @@ class RelaySMTP(BlockData):
             self._greeting_or_ehlo = False
             lines, self._ehlo_buffer = self._ehlo_buffer, None
             if lines:
-                self._writer.write(b"".join(lines))
-                await self._writer.drain()
+                self.stream_writer.write(b"".join(lines))
+                await self.stream_writer.drain()
 
     async def smtp_HELO(self, hostname: str) -> None:
         self._greeting_or_ehlo = True
@@ -228,39 +102,36 @@ class RelaySMTP(BlockData):
         finally:
             self._greeting_or_ehlo = False
 
-    async def _handle_client(self) -> None:
+    async def serve_client(self) -> None:
         handler: SubmissionHandler = self.event_handler
         handler.connected(self)
         self._greeting_or_ehlo = True  # until the 220 greeting is out
         try:
             if await handler.admit(self):
-                await super()._handle_client()
+                await self.command_loop()
         finally:
             handler.disconnected(self)
             handler.pipeline.abandon(getattr(self.envelope, "relay_ctx", None))  # QUIT, lost, timed out
 
-    def _timeout_cb(self) -> None:
+    def on_timeout(self) -> None:
         """Idle past the command (or DATA) timeout: say so, as Postfix does, then close."""
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"421 4.4.2 " + self.hostname.encode() + b" Error: timeout exceeded\r\n")
-        super()._timeout_cb()
+            cast(asyncio.WriteTransport, self.transport).write(
+                b"421 4.4.2 " + self.hostname.encode() + b" Error: timeout exceeded\r\n")
 
     async def smtp_DATA(self, arg: str) -> None:
         # the whole transfer is bounded by smtp.data_timeout (aiosmtpd resets the timer per command only)
-        self._reset_timeout(self.event_handler.data_timeout)
+        self.reset_timeout(self.event_handler.data_timeout)
         await super().smtp_DATA(arg)
 
-    def _set_post_data_state(self) -> None:
+    def on_post_data_state(self) -> None:
         # The transaction on the old envelope ends (DATA answered, RSET, EHLO, too much data): unless
         # it was committed, policies give back what it reserved.
         self.event_handler.pipeline.abandon(getattr(getattr(self, "envelope", None), "relay_ctx", None))
-        super()._set_post_data_state()
 
     def idle(self) -> bool:
         """No transaction open and no command being handled: waiting for the client's next command."""
-        reader = self._reader
-        return (self.envelope is None or self.envelope.mail_from is None) \
-            and getattr(reader, "_waiter", None) is not None and not getattr(reader, "_buffer", b"")
+        return (self.envelope is None or self.envelope.mail_from is None) and waiting_for_data(self.stream_reader)
 
     async def shut_down(self) -> None:
         """Graceful shutdown: ``421 4.3.2`` and close (RFC 5321 4.2.2: the service is closing)."""
@@ -268,22 +139,17 @@ class RelaySMTP(BlockData):
             return
         try:
             await asyncio.wait_for(self.push("421 4.3.2 Service shutting down, try again later"), 1.0)
-        except (OSError, asyncio.TimeoutError, RuntimeError):
+        except (TimeoutError, OSError, RuntimeError):
             pass
         if self.transport is not None:
             self.transport.close()
 
-    def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
-        return AuthResult(success=False, handled=False, auth_data=_PendingAuth(auth_data))
-
-    async def _finish_auth(self, result: AuthResult) -> AuthResult:
-        pending = result.auth_data
-        if not isinstance(pending, _PendingAuth):
-            return result
+    async def check_credentials(self, login: bytes, password: bytes) -> AuthResult:
+        """AUTH PLAIN/LOGIN: the pipeline decides; failures are counted per client address."""
         assert self.session is not None
         handler: SubmissionHandler = self.event_handler
         ip = _peer_ip(self.session)
-        username = pending.login.decode("utf-8", "replace")
+        username = login.decode("utf-8", "replace")
         throttle = handler.pipeline.auth_throttle
         if throttle.locked(ip, username):
             metrics.auth_failed(handler.listener)
@@ -291,7 +157,7 @@ class RelaySMTP(BlockData):
                                                                      "listener": handler.listener})
             return await self._lockout()
         try:
-            ident = await handler.pipeline.authenticate(username, pending.password.decode("utf-8", "replace"))
+            ident = await handler.pipeline.authenticate(username, password.decode("utf-8", "replace"))
         except RelayError as exc:
             handler.failed_logins += 1
             metrics.auth_failed(handler.listener)
@@ -308,12 +174,6 @@ class RelaySMTP(BlockData):
         if self.transport is not None:
             self.transport.close()
         return AuthResult(success=False, handled=True)
-
-    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
-        return await self._finish_auth(await super().auth_PLAIN(_, args))
-
-    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
-        return await self._finish_auth(await super().auth_LOGIN(_, args))
 
 
 def _peer_ip(session: Session) -> str:
@@ -360,7 +220,7 @@ class SubmissionHandler:
             if conn.transport is not None:
                 conn.transport.close()
             return False
-        conn._counted_ip = ip
+        conn.counted_ip = ip
         if not self.pipeline.policies.has("on_connect"):
             return True
         ctx = Context(listener=self.listener, peer=_peer_ip(conn.session))
@@ -376,9 +236,9 @@ class SubmissionHandler:
     def disconnected(self, conn: RelaySMTP) -> None:
         self.sessions -= 1
         self.live.discard(conn)
-        if conn._counted_ip is not None:
-            self.pipeline.connections.close(conn._counted_ip)
-            conn._counted_ip = None
+        if conn.counted_ip is not None:
+            self.pipeline.connections.close(conn.counted_ip)
+            conn.counted_ip = None
 
     def rejected(self, phase: str, exc: RelayError, ctx: Context | None) -> str:
         """Count and log one refusal of the pipeline; returns the reply line."""
@@ -386,7 +246,7 @@ class SubmissionHandler:
         if ctx is not None:
             log.info("%s refused", phase, extra={
                 "queue_id": None, "account": ctx.identity.account_name if ctx.identity else None,
-                "alias": ctx.alias.email if ctx.alias else None, "pool": ctx.pool, "upstream": None,
+                "alias": ctx.alias.email if ctx.alias else None, "pool": ctx.ip_pool, "upstream": None,
                 "reply": exc.smtp_reply, "listener": self.listener, "peer": ctx.peer, "reason": exc.reason})
         return exc.smtp_reply
 
@@ -473,25 +333,25 @@ async def serve_listener(pipeline: Pipeline, *, name: str, sock: socket.socket, 
     handler = SubmissionHandler(pipeline, name, trusted_only=(name == "relay"))
     handler.data_timeout, handler.max_errors = data_timeout, max_errors
     loop = asyncio.get_running_loop()
-    common = dict(hostname=hostname, data_size_limit=max_message_size, enable_SMTPUTF8=True,
-                  decode_data=False, timeout=timeout, ident="Relay ESMTP", loop=loop)
+    common: dict[str, Any] = {"hostname": hostname, "data_size_limit": max_message_size, "enable_SMTPUTF8": True,
+                              "decode_data": False, "timeout": timeout, "ident": "Relay ESMTP", "loop": loop}
     handler.session_options = common  # read per connection: a reload (SIGHUP) changes it in place
-    if name == "submission":
-        factory = lambda: RelaySMTP(handler, tls_context=tls_context, require_starttls=True,  # noqa: E731
-                                    auth_require_tls=True, auth_required=True, **common)
-        server_ssl = None
-    elif name == "smtps":
-        factory = lambda: RelaySMTP(handler, implicit_tls=True, auth_require_tls=False,  # noqa: E731
-                                    auth_required=True, **common)
-        server_ssl = tls_context
-    elif name == "relay":
-        factory = lambda: RelaySMTP(handler, auth_require_tls=True, auth_exclude_mechanism=("PLAIN", "LOGIN"),  # noqa: E731
-                                    **common)
-        server_ssl = None
-    else:
+    listener_options: dict[str, dict[str, Any]] = {
+        "submission": {"tls_context": tls_context, "require_starttls": True, "auth_require_tls": True,
+                       "auth_required": True},
+        "smtps": {"auth_require_tls": False, "auth_required": True},
+        "relay": {"auth_require_tls": True, "auth_exclude_mechanism": ("PLAIN", "LOGIN")},
+    }
+    if name not in listener_options:
         raise ValueError(name)
+    options = listener_options[name]
+    server_ssl = tls_context if name == "smtps" else None
+
+    def factory() -> RelaySMTP:
+        return RelaySMTP(handler, **options, **common)  # common read per connection (reload)
+
     server = await loop.create_server(factory, sock=sock, ssl=server_ssl)
     return server, handler
 
 
-__all__ = ["RelaySMTP", "SubmissionHandler", "serve_listener", "_bind", "MISSING", "AUTH_FAILED"]
+__all__ = ["AUTH_FAILED", "MISSING", "RelaySMTP", "SubmissionHandler", "_bind", "serve_listener"]
