@@ -90,7 +90,8 @@ class Gateway:
                                        settings.smtp.workers) if worker == 0 else (),
             bounce=Bouncer(hostname=settings.hostname, submit=self.pipeline.submit_system),
             policies=self.policies)  # after_delivery / after_bounce
-        self.webhooks = WebhookService(store=self.store, runner=self.runner, master_key=self.master_key)
+        self.webhooks = WebhookService(store=self.store, runner=self.runner, master_key=self.master_key,
+                                       allow_targets=settings.security.allow_targets)
         self.servers: dict[str, asyncio.AbstractServer] = {}
         self.handlers: dict[str, smtp.SubmissionHandler] = {}
         self.sockets: dict[str, socket.socket] = dict(sockets or {})

@@ -87,7 +87,7 @@ def delivery_json(d: DeliveryRec) -> dict[str, Any]:
 
 
 def _webhooks(svc: Services) -> WebhookAdmin:
-    return WebhookAdmin(svc.runner, svc.webhooks, svc.master_key)
+    return WebhookAdmin(svc.runner, svc.webhooks, svc.master_key, max_per_account=svc.settings.webhooks.max_per_account)
 
 
 Webhooks = Annotated[WebhookAdmin, Depends(_webhooks)]
@@ -98,7 +98,7 @@ async def list_webhooks(ident: AdminKey, webhooks: Webhooks) -> dict[str, Any]:
     return {"success": True, "webhooks": [webhook_json(w) for w in await webhooks.webhooks_of(ident.account_id)]}
 
 
-@router.post("/webhooks", response_model=WebhookCreated, responses=errors())
+@router.post("/webhooks", response_model=WebhookCreated, responses=errors(409))
 async def create_webhook(body: WebhookIn, ident: AdminKey, webhooks: Webhooks) -> dict[str, Any]:
     """Register an endpoint. Each event is POSTed as JSON with ``X-Relay-Signature: t=<unix>,v1=<hex
     HMAC-SHA256(secret, "<t>." + body)>``, and retried with backoff until it answers 2xx."""

@@ -19,18 +19,21 @@ import hashlib
 import hmac
 import logging
 import time
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import httpx
+from urllib.parse import urlsplit
 
 from relay.aio import wait_event
 from relay.delivery.policy import backoff
+from relay.ops.targets import Network, default_port, pinned, resolve_checked
 from relay.secrets import MasterKey
 from relay.store import Store, utcnow
 from relay.store.runner import DbRunner
 from relay.store.webhooks import Attempt, Result, Subscriptions
 
 log = logging.getLogger(__name__)
+logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines carry URLs with credentials
 
 SIGNATURE_HEADER = "X-Relay-Signature"
 TOLERANCE = 300  # seconds a receiver accepts between the signature's timestamp and its clock
@@ -73,7 +76,9 @@ class WebhookService:
     timeout = 10.0
     concurrency = 8
 
-    def __init__(self, *, store: Store, runner: DbRunner, master_key: MasterKey) -> None:
+    def __init__(self, *, store: Store, runner: DbRunner, master_key: MasterKey,
+                 allow_targets: Sequence[Network] = ()) -> None:
+        self.allow_targets = tuple(allow_targets)  # [security] allow_targets: private ranges an account may reach
         self.runner = runner
         self.master_key = master_key
         self.owner = store.node_id
@@ -168,7 +173,12 @@ class WebhookService:
                    "X-Relay-Delivery": d.event_id}
         status: int | None = None
         try:
-            resp = await client.post(a.url, content=body, headers=headers)
+            # checked again at connect time, and the connection goes to the address checked
+            parts = urlsplit(a.url)
+            checked = await resolve_checked(parts.hostname or "", default_port(a.url), self.allow_targets)
+            url, headers["Host"] = pinned(a.url, checked)
+            extensions = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
+            resp = await client.post(url, content=body, headers=headers, extensions=extensions)
             status = resp.status_code
             error = None if 200 <= status < 300 else f"HTTP {status}"
         except Exception as exc:  # connection refused, timeout, bad URL...

@@ -15,11 +15,14 @@ from relay.events.webhooks import WebhookService
 from relay.secrets import MasterKey
 from relay.store.runner import DbRunner
 from relay.store.webhooks import EVENTS, DeliveryRec, WebhookRec, new_webhook_id
-from relay.vocab import Invalid
+from relay.ops.targets import default_port, resolve_checked
+from relay.vocab import Conflict, Invalid
 
 
 class WebhookAdmin:
-    def __init__(self, runner: DbRunner, webhooks: WebhookService, master_key: MasterKey) -> None:
+    def __init__(self, runner: DbRunner, webhooks: WebhookService, master_key: MasterKey, *,
+                 max_per_account: int = 10) -> None:
+        self.max_per_account = max_per_account
         self.runner = runner
         self.webhooks = webhooks
         self.store = webhooks.store
@@ -43,6 +46,9 @@ class WebhookAdmin:
         bad = [e for e in chosen if e not in EVENTS]
         if bad:
             raise Invalid(f"unknown event {bad[0]!r}; choose from {', '.join(EVENTS)}", "events")
+        await resolve_checked(parts.hostname, default_port(url), self.webhooks.allow_targets)
+        if len(await self.webhooks_of(account_id)) >= self.max_per_account:
+            raise Conflict(f"An account may have at most {self.max_per_account} webhooks")
         secret = "whsec_" + secrets.token_urlsafe(32)
         wid = new_webhook_id()
         rec: WebhookRec = await self.runner.write(

@@ -215,6 +215,19 @@ class DnsSettings(_Model):
         return value
 
 
+class SecuritySettings(_Model):
+    """``[security]``: what the operator allows beyond the defaults."""
+
+    # ranges an account's outbound targets (webhook URLs) may resolve to besides public addresses
+    allow_targets: list[Network] = Field(default_factory=list)
+
+
+class WebhooksSettings(_Model):
+    """``[webhooks]``: limits of the accounts' webhooks."""
+
+    max_per_account: Int = Field(default=10, ge=0)
+
+
 class LogSettings(_Model):
     """``[log]``: level DEBUG/INFO/WARNING/ERROR (any case), format text/json."""
 
@@ -283,6 +296,8 @@ class Settings(_Model):
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     dns: DnsSettings = Field(default_factory=DnsSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
+    webhooks: WebhooksSettings = Field(default_factory=WebhooksSettings)
     policies: PoliciesSettings = Field(default_factory=PoliciesSettings)
 
     _source: Path | None = PrivateAttr(default=None)
