@@ -322,7 +322,6 @@ def run(settings: Settings) -> int:
     binds the listening sockets, forks, and forwards SIGTERM/SIGINT to the workers. Each worker has
     its own delivery scheduler and store connections; worker 0 also serves the HTTP API.
     """
-    check_libraries()
     n = settings.smtp.workers
     _event_loop_policy()
     # The store thread hands each group commit back through the event loop's thread: a short switch

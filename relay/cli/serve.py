@@ -15,10 +15,11 @@ from relay.vocab import ConfigError
 @click.pass_obj
 def serve(ctx: Ctx, as_json: bool) -> None:
     """Run the gateway: SMTP listeners, HTTP API and delivery, in one process."""
-    from relay.gateway import run
+    from relay.gateway import check_libraries, run
     from relay.ops.logs import setup_logging
 
     try:
+        check_libraries()  # before anything is set up: a library version we were not written for
         settings = ctx.settings
     except ConfigError as exc:
         click.echo(str(exc), err=True)
