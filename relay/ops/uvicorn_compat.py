@@ -5,7 +5,7 @@ runs the HTTP API in the same event loop. ``uvicorn.Server.serve()`` installs it
 handlers around the server, in ``Server.capture_signals()`` (since uvicorn 0.29, "cooperative signal
 handling"), and raises the signals it caught again once it is done. That method is not documented
 API; :class:`Server` overrides it here and nowhere else, and :func:`check` runs at start-up and
-refuses a uvicorn outside :data:`SUPPORTED`. tests/test_uvicorn_compat.py serves with both classes
+refuses a uvicorn outside :data:`SUPPORTED`. tests/unit/ops/test_uvicorn_compat.py serves with both classes
 and checks that only uvicorn's own touches the signal handlers.
 """
 

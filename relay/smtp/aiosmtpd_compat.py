@@ -11,7 +11,7 @@ The rest of :mod:`relay.smtp` subclasses the two classes here and uses public na
   state aiosmtpd 1.4's does, with the handler/method tables taken from a cache (aiosmtpd inspects
   the class and the handler again at every connection, ~5% of the CPU per message); AUTH
   credentials are checked asynchronously by ``check_credentials()``; MAIL/RCPT addresses of the
-  plain ``<local@domain>`` form are split by one regular expression (tests/test_fuzz.py compares
+  plain ``<local@domain>`` form are split by one regular expression (tests/gateway/test_fuzz.py compares
   :func:`getaddr` with :func:`library_getaddr`, aiosmtpd's own parser).
 
 :func:`check` compares the installed aiosmtpd with :data:`SUPPORTED` at start-up.

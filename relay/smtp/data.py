@@ -5,7 +5,7 @@ checks for a 4 KB message, a tenth of the gateway's CPU per message. :class:`Blo
 the terminator ``CRLF.CRLF`` with one ``readuntil`` (the stream's limit is raised to the message size
 limit for the transfer), then applies aiosmtpd's rules to the whole block at C speed: the same
 replies for a line over ``line_length_limit`` and for more than ``data_size_limit`` bytes, the same
-dot-unstuffing, the same hand-over to ``handle_DATA``. tests/test_fuzz.py feeds both readers the
+dot-unstuffing, the same hand-over to ``handle_DATA``. tests/gateway/test_fuzz.py feeds both readers the
 same bytes in the same random pieces and compares every reply and every message.
 
 Only ``CRLF.CRLF`` ends the transfer (a bare LF before or after the dot does not: no smuggling).

@@ -52,7 +52,7 @@ class RelaySMTP(BlockData, RelaySMTPBase):
     """
 
     # Per-session state, set on the instance when it changes (no __init__ of its own: one call less
-    # per connection). Not names of aiosmtpd's (tests/test_smtp_compat.py checks).
+    # per connection). Not names of aiosmtpd's (tests/unit/smtp/test_aiosmtpd_compat.py checks).
     _greeting_or_ehlo = False
     _ehlo_buffer: list[bytes] | None = None
     _errors = 0  # 5xx replies so far

@@ -5,7 +5,7 @@ dkimpy's documented API is ``dkim.sign``, ``dkim.verify``, ``dkim.DKIM`` and the
 of a message: its parser (``dkim.rfc822_parse``), its header selection (``dkim.select_headers``) and
 its relaxed canonicalization (``dkim.canonicalization``). Those are module internals, reached only
 here under public names; :func:`check` runs at start-up and refuses a dkimpy outside
-:data:`SUPPORTED`. tests/test_dkim.py checks the signer against dkimpy itself, so a dkimpy whose
+:data:`SUPPORTED`. tests/unit/submission/test_dkim.py checks the signer against dkimpy itself, so a dkimpy whose
 internals changed meaning is caught there before :data:`SUPPORTED` is widened.
 """
 
