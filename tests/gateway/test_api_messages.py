@@ -6,6 +6,7 @@ import asyncio
 
 from tests.support.api import Api, send_body
 from tests.conftest import wait_for
+from tests.support.replies import REFUSED
 
 OK, BAD_REQUEST, NOT_FOUND = 200, 400, 404
 
@@ -29,7 +30,7 @@ async def test_message_shows_per_recipient_state_and_events(api: Api):
     assert msg["status"] == "delivered" and msg["tags"] == ["welcome"] and msg["metadata"] == {"user_id": "42"}
     assert msg["from"] == api.p.alias and msg["subject"] == "Hello" and msg["source"] == "api"
     bounced = next(x for x in msg["recipients"] if x["email"] == "nobody@dest.org")
-    assert (bounced["last_code"], bounced["last_reply"]) == (550, "5.1.1 No such user")
+    assert (bounced["last_code"], bounced["last_reply"]) == (REFUSED, "5.1.1 No such user")
     types = [(e["type"], e["recipient"]) for e in msg["events"]]
     assert ("accepted", "user@dest.org") in types and ("delivered", "user@dest.org") in types
     assert ("bounced", "nobody@dest.org") in types

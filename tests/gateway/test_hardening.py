@@ -17,6 +17,17 @@ import subprocess
 import pytest
 
 from tests.conftest import free_port, port_of, provision
+from tests.support.replies import (
+    AUTH_REQUIRED,
+    OK,
+    READY,
+    REFUSED,
+    START_DATA,
+    SYNTAX_ERROR,
+    TOO_BIG,
+    TRANSACTION_FAILED,
+    UNAVAILABLE,
+)
 
 SMUGGLED = (b"MAIL FROM:<app@example.com>\r\nRCPT TO:<victim@dest.org>\r\nDATA\r\n"
             b"From: app@example.com\r\nTo: victim@dest.org\r\nSubject: smuggled\r\n\r\nsmuggled\r\n")
@@ -64,11 +75,11 @@ class Line:
         return self.reply()
 
     def starttls(self) -> None:
-        assert self.cmd(b"STARTTLS")[0] == 220
+        assert self.cmd(b"STARTTLS")[0] == READY
         self.sock = _client_ctx().wrap_socket(self.sock)
 
     def login(self, key: str) -> None:
-        assert self.cmd(b"EHLO client.test")[0] == 250
+        assert self.cmd(b"EHLO client.test")[0] == OK
         assert self.cmd(b"AUTH PLAIN " + base64.b64encode(f"\0apikey\0{key}".encode())) == (
             235, "2.7.0 Authentication successful")
 
@@ -82,7 +93,7 @@ class Line:
 def _open(gw, listener: str, key: str) -> Line:
     if listener == "submission":
         c = Line(port_of(gw, "submission"))
-        assert c.cmd(b"EHLO client.test")[0] == 250
+        assert c.cmd(b"EHLO client.test")[0] == OK
         c.starttls()
         c.login(key)
     elif listener == "smtps":
@@ -90,7 +101,7 @@ def _open(gw, listener: str, key: str) -> Line:
         c.login(key)
     else:
         c = Line(port_of(gw, "relay"))
-        assert c.cmd(b"EHLO client.test")[0] == 250
+        assert c.cmd(b"EHLO client.test")[0] == OK
     return c
 
 
@@ -111,9 +122,9 @@ async def test_smuggling_variants_are_refused_on_every_listener(env, listener):
         out = []
         for name, ending in VARIANTS.items():
             c = _open(gw, listener, p.key)
-            assert c.cmd(b"MAIL FROM:<app@example.com>")[0] == 250
-            assert c.cmd(b"RCPT TO:<r@dest.org>")[0] == 250
-            assert c.cmd(b"DATA")[0] == 354
+            assert c.cmd(b"MAIL FROM:<app@example.com>")[0] == OK
+            assert c.cmd(b"RCPT TO:<r@dest.org>")[0] == OK
+            assert c.cmd(b"DATA")[0] == START_DATA
             c.sock.sendall(b"From: app@example.com\r\nTo: r@dest.org\r\nSubject: first\r\n\r\nbody"
                            + ending + SMUGGLED + b".\r\n")
             first = c.reply()
@@ -132,7 +143,7 @@ async def test_smuggling_variants_are_refused_on_every_listener(env, listener):
     results = await asyncio.to_thread(attack)
     for name, (code, text) in results:
         # Bare CR/LF is refused outright; nothing with a hidden end-of-data is ever stored.
-        assert (code, text) == (550, "5.6.11 Bare CR or LF in message data refused"), name
+        assert (code, text) == (REFUSED, "5.6.11 Bare CR or LF in message data refused"), name
     await asyncio.sleep(0.3)
     stored = [m for m in gw.store.queue.list_messages(limit=1000) if m.source == "smtp"]
     bodies = [gw.store.queue.body(m.id) for m in stored]
@@ -191,7 +202,7 @@ async def test_no_mail_without_authentication(env, listener):
         return out
 
     replies = await asyncio.to_thread(probe)
-    assert replies[0] == (530, "5.7.0 Authentication required")
+    assert replies[0] == (AUTH_REQUIRED, "5.7.0 Authentication required")
     assert all(code >= 500 for code, _ in replies)
     assert gw.store.queue.list_messages() == [] or all(m.source == "system" for m in gw.store.queue.list_messages())
 
@@ -210,7 +221,7 @@ async def test_relay_listener_refuses_untrusted_networks(gateway_factory, sink_f
         return out
 
     replies = await asyncio.to_thread(probe)
-    assert replies[0] == (554, "5.7.1 Relay access denied")
+    assert replies[0] == (TRANSACTION_FAILED, "5.7.1 Relay access denied")
     assert replies[1][0] == 503
 
 
@@ -272,7 +283,7 @@ async def test_connection_limits_per_ip_and_in_all(gateway_factory, sink_factory
         return [over_ip, (int(closed), "")]
 
     over_ip, closed = await asyncio.to_thread(probe)
-    assert over_ip == (421, "4.7.0 Too many connections, try again later")
+    assert over_ip == (UNAVAILABLE, "4.7.0 Too many connections, try again later")
     assert closed == (1, "")
     await asyncio.sleep(0.2)
     assert gw.pipeline.connections.total == 0  # every slot given back
@@ -286,7 +297,7 @@ async def test_connection_limits_per_ip_and_in_all(gateway_factory, sink_factory
         for h in held:
             h.close()
         return int(line[:3]), line[4:].strip()
-    assert await asyncio.to_thread(total_limit) == (421, "4.7.0 Too many connections, try again later")
+    assert await asyncio.to_thread(total_limit) == (UNAVAILABLE, "4.7.0 Too many connections, try again later")
 
 
 async def test_line_limits_size_and_error_budget(gateway_factory, sink_factory):
@@ -299,20 +310,20 @@ async def test_line_limits_size_and_error_budget(gateway_factory, sink_factory):
         c = _open(gw, "smtps", p.key)
         out["command"] = c.cmd(b"NOOP " + b"x" * 600)
         out["size"] = c.cmd(b"MAIL FROM:<app@example.com> SIZE=5000")
-        assert c.cmd(b"MAIL FROM:<app@example.com>")[0] == 250
-        assert c.cmd(b"RCPT TO:<r@dest.org>")[0] == 250
-        assert c.cmd(b"DATA")[0] == 354
+        assert c.cmd(b"MAIL FROM:<app@example.com>")[0] == OK
+        assert c.cmd(b"RCPT TO:<r@dest.org>")[0] == OK
+        assert c.cmd(b"DATA")[0] == START_DATA
         c.sock.sendall(b"From: app@example.com\r\n\r\n" + b"y" * 1200 + b"\r\n.\r\n")
         out["text line"] = c.reply()
-        assert c.cmd(b"MAIL FROM:<app@example.com>")[0] == 250
-        assert c.cmd(b"RCPT TO:<r@dest.org>")[0] == 250
-        assert c.cmd(b"DATA")[0] == 354
+        assert c.cmd(b"MAIL FROM:<app@example.com>")[0] == OK
+        assert c.cmd(b"RCPT TO:<r@dest.org>")[0] == OK
+        assert c.cmd(b"DATA")[0] == START_DATA
         c.sock.sendall(b"From: app@example.com\r\n\r\n" + (b"z" * 70 + b"\r\n") * 40 + b".\r\n")
         out["data size"] = c.reply()
         c.close()
         c = _open(gw, "smtps", p.key)
         for _ in range(3):
-            assert c.cmd(b"BOGUS")[0] == 500
+            assert c.cmd(b"BOGUS")[0] == SYNTAX_ERROR
         out["fourth error"] = c.cmd(b"BOGUS")
         out["then"] = c.reply()
         c.sock.settimeout(2)
@@ -321,12 +332,12 @@ async def test_line_limits_size_and_error_budget(gateway_factory, sink_factory):
         return out
 
     out = await asyncio.to_thread(probe)
-    assert out["command"] == (500, "5.5.2 Command line too long")
-    assert out["size"][0] == 552 and out["size"][1].startswith("5.3.4 ")
-    assert out["text line"] == (552, "5.6.0 Message line too long (see RFC 5321 4.5.3.1.6)")
-    assert out["data size"] == (552, "5.3.4 Message too big for system")
-    assert out["fourth error"][0] == 500
-    assert out["then"] == (421, "4.7.0 Too many errors, closing connection")
+    assert out["command"] == (SYNTAX_ERROR, "5.5.2 Command line too long")
+    assert out["size"][0] == TOO_BIG and out["size"][1].startswith("5.3.4 ")
+    assert out["text line"] == (TOO_BIG, "5.6.0 Message line too long (see RFC 5321 4.5.3.1.6)")
+    assert out["data size"] == (TOO_BIG, "5.3.4 Message too big for system")
+    assert out["fourth error"][0] == SYNTAX_ERROR
+    assert out["then"] == (UNAVAILABLE, "4.7.0 Too many errors, closing connection")
     assert out["closed"] == (1, "")
     assert [m for m in gw.store.queue.list_messages() if m.source == "smtp"] == []
     assert sink.received == [] or all(r.rcpt_tos == ["app@example.com"] for r in sink.received)
@@ -346,5 +357,5 @@ async def test_idle_client_gets_421_and_is_dropped(gateway_factory, sink_factory
         return first, rest
 
     first, rest = await asyncio.to_thread(probe)
-    assert first == (421, "4.4.2 relay.test Error: timeout exceeded")
+    assert first == (UNAVAILABLE, "4.4.2 relay.test Error: timeout exceeded")
     assert rest == b""

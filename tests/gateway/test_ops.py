@@ -26,6 +26,7 @@ from relay.gateway import Gateway
 from relay.store.stats import queue_stats
 from tests.conftest import free_port, port_of, provision, wait_for
 from tests.gateway.test_submission import QUEUED, client, message, reply, transaction
+from tests.support.replies import AUTH_INVALID, OK
 
 SHUTTING_DOWN = "421 4.3.2"
 
@@ -91,7 +92,7 @@ async def test_metrics_parse_and_count_what_was_sent(gateway_factory, sink_facto
         ("MAIL", 553, "5.7.1 Sender address not allowed for this login")
     await smtp.quit()
     bad = await client(gw, "smtps")
-    assert (await reply(bad.auth_plain("apikey", "rk_00000000_wrong")))[0] == 535  # one attempt
+    assert (await reply(bad.auth_plain("apikey", "rk_00000000_wrong")))[0] == AUTH_INVALID  # one attempt
     bad.close()
     await wait_for(lambda: len([m for m in sink.received if b"Subject: m" in m.data]) == 3)
     await wait_for(lambda: pending(gw) == 0)
@@ -219,10 +220,10 @@ async def test_json_log_lines_parse_and_carry_the_message_fields(gateway_factory
     p = provision(gw, sink.port)
     await settled(gw)
     smtp = await client(gw)
-    assert (await reply(smtp.login(p.key, p.key)))[0] == 535  # the key pasted as user name too
+    assert (await reply(smtp.login(p.key, p.key)))[0] == AUTH_INVALID  # the key pasted as user name too
     await smtp.login("apikey", p.key)
     stage, code, text = await transaction(smtp, p.alias, ["r@dest.org"], message())
-    assert code == 250
+    assert code == OK
     queue_id = QUEUED.match(text).group(1)
     await transaction(smtp, "nobody@example.com", ["r@dest.org"], message())
     await smtp.quit()

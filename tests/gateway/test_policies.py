@@ -24,12 +24,22 @@ from relay.store import utcnow
 from relay.store.suppressions import NewSuppression, Suppressions
 from tests.conftest import port_of, provision, wait_for
 from tests.gateway.test_submission import client, message, received_from, reply, smtp_messages
+from tests.support.replies import (
+    INSUFFICIENT,
+    LOCAL_ERROR,
+    OK,
+    REFUSED,
+    SENDER_REFUSED,
+    TOO_BIG,
+    TRANSACTION_FAILED,
+    UNAVAILABLE,
+)
 
-OK_MAIL = (250, "2.1.0 Sender OK")
-OK_RCPT = (250, "2.1.5 Recipient OK")
-TEMP_LOCAL = (451, "4.3.0 Temporary local problem, try again later")
-SUPPRESSED = (550, "5.7.1 Recipient address rejected")
-TOO_MANY_RCPTS = (452, "4.5.3 Too many recipients")
+OK_MAIL = (OK, "2.1.0 Sender OK")
+OK_RCPT = (OK, "2.1.5 Recipient OK")
+TEMP_LOCAL = (LOCAL_ERROR, "4.3.0 Temporary local problem, try again later")
+SUPPRESSED = (REFUSED, "5.7.1 Recipient address rejected")
+TOO_MANY_RCPTS = (INSUFFICIENT, "4.5.3 Too many recipients")
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
@@ -136,7 +146,7 @@ async def send(gw, p, rcpts: list[str], data: bytes | None = None):
         assert await reply(smtp.mail(p.alias)) == OK_MAIL
         replies = [await reply(smtp.rcpt(r)) for r in rcpts]
         data_reply = None
-        if any(code == 250 for code, _ in replies):
+        if any(code == OK for code, _ in replies):
             data_reply = await reply(smtp.data(data or message(from_=p.alias, to=", ".join(rcpts[:3]))))
         return replies, data_reply
     finally:
@@ -202,7 +212,7 @@ async def test_third_party_policy_is_loaded_ordered_and_obeyed(gateway_factory, 
     calls = third_party.CALLS
     replies, data = await send(gw, p, ["both-1@dest.org", "second-1@dest.org", "ok@dest.org"])
     # the first refusing verdict wins and the later policies are not asked; accept lets the next one speak
-    assert replies == [(553, "5.1.3 Not here"), (554, "5.7.1 Nor here"), OK_RCPT]
+    assert replies == [(SENDER_REFUSED, "5.1.3 Not here"), (TRANSACTION_FAILED, "5.7.1 Nor here"), OK_RCPT]
     assert [c for c in calls if c[1] == "on_rcpt"] == [("first", "on_rcpt", "both-1@dest.org"),
                          ("first", "on_rcpt", "second-1@dest.org"), ("rec", "on_rcpt", "second-1@dest.org"),
                          ("second", "on_rcpt", "second-1@dest.org"),
@@ -220,7 +230,7 @@ async def test_third_party_policy_is_loaded_ordered_and_obeyed(gateway_factory, 
     gw2, _, p2 = await policy_gateway(gateway_factory, sink_factory, ["tp_second", "tp_first"],
                                       tp_first=first, tp_second=second)
     replies, _ = await send(gw2, p2, ["both-2@dest.org"])
-    assert replies == [(554, "5.7.1 Nor here")]
+    assert replies == [(TRANSACTION_FAILED, "5.7.1 Nor here")]
     assert [c for c in calls if c[1] == "on_rcpt"] == [("second", "on_rcpt", "both-2@dest.org")]
 
 
@@ -270,11 +280,11 @@ async def test_a_policy_that_raises_tempfails_and_nothing_is_stored(gateway_fact
     assert await reply(smtp.rcpt("fine@dest.org")) == OK_RCPT
     assert await reply(smtp.data(message(from_=p.alias, subject="boom"))) == TEMP_LOCAL
     # the session survives: the next transaction on the same connection goes through
-    assert await reply(smtp.noop()) == (250, "2.0.0 OK")
+    assert await reply(smtp.noop()) == (OK, "2.0.0 OK")
     assert await reply(smtp.mail(p.alias)) == OK_MAIL
     assert await reply(smtp.rcpt("fine@dest.org")) == OK_RCPT
     code, text = await reply(smtp.data(message(from_=p.alias, subject="calm")))
-    assert code == 250, text
+    assert code == OK, text
     await smtp.quit()
     await wait_for(lambda: delivered(sink, p) == [["fine@dest.org"]])
     assert [m.subject for m in smtp_messages(gw)] == ["calm"]  # nothing of the failed transaction
@@ -283,14 +293,14 @@ async def test_a_policy_that_raises_tempfails_and_nothing_is_stored(gateway_fact
     gw2, _, _ = await policy_gateway(gateway_factory, sink_factory, ["tp_raiser"], tp_raiser={"at_connect": True})
     with pytest.raises(aiosmtplib.SMTPConnectResponseError) as info:
         await client(gw2, "smtps")
-    assert (info.value.code, info.value.message) == (421, "4.3.0 Temporary local problem, try again later")
+    assert (info.value.code, info.value.message) == (UNAVAILABLE, "4.3.0 Temporary local problem, try again later")
 
 
 async def test_on_connect_verdicts_replace_the_greeting(gateway_factory, sink_factory, third_party):
     gw, _, _ = await policy_gateway(gateway_factory, sink_factory, ["tp_gatekeeper"])
     gw2, _, _ = await policy_gateway(gateway_factory, sink_factory, ["tp_gatekeeper"],
                                      tp_gatekeeper={"temporary": True})
-    for g, expected in ((gw, (554, "5.7.1 Not from there")), (gw2, (421, "4.7.0 Busy, come back later"))):
+    for g, expected in ((gw, (TRANSACTION_FAILED, "5.7.1 Not from there")), (gw2, (UNAVAILABLE, "4.7.0 Busy, come back later"))):
         reader, writer = await asyncio.open_connection("127.0.0.1", port_of(g, "submission"))
         line = await asyncio.wait_for(reader.readline(), 5)
         assert line == f"{expected[0]} {expected[1]}\r\n".encode()
@@ -362,10 +372,10 @@ async def test_header_recipient_counts_and_subject_length(gateway_factory, sink_
     bcc_51 = fold([f"b{i}@dest.org" for i in range(51)]).encode()
     long_subject = fold(words(999), sep=" ")
     cases = [
-        (message(from_=p.alias, to=to_101), (550, "5.5.3 Too many recipients")),
-        (message(from_=p.alias, extra=b"Cc: " + cc_51 + b"\r\n"), (550, "5.5.3 Too many recipients")),
-        (message(from_=p.alias, extra=b"Bcc: " + bcc_51 + b"\r\n"), (550, "5.5.3 Too many recipients")),
-        (message(from_=p.alias, subject=long_subject), (550, "5.6.0 Subject too long")),
+        (message(from_=p.alias, to=to_101), (REFUSED, "5.5.3 Too many recipients")),
+        (message(from_=p.alias, extra=b"Cc: " + cc_51 + b"\r\n"), (REFUSED, "5.5.3 Too many recipients")),
+        (message(from_=p.alias, extra=b"Bcc: " + bcc_51 + b"\r\n"), (REFUSED, "5.5.3 Too many recipients")),
+        (message(from_=p.alias, subject=long_subject), (REFUSED, "5.6.0 Subject too long")),
     ]
     for data, expected in cases:
         _, got = await send(gw, p, ["r@dest.org"], data)
@@ -387,11 +397,11 @@ async def test_message_size_is_advertised_and_enforced_with_552(gateway_factory,
     smtp = await session(gw, p.key)
     assert smtp.supports_extension("size") and smtp.esmtp_extensions["size"] == "4000"
     assert await reply(smtp.mail(p.alias, options=["SIZE=5000"])) == \
-        (552, "5.3.4 Error: message size exceeds fixed maximum message size")
+        (TOO_BIG, "5.3.4 Error: message size exceeds fixed maximum message size")
     assert await reply(smtp.mail(p.alias)) == OK_MAIL
     assert await reply(smtp.rcpt("r@dest.org")) == OK_RCPT
     assert await reply(smtp.data(message(from_=p.alias, body=(b"z" * 70 + b"\r\n") * 70))) == \
-        (552, "5.3.4 Message too big for system")
+        (TOO_BIG, "5.3.4 Message too big for system")
     smtp.close()
     assert smtp_messages(gw) == []
 

@@ -30,9 +30,10 @@ from relay.store.suppressions import NewSuppression, Suppressions
 from tests.conftest import free_port, port_of, provision, wait_for
 from tests.gateway.test_policies import OK_MAIL, OK_RCPT, delivered, fold, send, words
 from tests.gateway.test_submission import message, reply, smtp_messages
+from tests.support.replies import INSUFFICIENT, LOCAL_ERROR, OK, REFUSED
 
-FIRST_OVER = (451, "4.7.1 Too much mail, try again later")
-MORE_OVER = (452, "4.5.3 Too many recipients, try again later")
+FIRST_OVER = (LOCAL_ERROR, "4.7.1 Too much mail, try again later")
+MORE_OVER = (INSUFFICIENT, "4.5.3 Too many recipients, try again later")
 
 
 class Clock:
@@ -310,20 +311,20 @@ async def test_reservations_of_uncommitted_transactions_are_given_back(gateway_f
     assert await reply(smtp.mail(p.alias)) == OK_MAIL
     assert [await reply(smtp.rcpt(r)) for r in rcpts + ["r4@dest.org"]] == [OK_RCPT] * 3 + [MORE_OVER]
     assert used_today(gw, target) == 3
-    assert await reply(smtp.rset()) == (250, "2.0.0 OK")
+    assert await reply(smtp.rset()) == (OK, "2.0.0 OK")
     await wait_for(lambda: used_today(gw, target) == 0)
     # a recipient refused by a later policy (suppression runs after quota here): given back at commit
     assert await reply(smtp.mail(p.alias)) == OK_MAIL
     assert [await reply(smtp.rcpt(r)) for r in ["gone@dest.org", "r1@dest.org"]] == \
-        [(550, "5.7.1 Recipient address rejected"), OK_RCPT]
+        [(REFUSED, "5.7.1 Recipient address rejected"), OK_RCPT]
     assert used_today(gw, target) == 2
     code, _ = await reply(smtp.data(message(from_=p.alias)))
-    assert code == 250 and used_today(gw, target) == 1
+    assert code == OK and used_today(gw, target) == 1
     # refused at DATA by another policy
     assert await reply(smtp.mail(p.alias)) == OK_MAIL
     assert await reply(smtp.rcpt("r2@dest.org")) == OK_RCPT
     assert await reply(smtp.data(message(from_=p.alias, subject=fold(words(999), sep=" ")))) == \
-        (550, "5.6.0 Subject too long")
+        (REFUSED, "5.6.0 Subject too long")
     assert used_today(gw, target) == 1
     # the store fails at commit: 451, and nothing stays counted
     assert await reply(smtp.mail(p.alias)) == OK_MAIL
@@ -333,7 +334,7 @@ async def test_reservations_of_uncommitted_transactions_are_given_back(gateway_f
         raise StoreError("disk full")
 
     monkeypatch.setattr(gw.pipeline, "commit", broken_commit)
-    assert await reply(smtp.data(message(from_=p.alias))) == (451, "4.3.0 Temporary local problem, try again later")
+    assert await reply(smtp.data(message(from_=p.alias))) == (LOCAL_ERROR, "4.3.0 Temporary local problem, try again later")
     monkeypatch.undo()
     assert used_today(gw, target) == 1
     # a new EHLO in the middle of a transaction

@@ -25,6 +25,21 @@ from aiosmtplib import SMTPResponseException
 from relay.secrets import parse_api_key
 from tests.conftest import free_port, port_of, provision, wait_for
 from tests.unit.submission.test_dkim import verify_ed25519
+from tests.support.replies import (
+    AUTH_INVALID,
+    AUTH_OK,
+    AUTH_REQUIRED,
+    BAD_SEQUENCE,
+    CLOSING,
+    INSUFFICIENT,
+    OK,
+    READY,
+    REFUSED,
+    SENDER_REFUSED,
+    START_DATA,
+    TRANSACTION_FAILED,
+    UNAVAILABLE,
+)
 
 QUEUED = re.compile(r"^2\.0\.0 OK queued as (msg_[0-9a-f]{16})$")
 ESC = re.compile(r"^([245])\.\d{1,3}\.\d{1,3} ")
@@ -143,7 +158,7 @@ class RawSMTP:
         """``payload`` (ending in CRLF) is sent exactly as given, then the final dot."""
         assert payload.endswith(b"\r\n")
         code, text = await self.cmd(b"DATA")
-        assert code == 354, text
+        assert code == START_DATA, text
         self.writer.write(payload + b".\r\n")
         return await self.read_reply()
 
@@ -177,16 +192,16 @@ async def test_authenticated_submission_is_queued_and_delivered(env, listener, m
     smtp = await client(gw, listener)
     assert smtp.get_transport_info("ssl_object") is not None  # STARTTLS done / implicit TLS
     auth = smtp.auth_plain if mechanism == "PLAIN" else smtp.auth_login
-    assert await reply(auth(user, p.key)) == (235, "2.7.0 Authentication successful")
+    assert await reply(auth(user, p.key)) == (AUTH_OK, "2.7.0 Authentication successful")
     body = b"line one\r\n.starts with a dot\r\n.\r\nlast\r\n"
     data = message(extra=b"Bcc: Hidden <hidden@dest.org>,\r\n\tother-hidden@dest.org\r\n", body=body)
-    assert await reply(smtp.mail(p.alias)) == (250, "2.1.0 Sender OK")
-    assert await reply(smtp.rcpt("r@dest.org")) == (250, "2.1.5 Recipient OK")
-    assert await reply(smtp.rcpt("hidden@dest.org")) == (250, "2.1.5 Recipient OK")
+    assert await reply(smtp.mail(p.alias)) == (OK, "2.1.0 Sender OK")
+    assert await reply(smtp.rcpt("r@dest.org")) == (OK, "2.1.5 Recipient OK")
+    assert await reply(smtp.rcpt("hidden@dest.org")) == (OK, "2.1.5 Recipient OK")
     code, text = await reply(smtp.data(data))
-    assert code == 250 and QUEUED.match(text), text
+    assert code == OK and QUEUED.match(text), text
     qid = QUEUED.match(text).group(1)
-    assert await reply(smtp.quit()) == (221, "2.0.0 Bye")
+    assert await reply(smtp.quit()) == (CLOSING, "2.0.0 Bye")
 
     await wait_for(lambda: len(received_from(sink, p.alias)) == 1)
     got = received_from(sink, p.alias)[0]
@@ -321,7 +336,7 @@ async def test_starttls_is_required_before_auth_and_mail_on_submission(env):
     gw, sink, p = env.gw, env.sink, env.p
     smtp = await client(gw, starttls=False)
     code, _ = await reply(smtp.ehlo())
-    assert code == 250
+    assert code == OK
     assert smtp.supports_extension("starttls") and smtp.supports_extension("enhancedstatuscodes")
     assert not smtp.supports_extension("auth")
     assert await reply(smtp.execute_command(b"AUTH", b"PLAIN", auth_plain_arg("apikey", p.key))) == (
@@ -350,23 +365,23 @@ async def test_bad_credentials_are_refused(env):
     }
     for case, (user, key) in cases.items():
         smtp = await client(gw)
-        assert await reply(smtp.auth_plain(user, key)) == (535, "5.7.8 Authentication credentials invalid"), case
-        assert await reply(smtp.auth_login(user, key)) == (535, "5.7.8 Authentication credentials invalid"), case
-        assert await reply(smtp.mail(p.alias)) == (530, "5.7.0 Authentication required"), case
+        assert await reply(smtp.auth_plain(user, key)) == (AUTH_INVALID, "5.7.8 Authentication credentials invalid"), case
+        assert await reply(smtp.auth_login(user, key)) == (AUTH_INVALID, "5.7.8 Authentication credentials invalid"), case
+        assert await reply(smtp.mail(p.alias)) == (AUTH_REQUIRED, "5.7.0 Authentication required"), case
         await smtp.quit()
     # each key works under its own account's name (or "apikey") ...
     smtp = await client(gw)
-    assert await reply(smtp.auth_plain("globex", other.key)) == (235, "2.7.0 Authentication successful")
+    assert await reply(smtp.auth_plain("globex", other.key)) == (AUTH_OK, "2.7.0 Authentication successful")
     await smtp.quit()
     smtp = await client(gw)
-    assert await reply(smtp.auth_plain("apikey", p.key)) == (235, "2.7.0 Authentication successful")
+    assert await reply(smtp.auth_plain("apikey", p.key)) == (AUTH_OK, "2.7.0 Authentication successful")
     await smtp.quit()
     # ... until it is revoked
     gw.store.directory.revoke_api_key(parse_api_key(p.key))
     gw.pipeline.invalidate()
     smtp = await client(gw)
-    assert await reply(smtp.auth_plain("apikey", p.key)) == (535, "5.7.8 Authentication credentials invalid")
-    assert await reply(smtp.mail(p.alias)) == (530, "5.7.0 Authentication required")
+    assert await reply(smtp.auth_plain("apikey", p.key)) == (AUTH_INVALID, "5.7.8 Authentication credentials invalid")
+    assert await reply(smtp.mail(p.alias)) == (AUTH_REQUIRED, "5.7.0 Authentication required")
     await smtp.quit()
     assert_nothing_stored_or_sent(gw, sink, p.alias)
     assert smtp_messages(gw) == []
@@ -376,8 +391,8 @@ async def test_mail_before_auth_is_refused(env):
     gw, sink, p = env.gw, env.sink, env.p
     for listener in ("submission", "smtps"):
         smtp = await client(gw, listener)
-        assert await reply(smtp.mail(p.alias)) == (530, "5.7.0 Authentication required")
-        assert await reply(smtp.execute_command(b"DATA")) == (530, "5.7.0 Authentication required")
+        assert await reply(smtp.mail(p.alias)) == (AUTH_REQUIRED, "5.7.0 Authentication required")
+        assert await reply(smtp.execute_command(b"DATA")) == (AUTH_REQUIRED, "5.7.0 Authentication required")
         await smtp.quit()
     assert_nothing_stored_or_sent(gw, sink, p.alias)
 
@@ -390,7 +405,7 @@ async def test_unverified_alias_is_refused_at_mail(env):
     await smtp.login("apikey", p.key)
     assert await reply(smtp.mail("unverified@example.com")) == (
         553, "5.7.1 Sender address not allowed for this login")
-    assert await reply(smtp.rcpt("r@dest.org")) == (503, "5.5.1 Error: need MAIL command")
+    assert await reply(smtp.rcpt("r@dest.org")) == (BAD_SEQUENCE, "5.5.1 Error: need MAIL command")
     await smtp.quit()
     await barrier(gw, sink, p)
     assert_nothing_stored_or_sent(gw, sink, "unverified@example.com")
@@ -402,7 +417,7 @@ async def test_alias_of_another_account_is_refused_at_mail(env):
     smtp = await client(gw)
     await smtp.login("apikey", p.key)
     for sender in (other.alias, "BOSS@Example.org", "nobody@example.com", ""):
-        assert await reply(smtp.mail(sender)) == (553, "5.7.1 Sender address not allowed for this login")
+        assert await reply(smtp.mail(sender)) == (SENDER_REFUSED, "5.7.1 Sender address not allowed for this login")
     await smtp.quit()
     await barrier(gw, sink, p)
     assert_nothing_stored_or_sent(gw, sink, other.alias)
@@ -472,18 +487,18 @@ async def test_bare_line_endings_in_data_are_refused(env):
     gw, sink, p = env.gw, env.sink, env.p
     raw, greeting = await RawSMTP.open(port_of(gw, "smtps"), tls=True)
     assert greeting[0] == 220
-    assert (await raw.cmd(b"EHLO client.test"))[0] == 250
-    assert await raw.cmd(b"AUTH PLAIN " + auth_plain_arg("apikey", p.key)) == (235, "2.7.0 Authentication successful")
+    assert (await raw.cmd(b"EHLO client.test"))[0] == OK
+    assert await raw.cmd(b"AUTH PLAIN " + auth_plain_arg("apikey", p.key)) == (AUTH_OK, "2.7.0 Authentication successful")
     for case, payload in BARE_LINE_ENDINGS.items():
-        assert await raw.cmd(b"MAIL FROM:<app@example.com>") == (250, "2.1.0 Sender OK"), case
-        assert await raw.cmd(b"RCPT TO:<r@dest.org>") == (250, "2.1.5 Recipient OK"), case
-        assert await raw.data(payload) == (550, "5.6.11 Bare CR or LF in message data refused"), case
+        assert await raw.cmd(b"MAIL FROM:<app@example.com>") == (OK, "2.1.0 Sender OK"), case
+        assert await raw.cmd(b"RCPT TO:<r@dest.org>") == (OK, "2.1.5 Recipient OK"), case
+        assert await raw.data(payload) == (REFUSED, "5.6.11 Bare CR or LF in message data refused"), case
     # the session goes on: a clean message right after is accepted
-    assert await raw.cmd(b"MAIL FROM:<app@example.com>") == (250, "2.1.0 Sender OK")
-    assert await raw.cmd(b"RCPT TO:<clean@dest.org>") == (250, "2.1.5 Recipient OK")
+    assert await raw.cmd(b"MAIL FROM:<app@example.com>") == (OK, "2.1.0 Sender OK")
+    assert await raw.cmd(b"RCPT TO:<clean@dest.org>") == (OK, "2.1.5 Recipient OK")
     code, text = await raw.data(b"From: app@example.com\r\nSubject: clean\r\n\r\nclean\r\n")
-    assert code == 250 and QUEUED.match(text), text
-    assert await raw.cmd(b"QUIT") == (221, "2.0.0 Bye")
+    assert code == OK and QUEUED.match(text), text
+    assert await raw.cmd(b"QUIT") == (CLOSING, "2.0.0 Bye")
     await raw.close()
     await wait_for(lambda: len(received_from(sink, p.alias)) == 1)
     assert [m.subject for m in smtp_messages(gw)] == ["clean"]
@@ -502,10 +517,10 @@ async def test_relay_listener_refuses_untrusted_clients(gateway_factory, sink_fa
     await smtp.ehlo()
     assert not smtp.supports_extension("auth") and not smtp.supports_extension("starttls")
     assert smtp.supports_extension("enhancedstatuscodes")
-    assert await reply(smtp.mail(p.alias)) == (554, "5.7.1 Relay access denied")
+    assert await reply(smtp.mail(p.alias)) == (TRANSACTION_FAILED, "5.7.1 Relay access denied")
     assert await reply(smtp.execute_command(b"AUTH", b"PLAIN", auth_plain_arg("apikey", p.key))) == (
         538, "5.7.11 Encryption required for requested authentication mechanism")
-    assert await reply(smtp.mail(p.alias)) == (554, "5.7.1 Relay access denied")
+    assert await reply(smtp.mail(p.alias)) == (TRANSACTION_FAILED, "5.7.1 Relay access denied")
     await smtp.quit()
     assert_nothing_stored_or_sent(gw, sink, p.alias)
 
@@ -519,7 +534,7 @@ async def test_relay_listener_accepts_trusted_clients_without_auth(gateway_facto
     await smtp.ehlo()
     assert not smtp.supports_extension("auth")
     # trusted, but still only as a verified alias of the network's account
-    assert await reply(smtp.mail("pending@example.com")) == (553, "5.7.1 Sender address not allowed for this login")
+    assert await reply(smtp.mail("pending@example.com")) == (SENDER_REFUSED, "5.7.1 Sender address not allowed for this login")
     stage, code, text = await transaction(smtp, p.alias, ["r@dest.org"], message())
     assert (stage, code) == ("DATA", 250) and QUEUED.match(text), text
     await smtp.quit()
@@ -587,32 +602,32 @@ async def test_every_reply_after_ehlo_carries_an_enhanced_status_code(env):
         seen.append((label, code, text))
         return code, text
 
-    assert await run("STARTTLS", smtp.starttls()) == (220, "2.0.0 Ready to start TLS")
+    assert await run("STARTTLS", smtp.starttls()) == (READY, "2.0.0 Ready to start TLS")
     await smtp.ehlo()
-    assert await run("NOOP", smtp.execute_command(b"NOOP")) == (250, "2.0.0 OK")
-    assert await run("AUTH", smtp.auth_plain("apikey", p.key)) == (235, "2.7.0 Authentication successful")
+    assert await run("NOOP", smtp.execute_command(b"NOOP")) == (OK, "2.0.0 OK")
+    assert await run("AUTH", smtp.auth_plain("apikey", p.key)) == (AUTH_OK, "2.7.0 Authentication successful")
     await run("AUTH again", smtp.execute_command(b"AUTH", b"PLAIN", auth_plain_arg("apikey", p.key)))
     await run("RCPT before MAIL", smtp.execute_command(b"RCPT", b"TO:<r@dest.org>"))
     await run("bad MAIL syntax", smtp.execute_command(b"MAIL", b"TO:<r@dest.org>"))
     await run("unknown command", smtp.execute_command(b"FROB"))
     await run("VRFY", smtp.execute_command(b"VRFY", b"someone"))
     await run("HELP", smtp.execute_command(b"HELP"))
-    assert await run("MAIL", smtp.execute_command(b"MAIL", f"FROM:<{p.alias}>".encode())) == (250, "2.1.0 Sender OK")
+    assert await run("MAIL", smtp.execute_command(b"MAIL", f"FROM:<{p.alias}>".encode())) == (OK, "2.1.0 Sender OK")
     await run("DATA before RCPT", smtp.execute_command(b"DATA"))
-    assert await run("RCPT", smtp.execute_command(b"RCPT", b"TO:<r@dest.org>")) == (250, "2.1.5 Recipient OK")
-    assert await run("RSET", smtp.execute_command(b"RSET")) == (250, "2.0.0 OK")
-    assert await run("NOOP", smtp.execute_command(b"NOOP")) == (250, "2.0.0 OK")
+    assert await run("RCPT", smtp.execute_command(b"RCPT", b"TO:<r@dest.org>")) == (OK, "2.1.5 Recipient OK")
+    assert await run("RSET", smtp.execute_command(b"RSET")) == (OK, "2.0.0 OK")
+    assert await run("NOOP", smtp.execute_command(b"NOOP")) == (OK, "2.0.0 OK")
     await run("MAIL", smtp.execute_command(b"MAIL", f"FROM:<{p.alias}>".encode()))
     await run("RCPT", smtp.execute_command(b"RCPT", b"TO:<r@dest.org>"))
     code, text = await run("DATA", smtp.data(message()))
-    assert code == 250 and QUEUED.match(text)
+    assert code == OK and QUEUED.match(text)
     await run("MAIL refused", smtp.execute_command(b"MAIL", b"FROM:<nobody@example.com>"))
-    assert await run("QUIT", smtp.execute_command(b"QUIT")) == (221, "2.0.0 Bye")
+    assert await run("QUIT", smtp.execute_command(b"QUIT")) == (CLOSING, "2.0.0 Bye")
     bad = [(label, code, text) for label, code, text in seen
            if not (ESC.match(text) and ESC.match(text).group(1) == str(code)[0])]
     assert bad == []
     assert {label: code for label, code, _ in seen}["unknown command"] == 500
-    assert [(c, t) for label, c, t in seen if label == "AUTH again"] == [(503, "5.5.1 Already authenticated")]
+    assert [(c, t) for label, c, t in seen if label == "AUTH again"] == [(BAD_SEQUENCE, "5.5.1 Already authenticated")]
 
 
 async def test_replies_before_ehlo_also_carry_enhanced_status_codes(env):
@@ -620,7 +635,7 @@ async def test_replies_before_ehlo_also_carry_enhanced_status_codes(env):
     assert greeting[0] == 220
     replies = [await raw.cmd(b"RSET"), await raw.cmd(b"MAIL FROM:<app@example.com>"), await raw.cmd(b"QUIT")]
     await raw.close()
-    assert replies == [(250, "2.0.0 OK"), (503, "5.5.1 Error: send HELO first"), (221, "2.0.0 Bye")]
+    assert replies == [(OK, "2.0.0 OK"), (BAD_SEQUENCE, "5.5.1 Error: send HELO first"), (CLOSING, "2.0.0 Bye")]
 
 
 # -- documented limits ------------------------------------------------------------------------------------
@@ -630,12 +645,12 @@ async def test_max_recipients_is_enforced(gateway_factory, sink_factory):
     p = provision(gw, sink.port)
     smtp = await client(gw)
     await smtp.login("apikey", p.key)
-    assert (await reply(smtp.mail(p.alias)))[0] == 250
+    assert (await reply(smtp.mail(p.alias)))[0] == OK
     for i in range(3):
-        assert await reply(smtp.rcpt(f"r{i}@dest.org")) == (250, "2.1.5 Recipient OK")
+        assert await reply(smtp.rcpt(f"r{i}@dest.org")) == (OK, "2.1.5 Recipient OK")
     code, text = await reply(smtp.rcpt("r3@dest.org"))
     await smtp.quit()
-    assert code == 452 and text.startswith("4.5.3 "), (code, text)
+    assert code == INSUFFICIENT and text.startswith("4.5.3 "), (code, text)
 
 
 async def test_auth_lockout_after_repeated_failures(gateway_factory, sink_factory):
@@ -644,13 +659,13 @@ async def test_auth_lockout_after_repeated_failures(gateway_factory, sink_factor
     p = provision(gw, sink.port)
     smtp = await client(gw, "smtps")
     for _ in range(2):
-        assert (await reply(smtp.auth_plain("apikey", corrupt(p.key))))[0] == 535
+        assert (await reply(smtp.auth_plain("apikey", corrupt(p.key))))[0] == AUTH_INVALID
     await smtp.quit()
     raw, greeting = await RawSMTP.open(port_of(gw, "smtps"), tls=True)
-    assert (await raw.cmd(b"EHLO client.test"))[0] == 250
+    assert (await raw.cmd(b"EHLO client.test"))[0] == OK
     # even the right key, while locked out: 421 4.7.0 and the session is closed
     code, text = await raw.cmd(b"AUTH PLAIN " + auth_plain_arg("apikey", p.key))
-    assert (code, text) == (421, "4.7.0 Too many failed authentication attempts, try again later")
+    assert (code, text) == (UNAVAILABLE, "4.7.0 Too many failed authentication attempts, try again later")
     assert await raw.reader.read() == b""
     await raw.close()
     assert gw.store.queue.list_messages() == [] or all(m.source == "system" for m in gw.store.queue.list_messages())
@@ -682,7 +697,7 @@ async def test_alias_verification_email_and_link(gateway_factory, sink_factory):
 
     smtp = await client(gw)
     await smtp.login("apikey", p.key)
-    assert await reply(smtp.mail("new@example.com")) == (553, "5.7.1 Sender address not allowed for this login")
+    assert await reply(smtp.mail("new@example.com")) == (SENDER_REFUSED, "5.7.1 Sender address not allowed for this login")
     async with httpx.AsyncClient(timeout=5) as http:
         bad = await http.get(f"http://127.0.0.1:{api_port}/api/v1/aliases/verify/{'x' * 43}")
         assert bad.status_code == 404 and "not valid" in bad.text

@@ -13,6 +13,16 @@ from relay.events import dsn
 from relay.delivery.policy import backoff, is_hard_bounce, outcome_of, weighted_order
 from relay.delivery.router import Router
 from relay.delivery.upstream import Upstream, UpstreamConfig
+from tests.support.replies import (
+    INSUFFICIENT,
+    LOCAL_ERROR,
+    OK,
+    REFUSED,
+    SENDER_REFUSED,
+    TOO_BIG,
+    TRANSACTION_FAILED,
+    UNAVAILABLE,
+)
 
 ORIGINAL = (b"From: App <app@example.com>\r\nTo: rcpt@dest.org\r\nSubject: Quarterly report\r\n"
             b"Message-ID: <orig-1@example.com>\r\n\r\nbody line\r\n.leading dot\r\n")
@@ -61,24 +71,24 @@ def test_backoff_jitter_stays_within_half_to_full_delay():
 
 
 # -- classification ------------------------------------------------------------------------------
-@pytest.mark.parametrize("code,state", [(250, "delivered"), (251, "delivered"), (451, "deferred"),
-                                        (421, "deferred"), (452, "deferred"), (550, "bounced"),
-                                        (554, "bounced")])
+@pytest.mark.parametrize("code,state", [(OK, "delivered"), (251, "delivered"), (LOCAL_ERROR, "deferred"),
+                                        (UNAVAILABLE, "deferred"), (INSUFFICIENT, "deferred"), (REFUSED, "bounced"),
+                                        (TRANSACTION_FAILED, "bounced")])
 def test_outcome_of(code, state):
     assert outcome_of(code) == state
 
 
 @pytest.mark.parametrize("code,reply,hard", [
-    (550, "5.1.1 user unknown", True),
-    (550, "5.1.1 <x@y>: Recipient address rejected", True),
-    (553, "5.1.3 bad address syntax", True),
-    (552, "5.2.1 mailbox disabled", True),
-    (550, "5.7.1 spam", False),
-    (554, "5.7.1 message rejected as spam", False),
-    (552, "5.3.4 message too big", False),
-    (452, "4.2.2 mailbox full", False),
-    (452, "5.1.1 user unknown", False),  # a 4xx is never a hard bounce, whatever the text says
-    (250, "2.0.0 ok", False),
+    (REFUSED, "5.1.1 user unknown", True),
+    (REFUSED, "5.1.1 <x@y>: Recipient address rejected", True),
+    (SENDER_REFUSED, "5.1.3 bad address syntax", True),
+    (TOO_BIG, "5.2.1 mailbox disabled", True),
+    (REFUSED, "5.7.1 spam", False),
+    (TRANSACTION_FAILED, "5.7.1 message rejected as spam", False),
+    (TOO_BIG, "5.3.4 message too big", False),
+    (INSUFFICIENT, "4.2.2 mailbox full", False),
+    (INSUFFICIENT, "5.1.1 user unknown", False),  # a 4xx is never a hard bounce, whatever the text says
+    (OK, "2.0.0 ok", False),
 ])
 def test_is_hard_bounce(code, reply, hard):
     assert is_hard_bounce(code, reply) is hard
