@@ -22,8 +22,8 @@ from __future__ import annotations
 import functools
 import os
 import re
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 Entry = tuple[str, str, int]  # queue id, recipient, attempt number (attempts before this one)
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import groupby
-from typing import Callable
 
 from relay.delivery.policy import weighted_order
 from relay.delivery.upstream import Upstream

@@ -13,7 +13,8 @@ import datetime as dt
 import logging
 import random
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from relay import metrics
 from relay.aio import wait_event
