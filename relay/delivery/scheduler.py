@@ -22,7 +22,7 @@ from relay.delivery import dsn
 from relay.delivery.journal import DotJournal
 from relay.delivery.policy import backoff, is_hard_bounce, outcome_of
 from relay.delivery.router import Router
-from relay.delivery.upstream import DotHooks, UpstreamUnavailable
+from relay.delivery.target import DotHooks, UpstreamUnavailable
 from relay.store import Store, utcnow
 from relay.store.queue import Outcome, QueuedMessage
 from relay.store.runner import DbRunner, StoreWriter

@@ -20,39 +20,19 @@ import ssl
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Protocol
+from typing import Callable, Protocol
 
 import aiosmtplib
 from aiosmtplib import (SMTPException, SMTPHeloError, SMTPReadTimeoutError, SMTPResponseException, SMTPServerDisconnected,
                         SMTPTimeoutError)
 from aiosmtplib.email import quote_address
 
+from relay.delivery.target import DotHooks, TransactionResult, UpstreamUnavailable
 from relay.tlsutil import client_context
 
 log = logging.getLogger(__name__)
 
 _PERIOD = re.compile(rb"(?m)^\.")
-
-
-class UpstreamUnavailable(Exception):
-    """The upstream did not take the message (connect failure, 421, 4xx/5xx before DATA was accepted,
-    drop): nothing was delivered, so the same attempt may try the next upstream."""
-
-    def __init__(self, code: int | None, reply: str, *, permanent: bool = False,
-                 refused: dict[str, tuple[int, str]] | None = None) -> None:
-        super().__init__(reply)
-        self.code = code
-        self.reply = reply
-        self.permanent = permanent
-        self.refused = refused or {}  # recipients this upstream refused for good (5xx at RCPT)
-
-
-@dataclass
-class TransactionResult:
-    """Per-recipient (code, reply); ``upstream`` names who answered."""
-
-    upstream: str
-    results: dict[str, tuple[int, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -389,16 +369,6 @@ _LINGER_RESET = struct.pack("ii", 1, 0)
 _LINGER_OFF = struct.pack("ii", 0, 0)
 _ONE = struct.pack("i", 1)
 _ZERO = struct.pack("i", 0)
-
-
-@dataclass
-class DotHooks:
-    """What the scheduler does the moment a dot goes: ``journal`` is a C callable (a
-    functools.partial of os.write) run in the same call chain as the release; ``after`` then
-    starts the store's marker, awaited once the reply is in."""
-
-    journal: Callable[[], object]
-    after: Callable[[], Awaitable[None] | None]
 
 
 async def _until(ready: Callable[[], bool]) -> None:
