@@ -14,7 +14,6 @@ import fcntl
 import functools
 import logging
 import operator
-import re
 import socket
 import ssl
 import struct
@@ -25,15 +24,14 @@ from typing import Callable, Protocol
 import aiosmtplib
 from aiosmtplib import (SMTPException, SMTPHeloError, SMTPReadTimeoutError, SMTPResponseException, SMTPServerDisconnected,
                         SMTPTimeoutError)
-from aiosmtplib.email import quote_address
 
+from relay.delivery.commands import dot_stuffed
+from relay.delivery.commands import envelope as _envelope
+from relay.delivery.replies import ReplyParser
 from relay.delivery.target import DotHooks, TransactionResult, UpstreamUnavailable
 from relay.tlsutil import client_context
 
 log = logging.getLogger(__name__)
-
-_PERIOD = re.compile(rb"(?m)^\.")
-
 
 @dataclass(frozen=True)
 class UpstreamConfig:
@@ -383,9 +381,7 @@ async def _data(ch: "_Channel", body: bytes, on_dot: Callable[[], DotHooks]) -> 
 
     aiosmtplib's own data() gives no moment at which the dot is known to have left.
     """
-    body = _PERIOD.sub(b"..", body)
-    if not body.endswith(b"\r\n"):
-        body += b"\r\n"
+    body = dot_stuffed(body)
     code, reply = await ch.call(b"DATA")
     if code != 354:
         return code, reply
@@ -413,26 +409,6 @@ async def _data(ch: "_Channel", body: bytes, on_dot: Callable[[], DotHooks]) -> 
     finally:
         if marker is not None:
             await marker
-
-
-def _envelope(mail_from: str, recipients: list[str]) -> list[bytes] | None:
-    """MAIL, RCPT... and DATA as one pipelined write; None when an address is not plain ASCII
-    that aiosmtplib quotes (its one-by-one path then says what is wrong with it)."""
-    addresses = [mail_from, *recipients]
-    if any(_CONTROL.search(a) for a in addresses):
-        return None
-    try:
-        quoted = [b"<" + a.encode("ascii") + b">" if not a or _PLAIN.fullmatch(a) else quote_address(a).encode("ascii")
-                  for a in addresses]
-    except ValueError:  # (UnicodeEncodeError too) aiosmtplib's one-by-one path says what is wrong
-        return None
-    return [b"MAIL FROM:" + quoted[0] + b"\r\n", *(b"RCPT TO:" + q + b"\r\n" for q in quoted[1:]), b"DATA\r\n"]
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-# dot-atom@domain: what quote_address (email.utils.parseaddr, ~25 us) would return unchanged
-_PLAIN = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
-_MAX_REPLY_LINE = 8192
 
 
 class _Channel(Protocol):
@@ -514,20 +490,15 @@ class _Replies(asyncio.Protocol):
 
     def __init__(self, owner: asyncio.BaseProtocol) -> None:
         self._owner = owner
-        self._buf = bytearray()
+        self._parser = ReplyParser()
         self._ready: collections.deque[tuple[int, str]] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
         self._error: Exception | None = None
 
     def data_received(self, data: bytes) -> None:
-        self._buf += data
-        try:
-            while (reply := _take_reply(self._buf)) is not None:
-                self._ready.append(reply)
-        except SMTPResponseException as exc:
-            self._fail(exc)
-        if len(self._buf) > 4 * _MAX_REPLY_LINE:
-            self._fail(SMTPResponseException(-1, "Response too long"))
+        self._ready.extend(self._parser.feed(data))
+        if self._parser.error is not None:
+            self._fail(SMTPResponseException(self._parser.error.code, self._parser.error.message))
         self._wake()
 
     def eof_received(self) -> bool:
@@ -571,25 +542,3 @@ class _Replies(asyncio.Protocol):
 def _expire(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_exception(SMTPReadTimeoutError("Timed out waiting for server response"))
-
-
-def _take_reply(buf: bytearray) -> tuple[int, str] | None:
-    """One complete reply off the front of ``buf`` (removed from it), or None if it is not all in."""
-    offset, lines, code = 0, [], -1
-    while True:
-        end = buf.find(b"\n", offset)
-        if end < 0:
-            return None
-        line = bytes(buf[offset:end + 1])
-        if len(line) > _MAX_REPLY_LINE:
-            raise SMTPResponseException(-1, "Response too long")
-        try:
-            code = int(line[:3])
-        except ValueError:
-            raise SMTPResponseException(-1, "Malformed SMTP response line: "
-                                        + line.decode("utf-8", "ignore")) from None
-        offset = end + 1
-        lines.append(line[4:].strip(b" \t\r\n"))
-        if line[3:4] != b"-":
-            del buf[:offset]
-            return code, b"\n".join(lines).decode("utf-8", "surrogateescape")
