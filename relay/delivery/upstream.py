@@ -9,14 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ctypes
-import fcntl
-import functools
 import logging
-import operator
-import socket
 import ssl
-import struct
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
@@ -27,6 +21,7 @@ from aiosmtplib import (SMTPException, SMTPHeloError, SMTPReadTimeoutError, SMTP
 
 from relay.delivery.commands import dot_stuffed
 from relay.delivery.commands import envelope as _envelope
+from relay.delivery.dotgate import send_body_and_dot
 from relay.delivery.replies import ReplyParser
 from relay.delivery.target import DotHooks, TransactionResult, UpstreamUnavailable
 from relay.tlsutil import client_context
@@ -268,115 +263,9 @@ class _Stale(Exception):
     """A reused session turned out dead (timeout, 421 on a pooled session): reconnect and retry."""
 
 
-class _DotGate:
-    """Lets the final dot go only together with its journal record (Linux).
-
-    The body goes first, on its own; the dot is written only once the body has left the process,
-    so it enters the kernel in the same synchronous step that releases it. (Linux sends corked data
-    by itself after 200 ms: a dot handed to the kernel before a stall - a slow journal file open, a
-    busy event loop, a large body draining - would leave without its record.) Under SO_LINGER(on, 0)
-    any close, a crash of this process included, is a reset that discards unsent data, and
-    TCP_CORK keeps the dot unsent until ``release`` commits it (SO_LINGER off), journals it
-    (relay.delivery.journal) and uncorks it in one C-level call chain: the system calls follow each
-    other with no Python bytecode between them, so no other thread can take the GIL in the gaps. A
-    crash thus leaves either no dot at the upstream and no record (the message is sent again), or
-    both; the gap between the first two system calls can at worst cause a second copy, never a loss.
-
-    Over TLS the socket's own transport sits below the encrypting one and cannot be inspected on
-    every event loop (uvloop): there the kernel's queue tells instead (SIOCOUTQNSD/SIOCOUTQ: the
-    body sent and room for the dot's record before it is written, the record unsent after).
-    Elsewhere (no TCP_CORK) the dot is journaled once it has left the process's write buffer.
-    """
-
-    def __init__(self, transport: asyncio.BaseTransport) -> None:
-        sock = transport.get_extra_info("socket")
-        self.fd = sock.fileno() if sock is not None else -1
-        self.active = self.fd >= 0 and _setsockopt is not None
-        self.tls = transport.get_extra_info("ssl_object") is not None
-        self.room = 0
-        if self.active and self.tls:
-            self.room = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2
-
-    def arm(self) -> bool:
-        """Any close from now on is a reset (before the body is written)."""
-        if self.active:
-            self.active = _setsockopt(self.fd, socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET, 8) == 0
-        return self.active
-
-    def body_gone(self, transport: asyncio.WriteTransport) -> bool:
-        """The body has left the process (over TLS: sent, with room for the dot): the dot may go."""
-        if transport.get_write_buffer_size():
-            return False
-        return not self.tls or (_queued(self.fd, _SIOCOUTQNSD) <= 0 and _queued(self.fd, _SIOCOUTQ) <= self.room)
-
-    def write_dot(self, transport: asyncio.WriteTransport, write: Callable[[bytes], None]) -> bool:
-        """Cork and write the final dot; True when it is now in the kernel, held. False (the kernel
-        had no room): the caller waits for :meth:`dot_gone` before releasing."""
-        if _setsockopt(self.fd, socket.IPPROTO_TCP, socket.TCP_CORK, _ONE, 4) != 0:
-            raise OSError("TCP_CORK could not be set")
-        write(b".\r\n")
-        return self.dot_gone(transport)
-
-    def dot_gone(self, transport: asyncio.WriteTransport) -> bool:
-        """The dot has left the process (held by the cork, or over TLS possibly sent already)."""
-        if transport.get_write_buffer_size():
-            return False
-        return not self.tls or _queued(self.fd, _SIOCOUTQNSD) != 0 or _queued(self.fd, _SIOCOUTQ) <= 0
-
-    def release(self, journal: Callable[[], object]) -> None:
-        """Let the dot go. Turning the reset-on-close off is the commit point: from then on any
-        close, a crash included, sends the held dot (the kernel flushes a corked socket on close).
-        ``journal`` - a C callable, see above - is written next, and only then is the dot uncorked:
-        uncorking transmits, and on loopback it wakes the upstream's process, which may then take
-        this CPU before the journal's write (seen: the dot at the upstream, the process killed ms
-        later with no record). Between the first two calls nothing is transmitted."""
-        list(map(operator.call, (functools.partial(_setsockopt, self.fd, socket.SOL_SOCKET, socket.SO_LINGER,
-                                                   _LINGER_OFF, 8),
-                                 journal,
-                                 functools.partial(_setsockopt, self.fd, socket.IPPROTO_TCP, socket.TCP_CORK, _ZERO, 4))))
-
-
-def _queued(fd: int, request: int) -> int:
-    """Bytes in the socket's send queue: SIOCOUTQ all not yet acknowledged, SIOCOUTQNSD not yet
-    sent. -1 if the kernel cannot say (the checks above then rely on the transport's buffer alone)."""
-    try:
-        return struct.unpack("i", fcntl.ioctl(fd, request, b"\0\0\0\0"))[0]
-    except OSError:
-        return -1
-
-
-_SIOCOUTQ = 0x5411  # = TIOCOUTQ (linux/sockios.h)
-_SIOCOUTQNSD = 0x894B
-
-
-def _libc_setsockopt() -> Callable[..., int] | None:
-    """setsockopt(2) through ctypes.PyDLL, which keeps the GIL across the call."""
-    if not hasattr(socket, "TCP_CORK"):
-        return None
-    try:
-        fn = ctypes.PyDLL(None).setsockopt
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_setsockopt = _libc_setsockopt()
-_LINGER_RESET = struct.pack("ii", 1, 0)
-_LINGER_OFF = struct.pack("ii", 0, 0)
-_ONE = struct.pack("i", 1)
-_ZERO = struct.pack("i", 0)
-
-
-async def _until(ready: Callable[[], bool]) -> None:
-    while not ready():  # the rest is still in our buffers (a large body, a slow upstream)
-        await asyncio.sleep(0.001)
-
-
 async def _data(ch: "_Channel", body: bytes, on_dot: Callable[[], DotHooks]) -> tuple[int, str]:
     """DATA (already written when pipelined), the body and the final dot. ``on_dot`` gives the hooks
-    for the moment the dot goes (see _DotGate and DotHooks); it is called before the dot is
+    for the moment the dot goes (relay.delivery.dotgate); it is called before the dot is
     written. The store's marker is awaited after the reply, so it is committed before the outcome.
 
     aiosmtplib's own data() gives no moment at which the dot is known to have left.
@@ -385,24 +274,7 @@ async def _data(ch: "_Channel", body: bytes, on_dot: Callable[[], DotHooks]) -> 
     code, reply = await ch.call(b"DATA")
     if code != 354:
         return code, reply
-    transport = ch.transport
-    gate = _DotGate(transport)
-    if not gate.arm():
-        ch.write(body + b".\r\n")
-        await _until(lambda: not transport.get_write_buffer_size())
-        hooks = on_dot()
-        hooks.journal()
-    else:
-        ch.write(body)
-        try:
-            await _until(lambda: gate.body_gone(transport))
-            hooks = on_dot()
-            if not gate.write_dot(transport, ch.write):  # the kernel had no room: rare
-                await _until(lambda: gate.dot_gone(transport))
-        except BaseException:
-            transport.abort()  # reset: whatever is unsent, the dot included, is discarded
-            raise
-        gate.release(hooks.journal)
+    hooks = await send_body_and_dot(ch.transport, ch.write, body, on_dot)
     marker = hooks.after()
     try:
         return await ch.reply()
