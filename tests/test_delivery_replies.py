@@ -13,6 +13,8 @@ import pytest
 from aiosmtplib import SMTPResponseException
 from aiosmtplib.email import quote_address
 from aiosmtplib.protocol import SMTPProtocol
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relay.delivery.commands import DATA, DOT, RSET, dot_stuffed, envelope
 from relay.delivery.replies import MAX_PENDING, MAX_REPLY_LINE, ReplyError, ReplyParser, take_reply
@@ -50,6 +52,12 @@ def test_replies_split_byte_by_byte_are_reassembled():
 
 def test_bare_lf_line_ends_and_a_code_alone_parse_as_aiosmtplib_does():
     assert ReplyParser().feed(b"250\n354 go\n") == [(OK, ""), (START_INPUT, "go")]
+
+
+def test_leading_empty_lines_drop_out_as_in_aiosmtplib():
+    p = ReplyParser()
+    assert p.feed(b"220-\r\n220-\r\n220 ready\r\n") == [(220, "ready")]
+    assert p.feed(b"250-a\r\n250-\r\n250 b\r\n250-x\r\n250 \r\n") == [(OK, "a\n\nb"), (OK, "x\n")]
 
 
 def test_a_malformed_line_sets_the_error_after_the_replies_before_it():
@@ -105,6 +113,24 @@ async def _aiosmtplib_reads(stream: bytes, cuts: list[int]) -> tuple[int, str]:
 def _pieces(stream: bytes, cuts: list[int]) -> list[bytes]:
     edges = sorted({0, len(stream), *(c % (len(stream) + 1) for c in cuts)})
     return [stream[a:b] for a, b in zip(edges, edges[1:])]
+
+
+_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=40)
+_reply = st.tuples(st.sampled_from([220, 250, 251, 354, 421, 450, 452, 550, 554]),
+                   st.lists(_text, min_size=1, max_size=5))
+
+
+@settings(max_examples=300, deadline=None)
+@given(reply=_reply, cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=6),
+       lf_only=st.booleans())
+def test_the_parser_agrees_with_aiosmtplib(reply, cuts, lf_only):
+    code, texts = reply
+    end = b"\n" if lf_only else b"\r\n"
+    stream = b"".join(f"{code}{'-' if i < len(texts) - 1 else ' '}{t}".encode() + end for i, t in enumerate(texts))
+    theirs = asyncio.run(_aiosmtplib_reads(stream, cuts))
+    parser = ReplyParser()
+    ours = [r for piece in _pieces(stream, cuts) for r in parser.feed(piece)]
+    assert ours == [theirs]
 
 
 @pytest.mark.parametrize("stream", [b"hello\r\n", b"25x ok\r\n", b"250 " + b"y" * MAX_REPLY_LINE + b"\r\n"])

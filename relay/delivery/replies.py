@@ -69,4 +69,5 @@ def take_reply(buf: bytearray) -> Reply | None:
         lines.append(line[4:].strip(b" \t\r\n"))
         if line[3:4] != b"-":
             del buf[:offset]
-            return code, b"\n".join(lines).decode("utf-8", "surrogateescape")
+            # (aiosmtplib starts the text at the first line with any: leading empty lines drop out)
+            return code, b"\n".join(lines).lstrip(b"\n").decode("utf-8", "surrogateescape")
