@@ -1,11 +1,12 @@
 """Everything the delivery code assumes about aiosmtplib beyond its documented API, in one place.
 
-aiosmtplib opens the session (connect, EHLO, STARTTLS, AUTH) and sends one-by-one commands; the
-transaction's pipelined envelope, DATA, body and final dot go through our own protocol
-(relay.delivery.channel), because aiosmtplib reads one reply per command it wrote (it drops replies
-that arrive early) and gives no moment at which the final dot is known to have left. For that the
-session's transport is lent to our protocol between two of aiosmtplib's commands and given back
-afterwards. This relies on aiosmtplib internals that are not part of its documented API:
+aiosmtplib opens the session (connect, EHLO, STARTTLS, AUTH) and sends one-by-one commands. Its
+data() gives no moment at which the final dot is known to have left (relay.delivery.dotgate), so
+the transaction writes the body and the dot itself; and it reads one reply per command it wrote
+(replies that arrive early are dropped), so a pipelined transaction's envelope, DATA, body and
+dot go through our own protocol (relay.delivery.channel): the session's transport is lent to it
+between two of aiosmtplib's commands and given back afterwards. This relies on aiosmtplib
+internals that are not part of its documented API:
 
 - ``SMTP.protocol`` is the session's ``SMTPProtocol`` and its ``transport`` the current transport
   (the TLS one after STARTTLS);
@@ -13,10 +14,16 @@ afterwards. This relies on aiosmtplib internals that are not part of its documen
   our protocol meanwhile are not missed by it, and it can take the transport back as it was;
 - ``SMTPProtocol.connection_lost`` (forwarded by our protocol) is how ``SMTP`` learns that the
   session is gone (it closes itself, ``is_connected`` turns false), and ``pause_writing`` /
-  ``resume_writing`` keep its flow control right.
+  ``resume_writing`` keep its flow control right;
+- a transaction sent one command at a time keeps aiosmtplib's protocol (lending the transport
+  costs a restart of reading on uvloop, per transaction) and writes the body and the dot through
+  ``SMTPProtocol.write``: the reply to the dot must then be expected as ``execute_command`` expects
+  a reply, by setting the private ``_response_pending`` (:func:`write_expecting_reply`), or
+  ``read_response`` could miss a reply that arrives before it is awaited.
 
-No private attribute (``_name``) of aiosmtplib is touched. :func:`check` refuses versions this was
-not written against; the composition root calls it at start-up, and relay.delivery.channel at import.
+That flag is the only private attribute of aiosmtplib touched in relay.delivery. :func:`check`
+refuses versions this was not written against; the composition root calls it at start-up, and
+relay.delivery.channel at import.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from typing import TypeVar, cast
 
 import aiosmtplib
 from aiosmtplib import SMTPServerDisconnected
+from aiosmtplib.protocol import SMTPProtocol
 
 LIBRARY = "aiosmtplib"
 SUPPORTED = ((5, 1, 3), (6, 0, 0))  # from (inclusive) .. to (exclusive); written against 5.1.3
@@ -81,3 +89,10 @@ def give_back(transport: asyncio.BaseTransport, owner: asyncio.BaseProtocol) -> 
     """aiosmtplib's protocol takes the transport back (unless it is closing: the session is over)."""
     if not transport.is_closing():
         transport.set_protocol(owner)
+
+
+def write_expecting_reply(protocol: SMTPProtocol, data: bytes) -> None:
+    """Write ``data`` (the body, the dot) whose reply ``protocol.read_response`` will read: marked
+    as expected first, as SMTPProtocol.execute_command does before it writes a command."""
+    protocol._response_pending = True  # (aiosmtplib 5.x drops a reply nothing is expecting)
+    protocol.write(data)

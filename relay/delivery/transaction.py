@@ -21,8 +21,8 @@ from aiosmtplib import (
     SMTPTimeoutError,
 )
 
-from relay.delivery.channel import Channel
-from relay.delivery.commands import DATA, RSET, dot_stuffed, envelope
+from relay.delivery.channel import BodyChannel, Channel, SessionChannel
+from relay.delivery.commands import RSET, dot_stuffed, envelope
 from relay.delivery.dotgate import send_body_and_dot
 from relay.delivery.replies import Reply, ReplyError
 from relay.delivery.target import (
@@ -171,7 +171,7 @@ class _Steps:
     async def data(self) -> Reply:
         raise NotImplementedError
 
-    def channel(self) -> Channel:
+    def channel(self) -> BodyChannel:
         """Where the body goes (once :meth:`data` got its 354)."""
         raise NotImplementedError
 
@@ -213,7 +213,7 @@ class _Pipelined(_Steps):
 
 class _OneByOne(_Steps):
     """No PIPELINING (or an address only aiosmtplib can quote, or refuse): aiosmtplib sends each
-    envelope command and reads its reply; DATA and what follows go through our own channel."""
+    command and reads its reply; the body and the final dot are written on its protocol."""
 
     def __init__(self, smtp: aiosmtplib.SMTP, mail_from: str, timeout: float) -> None:
         if not smtp.is_connected:
@@ -221,7 +221,7 @@ class _OneByOne(_Steps):
         self._smtp = smtp
         self._mail_from = mail_from
         self._timeout = timeout
-        self._channel: Channel | None = None
+        self._channel: SessionChannel | None = None
 
     async def reset(self) -> Reply:
         resp = await self._smtp.execute_command(b"RSET", timeout=self._timeout)
@@ -246,15 +246,13 @@ class _OneByOne(_Steps):
         return True
 
     async def data(self) -> Reply:
-        self._channel = Channel(self._smtp, self._timeout)
-        self._channel.write(DATA)
-        return await self._channel.reply()
+        self._channel = SessionChannel(self._smtp, self._timeout)
+        return await self._channel.call(b"DATA")
 
-    def channel(self) -> Channel:
+    def channel(self) -> SessionChannel:
         if self._channel is None:
             raise SMTPServerDisconnected("DATA was not sent")
         return self._channel
 
     def close(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
+        pass
