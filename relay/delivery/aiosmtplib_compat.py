@@ -71,14 +71,22 @@ def check() -> str:
     return version
 
 
+def session_protocol(smtp: aiosmtplib.SMTP) -> SMTPProtocol:
+    """aiosmtplib's protocol of a connected session (SMTPServerDisconnected if there is none)."""
+    protocol = smtp.protocol
+    if protocol is None or protocol.transport is None:
+        raise SMTPServerDisconnected("Connection lost")
+    return protocol
+
+
 def lend_transport(smtp: aiosmtplib.SMTP, make: Callable[[asyncio.BaseProtocol], P]
                    ) -> tuple[asyncio.WriteTransport, P, asyncio.BaseProtocol]:
     """Between two commands: route the session's transport to ``make(owner)`` (``owner`` is
     aiosmtplib's protocol, to forward connection_lost, pause_writing and resume_writing to).
     Returns the transport, the new protocol and the owner to :func:`give_back` to."""
-    owner = smtp.protocol
-    transport = owner.transport if owner is not None else None
-    if owner is None or transport is None or transport.is_closing():
+    owner = session_protocol(smtp)
+    transport = owner.transport
+    if transport is None or transport.is_closing():
         raise SMTPServerDisconnected("Connection lost")
     protocol = make(owner)
     transport.set_protocol(protocol)

@@ -62,9 +62,7 @@ class SessionChannel:
     """A command and its reply, the body and the final dot's reply, on aiosmtplib's own protocol."""
 
     def __init__(self, smtp: aiosmtplib.SMTP, timeout: float) -> None:
-        protocol = smtp.protocol
-        if protocol is None or protocol.transport is None:
-            raise SMTPServerDisconnected("Connection lost")
+        protocol = aiosmtplib_compat.session_protocol(smtp)
         self._protocol = protocol
         self.transport = cast(asyncio.WriteTransport, protocol.transport)  # (typed BaseTransport)
         self._timeout = timeout
