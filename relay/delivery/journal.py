@@ -7,7 +7,7 @@ in the kernel's page cache and outlives the process (SIGKILL, OOM kill); a power
 thing that loses it, and then the worst case is a duplicate, never a loss.
 
 The record is written right AFTER the dot is committed - from then on even a crash sends it - and
-before it is uncorked (see relay.delivery.upstream._DotGate): a crash between the two system calls
+before it is uncorked (see relay.delivery.dotgate): a crash between the two system calls
 can at worst send a second copy, never drop a message that was marked as sent. Each record names
 the recipient's attempt number; at start, :meth:`Queue.recover` resolves a record only while the
 store still shows that attempt unfinished, so records of attempts whose
@@ -23,8 +23,8 @@ from __future__ import annotations
 import functools
 import os
 import re
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 Entry = tuple[str, str, int]  # queue id, recipient, attempt number (attempts before this one)
 
@@ -81,7 +81,7 @@ class DotJournal:
     # -- writing (hot path, event loop thread) -----------------------------------------------------
     def prepare(self, entries: Iterable[Entry]) -> tuple[Callable[[], int], int]:
         """The write that notes released dots, as a C callable (``functools.partial`` of ``os.write``:
-        relay.delivery.upstream._DotGate runs it in one C call chain with the release), and the
+        relay.delivery.dotgate.DotGate.release runs it in one C call chain with the release), and the
         generation to :meth:`settle` once the attempt's outcome is committed."""
         data = b"".join(f"{qid}\t{addr}\t{n}\n".encode("utf-8", "surrogateescape") for qid, addr, n in entries)
         if self._fd is None or self._size >= self.rotate_bytes:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import groupby
-from typing import Callable
 
 from relay.delivery.policy import weighted_order
-from relay.delivery.upstream import Upstream
+from relay.delivery.target import DeliveryTarget
 
 log = logging.getLogger(__name__)
 
@@ -32,19 +32,19 @@ class Router:
         self.threshold = threshold
         self.cooldown = cooldown
         self.clock = clock
-        self.pools: dict[str, list[Upstream]] = {}
+        self.pools: Mapping[str, Sequence[DeliveryTarget]] = {}
         self.breakers: dict[str, Breaker] = {}
 
-    def set_pools(self, pools: dict[str, list[Upstream]]) -> None:
+    def set_pools(self, pools: Mapping[str, Sequence[DeliveryTarget]]) -> None:
         self.pools = pools
         for ups in pools.values():
             for u in ups:
                 self.breakers.setdefault(u.cfg.id, Breaker())
 
-    def all_upstreams(self) -> list[Upstream]:
+    def all_upstreams(self) -> list[DeliveryTarget]:
         return [u for ups in self.pools.values() for u in ups]
 
-    def healthy(self, up: Upstream) -> bool:
+    def healthy(self, up: DeliveryTarget) -> bool:
         """Closed breaker, or open one whose cooldown is over and that no delivery is probing yet."""
         b = self.breakers[up.cfg.id]
         if b.failures < self.threshold:
@@ -52,9 +52,9 @@ class Router:
         now = self.clock()
         return now >= b.open_until and (not b.probing or now - b.probing > self.cooldown)
 
-    def order(self, pool: str) -> list[Upstream]:
+    def order(self, pool: str) -> list[DeliveryTarget]:
         ups = sorted(self.pools.get(pool, []), key=lambda u: u.cfg.priority)
-        out: list[Upstream] = []
+        out: list[DeliveryTarget] = []
         for _, group in groupby(ups, key=lambda u: u.cfg.priority):
             members = [u for u in group if self.healthy(u)]
             for u in members:
@@ -80,13 +80,13 @@ class Router:
             waits.append(max(0.0, b.open_until - now))
         return min(waits)
 
-    def success(self, up: Upstream) -> None:
+    def success(self, up: DeliveryTarget) -> None:
         b = self.breakers[up.cfg.id]
         if b.failures >= self.threshold:
             log.info("upstream back up", extra={"upstream": up.name})
         b.failures, b.open_until, b.probing = 0, 0.0, 0.0
 
-    def failure(self, up: Upstream) -> None:
+    def failure(self, up: DeliveryTarget) -> None:
         b = self.breakers[up.cfg.id]
         b.failures += 1
         b.probing = 0.0

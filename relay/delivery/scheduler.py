@@ -22,7 +22,7 @@ from relay.delivery.active import ActiveQueue
 from relay.delivery.journal import DotJournal
 from relay.delivery.policy import backoff, is_hard_bounce, outcome_of
 from relay.delivery.router import Router
-from relay.delivery.upstream import DotHooks, UpstreamUnavailable
+from relay.delivery.target import DeliveryTarget, DotHooks, UpstreamUnavailable
 from relay.store import Store, utcnow
 from relay.store.queue import Outcome, QueuedMessage
 from relay.store.runner import DbRunner, StoreWriter
@@ -77,7 +77,7 @@ class Scheduler:
         d = settings.delivery
         self.retry_base, self.retry_max, self.poll_interval = d.retry_base, d.retry_max, d.poll_interval
         for up in self.router.all_upstreams():
-            up.connect_timeout, up.command_timeout = d.connect_timeout, d.command_timeout
+            up.set_timeouts(d.connect_timeout, d.command_timeout)
 
     # -- feeding ------------------------------------------------------------------------------
     def push(self, msg: QueuedMessage) -> None:
@@ -184,6 +184,7 @@ class Scheduler:
 
     # -- one delivery attempt ----------------------------------------------------------------
     async def deliver(self, msg: QueuedMessage) -> None:
+        """One attempt of a message: its upstreams in order until one takes it, then the outcomes."""
         now = self.clock()
         pending = list(msg.recipients)
         outcomes: list[Outcome] = []
@@ -192,55 +193,70 @@ class Scheduler:
         journaled: list[int] = []  # dot-journal generations, settled once the outcomes are committed
         upstreams = self.router.order(msg.ip_pool)
         for up in upstreams:
-
-            def on_dot(accepted: list[str], _name: str = up.name) -> DotHooks:
-                # the journal's write goes with the dot's release; the store's marker right after
-                write, gen = self.journal.prepare([(msg.id, a, msg.tries.get(a, 0)) for a in accepted])
-                journaled.append(gen)
-                if not self.markers:
-                    return DotHooks(write, _nothing)
-                items = [(msg.id, a, _name) for a in accepted]
-                return DotHooks(write, lambda: asyncio.ensure_future(self._mark(items)))
-
             started = time.perf_counter()
             try:
-                result = await up.send(msg.mail_from, pending, msg.body, on_dot)
+                result = await up.send(msg.mail_from, pending, msg.body, self._on_dot(msg, up.name, journaled))
             except UpstreamUnavailable as exc:
                 metrics.upstream_transaction(msg.ip_pool, up.name, time.perf_counter() - started, "failed")
-                last_upstream = up.name
-                for rcpt, (code, reply) in exc.refused.items():  # refused for good: bounce, don't retry
-                    outcomes.append(self._outcome(msg, rcpt, code, reply, up.name, now))
-                    pending.remove(rcpt)
-                self.router.failure(up)
-                log.info("upstream did not take the message", extra={
-                    "queue_id": msg.id, "account": msg.account_id, "alias": None, "pool": msg.ip_pool,
-                    "upstream": up.name, "reply": exc.reply, "code": exc.code})
-                last = exc
+                last, last_upstream = exc, up.name
+                pending = self._refused(msg, up, exc, pending, outcomes, now)
                 if not pending:
                     break
                 continue
             metrics.upstream_transaction(msg.ip_pool, up.name, time.perf_counter() - started, "ok")
             self.router.success(up)
-            for rcpt, (code, reply) in result.results.items():
-                outcomes.append(self._outcome(msg, rcpt, code, reply, up.name, now))
+            outcomes += [self._outcome(msg, rcpt, code, reply, up.name, now)
+                         for rcpt, (code, reply) in result.results.items()]
             pending = []
             break
-        wait = self._breaker_wait(msg.ip_pool) if pending and not upstreams else None
+        outcomes += self._unsent(msg, pending, bool(upstreams), last, now)
+        await self._finish(msg, outcomes, journaled, last_upstream)
+
+    def _on_dot(self, msg: QueuedMessage, upstream: str, journaled: list[int]) -> Callable[[list[str]], DotHooks]:
+        def on_dot(accepted: list[str]) -> DotHooks:
+            # the journal's write goes with the dot's release; the store's marker right after
+            write, gen = self.journal.prepare([(msg.id, a, msg.tries.get(a, 0)) for a in accepted])
+            journaled.append(gen)
+            if not self.markers:
+                return DotHooks(write, _nothing)
+            items = [(msg.id, a, upstream) for a in accepted]
+            return DotHooks(write, lambda: asyncio.ensure_future(self._mark(items)))
+
+        return on_dot
+
+    def _refused(self, msg: QueuedMessage, up: DeliveryTarget, exc: UpstreamUnavailable, pending: list[str],
+                 outcomes: list[Outcome], now: dt.datetime) -> list[str]:
+        """An upstream did not take the message: recipients it refused for good bounce (not retried);
+        the rest are still pending for the next upstream."""
+        for rcpt, (code, reply) in exc.refused.items():
+            outcomes.append(self._outcome(msg, rcpt, code, reply, up.name, now))
+        self.router.failure(up)
+        log.info("upstream did not take the message", extra={
+            "queue_id": msg.id, "account": msg.account_id, "alias": None, "pool": msg.ip_pool,
+            "upstream": up.name, "reply": exc.reply, "code": exc.code})
+        return [r for r in pending if r not in exc.refused]
+
+    def _unsent(self, msg: QueuedMessage, pending: list[str], tried: bool, last: UpstreamUnavailable | None,
+                now: dt.datetime) -> list[Outcome]:
+        """Outcomes of the recipients no upstream took."""
+        if not pending:
+            return []
+        wait = self._breaker_wait(msg.ip_pool) if not tried else None
         if wait is not None:
             # Nothing was tried: every upstream of the pool is marked down. Not an attempt (the
             # retry schedule does not advance); the recipients wait for the breaker's next probe.
             reply = f"no upstream available in pool {msg.ip_pool!r}: all marked down, waiting for the next probe"
-            for rcpt in pending:
-                outcomes.append(self._outcome(msg, rcpt, 451, reply, None, now, force_defer=True, delay=wait))
-        elif pending:
-            if last is None or not last.reply:
-                last = UpstreamUnavailable(None, f"no upstream available in pool {msg.ip_pool!r}")
-            for rcpt in pending:
-                if last.permanent and last.code:
-                    outcomes.append(self._outcome(msg, rcpt, last.code, last.reply, None, now))
-                else:
-                    outcomes.append(self._outcome(msg, rcpt, last.code or 451, last.reply, None, now,
-                                                  force_defer=True))
+            return [self._outcome(msg, rcpt, 451, reply, None, now, force_defer=True, delay=wait) for rcpt in pending]
+        if last is None or not last.reply:
+            last = UpstreamUnavailable(None, f"no upstream available in pool {msg.ip_pool!r}")
+        if last.permanent and last.code:
+            return [self._outcome(msg, rcpt, last.code, last.reply, None, now) for rcpt in pending]
+        return [self._outcome(msg, rcpt, last.code or 451, last.reply, None, now, force_defer=True)
+                for rcpt in pending]
+
+    async def _finish(self, msg: QueuedMessage, outcomes: list[Outcome], journaled: list[int],
+                      last_upstream: str | None) -> None:
+        """Commit the outcomes, settle the journal, then the bounce stage and the policies' hooks."""
         await self.writer.record(outcomes)
         for gen in journaled:
             self.journal.settle(gen)

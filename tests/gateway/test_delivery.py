@@ -136,7 +136,7 @@ _MODE = {"pipelining": True}
 
 
 # Every test here runs twice: against upstreams that advertise PIPELINING (the envelope goes in one
-# write, relay.delivery.upstream._Pipelined) and against ones that do not (aiosmtplib, one by one).
+# write, relay.delivery.transaction._Pipelined) and against ones that do not (aiosmtplib, one by one).
 @pytest.fixture(params=["pipelining", "one-by-one"], autouse=True)
 def pipelining(request, monkeypatch) -> bool:
     on = request.param == "pipelining"

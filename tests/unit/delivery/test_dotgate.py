@@ -1,6 +1,6 @@
 """The final dot and the dot journal: a process killed before it journaled a dot never lets that dot go.
 
-relay.delivery.upstream._data holds the dot back until the journal record is written with it
+relay.delivery.dotgate holds the dot back until the journal record is written with it
 (relay.delivery.journal). Linux lets corked data go by itself after 200 ms, so a dot handed to the
 kernel early would leave during any longer stall (a slow journal file open, a busy event loop, a
 large body still draining) and a crash then would send the message again after restart. Here a
