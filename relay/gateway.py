@@ -17,6 +17,7 @@ from policies.spec import PolicyServices
 from relay import asyncio_compat
 from relay.api.app import create_app
 from relay.api.deps import from_gateway
+from relay.delivery import aiosmtplib_compat
 from relay.delivery.active import ActiveQueue
 from relay.delivery.journal import DotJournal
 from relay.delivery.router import Router
@@ -302,7 +303,8 @@ def _event_loop_policy() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-COMPAT_CHECKS = (aiosmtpd_compat.check, asyncio_compat.check, dkimpy_compat.check, uvicorn_compat.check)
+COMPAT_CHECKS = (aiosmtpd_compat.check, aiosmtplib_compat.check, asyncio_compat.check, dkimpy_compat.check,
+                 uvicorn_compat.check)
 
 
 def check_libraries() -> None:
