@@ -126,7 +126,8 @@ MODES = ["none-asyncio-pipelining", "none-asyncio-onebyone", "none-uvloop-pipeli
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("size", [4_000, 3_000_000], ids=["4KB", "3MB"])
 async def test_a_process_killed_before_journaling_the_dot_never_sends_it(mode, size, tmp_path):
-    up, proc = await _run(mode, size, stall=0.35, kill="before-journal", tmp_path=tmp_path)  # longer than the kernel's 200 ms cork ceiling
+    # a stall longer than the kernel's 200 ms cork ceiling
+    up, proc = await _run(mode, size, stall=0.35, kill="before-journal", tmp_path=tmp_path)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert len(up.data) >= 0.9 * min(size, 100_000)  # the body was on its way
     assert not up.dot.is_set() and not up.data.endswith(b"\r\n.\r\n")
