@@ -27,6 +27,7 @@ from relay.events.bounces import Bouncer
 from relay.events.webhooks import WebhookService
 from relay.ops import notify, uvicorn_compat
 from relay.ops.config import Settings, parse_hostport
+from relay.ops.files import private_dir
 from relay.ops.tls import ensure_certificate, server_context
 from relay.ops.workers import WorkerLink, beat_interval, supervise
 from relay.secrets import load_or_create_master_key
@@ -56,7 +57,7 @@ class Gateway:
         self.env = env  # None: os.environ (read again only by a reload, for the same overrides)
         self.worker = worker
         self.stopping = False
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(settings.data_dir)
         self.master_key = load_or_create_master_key(settings.master_key_path, env)
         cert, key = ensure_certificate(settings.tls.cert, settings.tls.key, settings.data_dir, settings.hostname)
         self.tls_context = server_context(cert, key)
@@ -332,7 +333,7 @@ def run(settings: Settings) -> int:
     if n <= 1:
         asyncio.run(serve(settings))
         return 0
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     load_or_create_master_key(settings.master_key_path)
     ensure_certificate(settings.tls.cert, settings.tls.key, settings.data_dir, settings.hostname)
     store = Store(settings.database_url)

@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from relay.ops.files import private_dir, private_process
 from relay.vocab import ConfigError, Conflict, Forbidden, Invalid, NotFound
 
 # refusals of the services -> exit code (2: the input is wrong; 1: the state does not allow it)
@@ -73,7 +74,7 @@ class Ctx:
             from relay.secrets import load_or_create_master_key
             from relay.services.admin import Admin
 
-            self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(self.settings.data_dir)
             self._admin = Admin(self.settings, self.store, load_or_create_master_key(self.settings.master_key_path))
         return self._admin
 
@@ -133,4 +134,5 @@ def table(rows: list[list[Any]], header: list[str]) -> str:
 @click.pass_context
 def main(click_ctx: click.Context, config: str | None) -> None:
     """Relay: a self-hosted SMTP submission gateway."""
+    private_process()  # the data dir and what is written there stay private, whatever the umask
     click_ctx.obj = Ctx(config)

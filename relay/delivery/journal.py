@@ -26,6 +26,8 @@ import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from relay.ops.files import private_dir
+
 Entry = tuple[str, str, int]  # queue id, recipient, attempt number (attempts before this one)
 
 
@@ -114,7 +116,7 @@ class DotJournal:
                 self._path(self._gen).unlink(missing_ok=True)
             self._gen += 1
         else:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            private_dir(self.directory)
             self._gen = max((g for g, _ in self._generations()), default=-1) + 1
         self._fd = os.open(self._path(self._gen), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         self._size = 0

@@ -17,6 +17,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from relay.ops.files import private_dir, private_file
 from relay.vocab import new_id, utcnow  # noqa: F401  (re-exported: the store's callers take time and ids from here too)
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,9 @@ def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            private_dir(Path(path).parent)
+            for suffix in ("", "-wal", "-shm"):
+                private_file(Path(path + suffix))
         engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
                                   pool_size=8, max_overflow=8)
 
@@ -86,7 +89,7 @@ def node_id(data_dir: Path) -> str:
     except FileNotFoundError:
         import socket
 
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(data_dir)
         value = f"node_{socket.gethostname()}_{secrets.token_hex(4)}"
         path.write_text(value + "\n")
         return value
