@@ -25,24 +25,35 @@ async def healthz(svc: Services) -> dict[str, Any]:
 
 
 @router.get("/readyz")
-async def readyz(svc: Services) -> JSONResponse:
-    """Readiness: listeners bound, store reachable, an upstream healthy in every pool in use."""
+async def readyz(request: Request, svc: Services) -> JSONResponse:
+    """Readiness: listeners bound, store reachable, an upstream healthy in every pool in use. The
+    checks' detail (which upstreams are down) only from loopback or with an admin key."""
     ready, checks = await readiness(svc)
-    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
-                        status_code=200 if ready else 503)
+    body: dict[str, Any] = {"status": "ready" if ready else "not ready"}
+    if await _operator_view(request, svc):
+        body["checks"] = checks
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+async def _operator_view(request: Request, svc: ApiServices) -> bool:
+    """Loopback, or a Bearer API key with the admin scope."""
+    if _is_loopback(request.client.host if request.client else ""):
+        return True
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return False
+    try:
+        await svc.pipeline.authenticate("", token.strip(), scopes=ADMIN_SCOPES)
+    except RelayError:
+        return False
+    return True
 
 
 @router.get("/metrics")
 async def metrics_(request: Request, svc: Services) -> Response:
     """Prometheus exposition. Free from loopback; elsewhere a Bearer API key with the admin scope."""
-    if not _is_loopback(request.client.host if request.client else ""):
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        try:
-            if scheme.lower() != "bearer" or not token.strip():
-                raise RelayError(401, "5.7.8", "Unauthorized")
-            await svc.pipeline.authenticate("", token.strip(), scopes=ADMIN_SCOPES)
-        except RelayError:
-            return error_response(401, "An API key with the admin scope is required")
+    if not await _operator_view(request, svc):
+        return error_response(401, "An API key with the admin scope is required")
     stats = await svc.runner.read(queue_stats, svc.store)
     router = svc.router
     ups = [(pool, u.name, not ((b := router.breakers.get(u.cfg.id)) and b.failures >= router.threshold))

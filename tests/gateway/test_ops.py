@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from relay.ops import metrics
 from relay.api.app import create_app
+from relay.api.deps import from_gateway
 from relay.ops.config import load_settings, parse_hostport
 from relay.ops.logs import JsonFormatter, MESSAGE_FIELDS
 from relay.cli.progress import progress, shown
@@ -418,3 +419,18 @@ def test_queue_retry_and_delete_many_stay_quiet_under_json(tmp_path):
     assert data["success"] and data["count"] == 3 and sorted(data["deleted"]) == ids[2:]
     res = runner.invoke(relay_cli, ["queue", "delete", ids[0], "--json"], env=env)
     assert res.exit_code == 1  # already gone
+
+
+async def test_readyz_from_elsewhere_says_only_ready_or_not(gateway_factory, sink_factory):
+    sink = await sink_factory()
+    gw = await gateway_factory()
+    p = provision(gw, sink.port)
+    await settled(gw)
+    app = create_app(from_gateway(gw))
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://relay.test") as c:
+        r = await c.get("/readyz")
+        assert (r.status_code, r.json()) == (200, {"status": "ready"})  # no upstream names, no listeners
+        r = await c.get("/readyz", headers={"Authorization": f"Bearer {p.key}"})  # a send key: still no detail
+        assert r.json() == {"status": "ready"}
+        assert (await c.get("/metrics")).status_code == 401
