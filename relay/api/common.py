@@ -215,8 +215,12 @@ def iso(value: dt.datetime | None) -> str | None:
 
 
 # -- request field types ------------------------------------------------------------------------------
+# every character str.splitlines() breaks on (VT, FF, FS, GS, RS, NEL, U+2028, U+2029 too), and NUL
+_BREAKS = frozenset("\r\n\x00\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+
+
 def _one_line(value: str) -> str:
-    if any(c in value for c in "\r\n\x00"):
+    if not _BREAKS.isdisjoint(value):
         raise ValueError("must not contain line breaks or NUL characters")
     return value
 

@@ -112,6 +112,11 @@ BAD_INPUT = [
     ({"attachments": [{"filename": "a.txt", "content": "not base64!"}]},
      validation("attachments", "0.content: not valid base64")),
     ({"alias_id": "ali_doesnotexist"}, validation("alias_id", "Unknown alias")),
+    # every line separator Python's str.splitlines() knows, not just CR and LF
+    *[({"subject": f"Hi{sep}Bcc: victim@dest.org"}, validation("subject", "must not contain line breaks or NUL characters"))
+      for sep in ("\x0b", "\x0c", "\x1c", "\x85", "\u2028", "\u2029")],
+    ({"from": {"email": "app@example.com", "name": "App\u2028Bcc: victim@dest.org"}},
+     validation("from", "name: must not contain line breaks or NUL characters")),
 ]
 
 
