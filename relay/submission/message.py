@@ -38,10 +38,48 @@ def _addresses(values: list[str]) -> list[str]:
     return [addr for _, addr in email.utils.getaddresses(values) if addr]
 
 
+class MalformedHeader(ValueError):
+    """A header block that parsers read differently: refused, so that the From we check is the From
+    the recipient sees and the one we sign."""
+
+
+# a field line: a name of printable ASCII but the colon, then the colon at once (RFC 5322 2.2)
+_FIELD_NAME = re.compile(rb"[!-9;-~\x80-\xff]+:")
+
+
+def check_header_block(raw: bytes) -> None:
+    """Every line of the header block is a field (``Name:`` with nothing between the name and the
+    colon) or the folding of one; exactly one From field. MalformedHeader otherwise."""
+    end = raw.find(b"\r\n\r\n")
+    head = raw if end < 0 else raw[: end + 2]
+    froms = 0
+    for line in head.split(b"\r\n"):
+        if not line or line[:1] in (b" ", b"\t"):
+            continue  # the end, or the folding of the field above
+        m = _FIELD_NAME.match(line)
+        if m is None:
+            name = line.split(b":", 1)[0] if b":" in line else None
+            raise MalformedHeader("a header line without a colon" if name is None
+                                  else f"blanks between a field name and its colon ({name.strip()[:40]!r})")
+        froms += m.group()[:-1].lower() == b"from"
+    if froms != 1:
+        raise MalformedHeader(f"{froms} From fields (exactly one is required)")
+
+
 def summarize(raw: bytes) -> HeaderSummary:
     """Read just the header block (the fast path when it can, else the email package)."""
     summary = _summarize_fast(raw)
     return _summarize_slow(raw) if summary is None else summary
+
+
+def summarize_strict(raw: bytes) -> HeaderSummary:
+    """:func:`summarize` for a submission: a block the fast path does not take (the fast path takes
+    only well-formed ones) is checked first (:func:`check_header_block`), MalformedHeader."""
+    summary = _summarize_fast(raw)
+    if summary is None:
+        check_header_block(raw)
+        return _summarize_slow(raw)
+    return summary
 
 
 def _summarize_slow(raw: bytes) -> HeaderSummary:

@@ -231,7 +231,10 @@ class Pipeline:
             raise AUTH_REQUIRED
         if msgs.bare_line_ending(raw):
             raise BARE_NEWLINE
-        summary = msgs.summarize(raw)
+        try:
+            summary = msgs.summarize_strict(raw)
+        except msgs.MalformedHeader as exc:
+            raise RelayError(550, "5.6.0", "Malformed message header", str(exc), http_status=400) from None
         if len(summary.from_addresses) != 1:
             raise FROM_DENIED
         from_addr = summary.from_addresses[0]
