@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 AUTH_FAILED = RelayError(535, "5.7.8", "Authentication credentials invalid", http_status=401)
 AUTH_REQUIRED = RelayError(530, "5.7.0", "Authentication required", http_status=401)
+KEY_REVOKED = RelayError(530, "5.7.0", "Authentication required (the key was revoked)", http_status=401)
 RELAY_DENIED = RelayError(554, "5.7.1", "Relay access denied", http_status=403)
 SENDER_DENIED = RelayError(553, "5.7.1", "Sender address not allowed for this login", http_status=403)
 FROM_DENIED = RelayError(550, "5.7.1", "From header not allowed for this login", http_status=403)
@@ -115,6 +116,10 @@ class Pipeline:
             raise AUTH_FAILED
         return Identity(rec.account_id, rec.account_name, rec.id, rec.scopes)
 
+    async def _key_valid(self, key_id: str) -> bool:
+        rec = await self._keys.get(key_id, lambda: self.runner.read(self.store.directory.find_api_key, key_id))
+        return rec is not None and not rec.revoked
+
     async def trusted_identity(self, peer_ip: str) -> Identity | None:
         """The account a trusted network submits as (the plain `relay` listener), or None."""
         account = _trusted_account(peer_ip, self.trusted)
@@ -160,6 +165,8 @@ class Pipeline:
         ident = ctx.identity
         if ident is None:
             raise AUTH_REQUIRED
+        if ident.key_id is not None and not await self._key_valid(ident.key_id):
+            raise KEY_REVOKED  # a session opened before the key was revoked (seen within cache_ttl)
         alias = await self._own_verified_alias(ident, sender)
         if alias is None:
             raise SENDER_DENIED

@@ -7,6 +7,7 @@ import aiosmtplib
 from relay.gateway import Gateway
 from relay.throttle import AuthThrottle
 from tests.conftest import port_of, provision
+from tests.support.replies import AUTH_REQUIRED, OK
 
 AUTH_OK, AUTH_INVALID, LOCKED_OUT = 235, 535, 421
 
@@ -48,3 +49,24 @@ def test_the_throttle_counts_per_address_and_per_address_and_username():
     assert not t.locked("10.0.0.2", "apikey")  # the username alone locks nothing
     now[0] = 61.0
     assert not t.locked("10.0.0.1", "apikey")
+
+
+async def test_a_revoked_key_stops_its_open_sessions_at_the_next_mail(gateway_factory, sink_factory):
+    sink = await sink_factory()
+    gw = await gateway_factory()
+    p = provision(gw, sink.port)
+    smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port_of(gw, "smtps"), use_tls=True, validate_certs=False,
+                           timeout=10)
+    await smtp.connect()
+    await smtp.login("apikey", p.key)
+    assert (await smtp.mail(p.alias)).code == OK
+    await smtp.rset()
+    key_id = gw.store.directory.list_api_keys("acme")[0].id
+    gw.admin.revoke_key(key_id)  # what the CLI does (another process: seen within the 5 s key cache)
+    gw.pipeline.invalidate()  # what the API does after it revoked a key in this process
+    try:
+        await smtp.mail(p.alias)
+        raise AssertionError("MAIL accepted with a revoked key")
+    except aiosmtplib.SMTPSenderRefused as exc:
+        assert (exc.code, exc.message) == (AUTH_REQUIRED, "5.7.0 Authentication required (the key was revoked)")
+    smtp.close()
