@@ -26,7 +26,7 @@ from relay.events.webhooks import WebhookService
 from relay.store import utcnow
 from relay.submission.compose import Draft, compose
 from relay.submission.idempotency import Original
-from relay.submission.pipeline import API_MAX_RECIPIENTS, Pipeline
+from relay.submission.pipeline import API_MAX_RECIPIENTS, Pipeline, idempotency_scope
 from relay.vocab import SEND_SCOPES, Context, Forbidden, Identity, Invalid, NotFound, RelayError
 
 # The pipeline's limit for one HTTP send, split as the seeds' request does: to, cc, bcc.
@@ -106,7 +106,8 @@ class Sender:
         if sub.draft.html is None and sub.draft.text is None:
             raise Invalid("html or text is required", "html")
         if sub.idempotency_key:
-            original = await self.pipeline.idempotency.lookup(ident.account_id, sub.idempotency_key)
+            key = idempotency_scope(sub.idempotency_key, sandbox)
+            original = await self.pipeline.idempotency.lookup(ident.account_id, key) if key else None
             if original is not None:
                 return _replayed(original)
         sender = await self._sender_address(sub)

@@ -55,6 +55,12 @@ def verdict_error(v: Verdict) -> RelayError:
     return RelayError(v.code, v.enhanced, v.message, v.reason, http_status=v.http_status)
 
 
+def idempotency_scope(key: str | None, sandbox: bool) -> str | None:
+    """An idempotency key is the account's, and a sandbox send's apart from a real one's: a sandbox
+    test never answers for (and swallows) the real send that reuses its key."""
+    return None if not key else ("sandbox:" + key if sandbox else key)
+
+
 def may_use_pool(scopes: frozenset[str], pool: str) -> bool:
     if scopes & {"send", "admin"}:
         return True
@@ -275,7 +281,7 @@ class Pipeline:
         if ctx.held_back:
             new.suppressed = dict(ctx.held_back)
             new.recipients = new.recipients + [r for r in new.suppressed if r not in new.recipients]
-        key = ctx.idempotency_key or summary.idempotency_key
+        key = idempotency_scope(ctx.idempotency_key or summary.idempotency_key, new.sandbox)
         new.idempotency_key = None  # the 24-hour claim lives in idempotency_keys, not in the message
         if not key or new.account_id is None:
             await self.commit(new)

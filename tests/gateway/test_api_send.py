@@ -229,6 +229,16 @@ async def test_idempotency_replays_the_original_and_sends_once(api: Api):
     assert len([x for x in api.sink.received if x.mail_from == api.p.alias]) == 2
 
 
+async def test_a_sandbox_send_does_not_claim_the_real_sends_idempotency_key(api: Api):
+    body = send_body(api.p, idempotency_key="order-42")
+    test = await api.client.post("/api/v1/send", json=body, headers={"X-Relay-Sandbox": "true"})
+    assert test.status_code == OK and test.json()["provider"] == "sandbox", test.text
+    real = await api.client.post("/api/v1/send", json=body)
+    assert real.status_code == OK and real.json()["provider"] == "smtp" and "idempotent" not in real.json()
+    assert real.json()["message_id"] != test.json()["message_id"]
+    await wait_for(lambda: len([x for x in api.sink.received if x.mail_from == api.p.alias]) == 1)
+
+
 async def test_idempotency_under_concurrency_sends_once(api: Api):
     body = send_body(api.p, idempotency_key="invoice-42")
     replies = await asyncio.gather(*(api.client.post("/api/v1/send", json=body) for _ in range(20)))
