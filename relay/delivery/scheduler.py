@@ -144,8 +144,9 @@ class Scheduler:
                 await self.deliver(msg)
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
                 log.exception("delivery failed unexpectedly", extra={"queue_id": msg.id})
+                await self._defer_after_fault(msg, exc)
             finally:
                 self._busy -= 1
                 self.active.done(msg.id)
@@ -203,6 +204,12 @@ class Scheduler:
                 if not pending:
                     break
                 continue
+            except Exception as exc:  # a fault (ours or a library's): this attempt failed, nothing is assumed
+                log.exception("delivery attempt failed unexpectedly", extra={"queue_id": msg.id, "upstream": up.name})
+                metrics.upstream_transaction(msg.ip_pool, up.name, time.perf_counter() - started, "failed")
+                last = UpstreamUnavailable(None, f"local error while delivering ({type(exc).__name__}); will retry")
+                last_upstream = up.name
+                break
             metrics.upstream_transaction(msg.ip_pool, up.name, time.perf_counter() - started, "ok")
             self.router.success(up)
             outcomes += [self._outcome(msg, rcpt, code, reply, up.name, now)
@@ -211,6 +218,17 @@ class Scheduler:
             break
         outcomes += self._unsent(msg, pending, bool(upstreams), last, now)
         await self._finish(msg, outcomes, journaled, last_upstream)
+
+    async def _defer_after_fault(self, msg: QueuedMessage, exc: Exception) -> None:
+        """An unexpected error around an attempt: its recipients are deferred with backoff (the
+        attempt counts, so a fault that repeats ends in a bounce at max_age), never left leased."""
+        reply = f"local error while delivering ({type(exc).__name__}); will retry"
+        now = self.clock()
+        try:
+            await self.writer.record([self._outcome(msg, r, 451, reply, None, now, force_defer=True)
+                                      for r in msg.recipients])
+        except Exception:
+            log.exception("could not defer after a delivery fault", extra={"queue_id": msg.id})
 
     def _on_dot(self, msg: QueuedMessage, upstream: str, journaled: list[int]) -> Callable[[list[str]], DotHooks]:
         def on_dot(accepted: list[str]) -> DotHooks:

@@ -13,7 +13,7 @@ from typing import Any
 from relay.delivery.router import Router
 from relay.delivery.target import DeliveryTarget, OnDot, TransactionResult, UpstreamUnavailable
 from relay.delivery.upstream import Upstream, UpstreamConfig
-from tests.conftest import free_port, provision
+from tests.conftest import free_port, provision, wait_for
 from tests.gateway.test_delivery import events_of, make_msg, rcpt_view, submit, wait_final
 
 TAKEN = (250, "2.0.0 taken by the fake")
@@ -30,7 +30,9 @@ class FakeSettings:
 class FakeTarget:
     """Takes every transaction (``refuse``: raises UpstreamUnavailable instead), recording it."""
 
-    def __init__(self, name: str, priority: int = 0, refuse: tuple[int, str] | None = None) -> None:
+    def __init__(self, name: str, priority: int = 0, refuse: tuple[int, str] | None = None,
+                 fault: Exception | None = None) -> None:
+        self.fault = fault  # raised by send(), as a bug in our code or a library's would be
         self._name = name
         self.cfg = FakeSettings(id=f"fake_{name}", priority=priority)
         self.idle_timeout = 60.0
@@ -44,6 +46,8 @@ class FakeTarget:
 
     async def send(self, mail_from: str, recipients: list[str], body: bytes, on_dot: OnDot) -> TransactionResult:
         self.sent.append((mail_from, list(recipients), body))
+        if self.fault is not None:
+            raise self.fault
         if self.refuse is not None:
             raise UpstreamUnavailable(*self.refuse)
         hooks = on_dot(list(recipients))  # the final dot goes: journal it, start the store's marker
@@ -105,3 +109,24 @@ async def test_the_scheduler_delivers_through_fake_targets_with_failover(gateway
 
     await gw.stop(grace=1)
     assert first.closed >= 1 and second.closed >= 1  # the scheduler closes idle sessions at stop
+
+
+async def test_a_fault_while_delivering_defers_with_backoff_and_never_holds_the_lease(gateway_factory, monkeypatch):
+    gw = await gateway_factory(delivery={"retry_base": 30, "retry_max": 60})
+    p = provision(gw, free_port())
+    broken = FakeTarget("broken", fault=UnicodeEncodeError("ascii", "b\x0bad", 1, 2, "not ascii"))
+    gw.router.set_pools({"default": [broken]})
+    monkeypatch.setattr(gw, "load_upstreams", lambda recs=None: None)
+
+    raw, mid = make_msg(["a@dest.org"], "a fault")
+    (qid,) = await submit(gw, p.key, [(["a@dest.org"], raw)])
+    await wait_for(lambda: rcpt_view(gw.store.queue.show(qid), "a@dest.org").attempts == 1)
+    r = rcpt_view(gw.store.queue.show(qid), "a@dest.org")
+    assert (r.state, r.last_code) == ("deferred", 451)
+    assert r.last_reply == "local error while delivering (UnicodeEncodeError); will retry"
+    assert r.next_attempt_at is not None  # due again after the backoff, not held by this node
+    assert qid not in gw.scheduler.inflight
+    broken.fault = None  # fixed: the next attempt delivers
+    gw.store.queue.retry(qid)
+    gw.scheduler.wake()
+    await wait_for(lambda: rcpt_view(gw.store.queue.show(qid), "a@dest.org").state == "delivered")
