@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Awaitable
 from typing import Protocol, cast
 
 import aiosmtplib
@@ -35,7 +36,7 @@ class BodyChannel(Protocol):
 
     def write(self, data: bytes) -> None: ...
 
-    async def reply(self) -> Reply: ...
+    def reply(self) -> Awaitable[Reply]: ...
 
 
 class Channel:
@@ -50,9 +51,9 @@ class Channel:
             raise SMTPServerDisconnected("Connection lost")
         self.transport.write(data)
 
-    async def reply(self) -> Reply:
+    def reply(self) -> Awaitable[Reply]:
         """The next reply (one written command's, in order)."""
-        return await self._replies.next(self._timeout)
+        return self._replies.next(self._timeout)
 
     def close(self) -> None:
         aiosmtplib_compat.give_back(self.transport, self._owner)

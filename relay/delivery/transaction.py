@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import aiosmtplib
 from aiosmtplib import (
@@ -153,22 +153,23 @@ async def _data(steps: _Steps, body: bytes, on_dot: Callable[[], DotHooks]) -> R
 
 
 class _Steps:
-    """How the commands go: each step returns its command's reply; :meth:`abort` ends a
-    transaction without recipients (True: the session is clean again)."""
+    """How the commands go: each step returns its command's reply (an awaitable: the pipelined
+    steps hand out the channel's own, with no coroutine of theirs in between); :meth:`abort` ends
+    a transaction without recipients (True: the session is clean again)."""
 
-    async def reset(self) -> Reply:
+    def reset(self) -> Awaitable[Reply]:
         raise NotImplementedError
 
-    async def mail(self) -> Reply:
+    def mail(self) -> Awaitable[Reply]:
         raise NotImplementedError
 
-    async def rcpt(self, rcpt: str) -> Reply:
+    def rcpt(self, rcpt: str) -> Awaitable[Reply]:
         raise NotImplementedError
 
     async def abort(self) -> bool:
         raise NotImplementedError
 
-    async def data(self) -> Reply:
+    def data(self) -> Awaitable[Reply]:
         raise NotImplementedError
 
     def channel(self) -> BodyChannel:
@@ -187,22 +188,22 @@ class _Pipelined(_Steps):
         self._channel = Channel(session.smtp, timeout)
         self._channel.write(b"".join(([RSET] if not session.clean else []) + commands))
 
-    async def reset(self) -> Reply:
-        return await self._channel.reply()
+    def reset(self) -> Awaitable[Reply]:
+        return self._channel.reply()
 
-    async def mail(self) -> Reply:
-        return await self._channel.reply()
+    def mail(self) -> Awaitable[Reply]:
+        return self._channel.reply()
 
-    async def rcpt(self, rcpt: str) -> Reply:
-        return await self._channel.reply()
+    def rcpt(self, rcpt: str) -> Awaitable[Reply]:
+        return self._channel.reply()
 
     async def abort(self) -> bool:
         if (await self._channel.reply())[0] == 354:  # a server that should have refused DATA: end it unsent
             raise UpstreamUnavailable(None, "DATA accepted without any recipient")
         return False
 
-    async def data(self) -> Reply:
-        return await self._channel.reply()
+    def data(self) -> Awaitable[Reply]:
+        return self._channel.reply()
 
     def channel(self) -> Channel:
         return self._channel
