@@ -125,7 +125,7 @@ async def test_a_fault_while_delivering_defers_with_backoff_and_never_holds_the_
     assert (r.state, r.last_code) == ("deferred", 451)
     assert r.last_reply == "local error while delivering (UnicodeEncodeError); will retry"
     assert r.next_attempt_at is not None  # due again after the backoff, not held by this node
-    assert qid not in gw.scheduler.inflight
+    await wait_for(lambda: qid not in gw.scheduler.inflight)  # the attempt ended; nothing holds it
     broken.fault = None  # fixed: the next attempt delivers
     gw.store.queue.retry(qid)
     gw.scheduler.wake()
