@@ -29,7 +29,6 @@ relay.delivery.channel at import.
 from __future__ import annotations
 
 import asyncio
-import importlib.metadata
 from collections.abc import Callable
 from typing import TypeVar, cast
 
@@ -37,38 +36,18 @@ import aiosmtplib
 from aiosmtplib import SMTPServerDisconnected
 from aiosmtplib.protocol import SMTPProtocol
 
+from relay.ops.versions import require
+
 LIBRARY = "aiosmtplib"
 SUPPORTED = ((5, 1, 3), (6, 0, 0))  # from (inclusive) .. to (exclusive); written against 5.1.3
 P = TypeVar("P", bound=asyncio.BaseProtocol)
 
 
-def _release(version: str) -> tuple[int, ...]:
-    parts = []
-    for piece in version.split(".")[:3]:
-        digits = ""
-        for ch in piece:
-            if not ch.isdigit():
-                break
-            digits += ch
-        parts.append(int(digits or 0))
-        if digits != piece:  # 6.0.0rc1, 5.2.dev0: the release it leads to
-            break
-    return tuple(parts + [0] * (3 - len(parts)))
-
-
 def check() -> str:
-    """The installed aiosmtplib version, if this module was written for it; else RuntimeError."""
-    try:
-        version = importlib.metadata.version(LIBRARY)
-    except importlib.metadata.PackageNotFoundError:
-        version = getattr(aiosmtplib, "__version__", "0")
+    """The installed aiosmtplib version, if this module was written for it; else UnsupportedVersion
+    (it lends the session's transport to the pipelined transaction)."""
     low, high = SUPPORTED
-    if not low <= _release(version) < high:
-        raise RuntimeError(
-            f"{LIBRARY} {version} is installed, but relay.delivery.aiosmtplib_compat was written for "
-            f"{LIBRARY} >={'.'.join(map(str, low))},<{'.'.join(map(str, high))} (it lends the session's "
-            f"transport to the pipelined transaction); install a version in that range")
-    return version
+    return require(LIBRARY, low, high, "relay.delivery.aiosmtplib_compat")
 
 
 def session_protocol(smtp: aiosmtplib.SMTP) -> SMTPProtocol:

@@ -12,11 +12,11 @@ and checks that only uvicorn's own touches the signal handlers.
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
-import re
 from collections.abc import Iterator
 
 import uvicorn
+
+from relay.ops.versions import require
 
 __all__ = ["LIBRARY", "SUPPORTED", "Server", "check"]
 
@@ -28,24 +28,9 @@ _LOWEST = (0, 29)
 _BELOW = (0, 56)
 
 
-def _release(version: str) -> tuple[int, ...]:
-    """The leading release numbers of ``version`` ("0.55.0" -> (0, 55, 0); "0.56.0rc1" -> (0, 56, 0))."""
-    match = re.match(r"\d+(?:\.\d+)*", version)
-    return tuple(int(part) for part in match.group(0).split(".")) if match else ()
-
-
 def check() -> str:
-    """The installed uvicorn version; RuntimeError naming it when it is outside :data:`SUPPORTED`."""
-    try:
-        installed = importlib.metadata.version(LIBRARY)
-    except importlib.metadata.PackageNotFoundError:
-        installed = "(not installed)"
-    if not _LOWEST <= _release(installed) < _BELOW:
-        raise RuntimeError(
-            f"{LIBRARY} {installed} is installed, but Relay's HTTP API overrides a uvicorn internal "
-            f"written for {LIBRARY}{SUPPORTED} (relay/ops/uvicorn_compat.py)"
-        )
-    return installed
+    """The installed uvicorn version; UnsupportedVersion naming it when it is outside :data:`SUPPORTED`."""
+    return require(LIBRARY, _LOWEST, _BELOW, "relay.ops.uvicorn_compat (Server.capture_signals)")
 
 
 class Server(uvicorn.Server):

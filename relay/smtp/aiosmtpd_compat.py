@@ -29,7 +29,6 @@ import re
 import ssl
 import warnings
 from collections.abc import Iterator, Mapping
-from importlib import metadata
 from typing import Any
 
 import aiosmtpd.smtp
@@ -41,7 +40,7 @@ from aiosmtpd.smtp import (
     login_always_fail,
 )
 
-from relay.vocab import ConfigError
+from relay.ops.versions import require
 
 #: The aiosmtpd releases this module was written for: at least the first, below the second.
 SUPPORTED: tuple[tuple[int, ...], tuple[int, ...]] = ((1, 4, 6), (1, 5))
@@ -53,25 +52,10 @@ warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TL
 # -- the version check ------------------------------------------------------------------------------
 
 
-def installed_version() -> str:
-    """The installed aiosmtpd's version string."""
-    return metadata.version("aiosmtpd")
-
-
-def release(version: str) -> tuple[int, ...]:
-    """The leading numeric release of a version string: ``"1.4.6.post1"`` -> ``(1, 4, 6)``."""
-    m = re.match(r"\d+(?:\.\d+)*", version)
-    return tuple(int(part) for part in m.group(0).split(".")) if m else ()
-
-
-def check() -> None:
+def check() -> str:
     """Refuse to start with an aiosmtpd whose internals this module was not written for."""
-    version = installed_version()
     low, high = SUPPORTED
-    if not low <= release(version) < high:
-        raise ConfigError(
-            f"aiosmtpd {version} is installed; relay.smtp.aiosmtpd_compat is written for aiosmtpd "
-            f">={'.'.join(map(str, low))},<{'.'.join(map(str, high))}")
+    return require("aiosmtpd", low, high, "relay.smtp.aiosmtpd_compat")
 
 
 # -- sanitized_log ----------------------------------------------------------------------------------
@@ -307,4 +291,4 @@ class RelaySMTPBase(SMTPCompat):
 
 
 __all__ = ["SUPPORTED", "PendingCredentials", "RelaySMTPBase", "SMTPCompat", "check", "getaddr",
-           "installed_version", "library_getaddr", "release"]
+           "library_getaddr"]

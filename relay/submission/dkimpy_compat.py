@@ -11,11 +11,10 @@ internals changed meaning is caught there before :data:`SUPPORTED` is widened.
 
 from __future__ import annotations
 
-import importlib.metadata
-import re
-
 import dkim
 from dkim import canonicalization
+
+from relay.ops.versions import require
 
 __all__ = [
     "LIBRARY",
@@ -37,24 +36,9 @@ _BELOW = (1, 2)
 _RELAXED = canonicalization.CanonicalizationPolicy(canonicalization.Relaxed, canonicalization.Relaxed)
 
 
-def _release(version: str) -> tuple[int, ...]:
-    """The leading release numbers of ``version`` ("1.1.8" -> (1, 1, 8); "1.2.0rc1" -> (1, 2, 0))."""
-    match = re.match(r"\d+(?:\.\d+)*", version)
-    return tuple(int(part) for part in match.group(0).split(".")) if match else ()
-
-
 def check() -> str:
-    """The installed dkimpy version; RuntimeError naming it when it is outside :data:`SUPPORTED`."""
-    try:
-        installed = importlib.metadata.version(LIBRARY)
-    except importlib.metadata.PackageNotFoundError:
-        installed = "(not installed)"
-    if not _LOWEST <= _release(installed) < _BELOW:
-        raise RuntimeError(
-            f"{LIBRARY} {installed} is installed, but Relay's DKIM signer uses dkimpy internals "
-            f"written for {LIBRARY}{SUPPORTED} (relay/submission/dkimpy_compat.py)"
-        )
-    return installed
+    """The installed dkimpy version; UnsupportedVersion naming it when it is outside :data:`SUPPORTED`."""
+    return require(LIBRARY, _LOWEST, _BELOW, "relay.submission.dkimpy_compat")
 
 
 def parse_message(message: bytes) -> tuple[list[list[bytes]], bytes]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib.metadata
 import asyncio
 from pathlib import Path
 
@@ -21,13 +22,13 @@ def test_the_installed_aiosmtplib_is_one_the_compat_module_was_written_for():
 
 @pytest.mark.parametrize("version", ["5.1.3", "5.1.4", "5.9.0", "5.2.0.post1"])
 def test_versions_in_range_pass(monkeypatch, version):
-    monkeypatch.setattr(aiosmtplib_compat.importlib.metadata, "version", lambda name: version)
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: version)
     assert aiosmtplib_compat.check() == version
 
 
 @pytest.mark.parametrize("version", ["5.1.2", "5.0.0", "4.0.1", "6.0.0", "6.0.0rc1", "7.1"])
 def test_versions_out_of_range_are_refused_naming_the_library_and_version(monkeypatch, version):
-    monkeypatch.setattr(aiosmtplib_compat.importlib.metadata, "version", lambda name: version)
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: version)
     with pytest.raises(RuntimeError, match=rf"aiosmtplib {version} is installed.*>=5\.1\.3,<6\.0\.0"):
         aiosmtplib_compat.check()
 
