@@ -169,7 +169,6 @@ def test_random_sessions_never_get_a_250_for_a_malformed_transaction(live, scrip
 
 def test_server_still_serves_a_good_client_and_logged_no_traceback(live):
     port, log = live
-    started = time.monotonic()
     sock = _tls(port)
     assert sock.recv(1024).startswith(b"220 ")
     sock.sendall(b"EHLO ok.test\r\n")
@@ -177,7 +176,6 @@ def test_server_still_serves_a_good_client_and_logged_no_traceback(live):
     sock.sendall(b"NOOP\r\n")
     assert _replies(sock, 0.3) == b"250 2.0.0 OK\r\n"
     sock.close()
-    assert time.monotonic() - started < 5
     text = Path(log).read_text(errors="replace")
     assert "Traceback" not in text, text[-3000:]
 
@@ -186,11 +184,11 @@ def test_a_silent_client_is_dropped_after_the_command_timeout(live):
     port, _ = live
     sock = _tls(port)
     sock.recv(1024)
-    started = time.monotonic()
     data = _replies(sock, 6)  # the server's command timeout is 2 s here
-    sock.close()
-    assert time.monotonic() - started < 5.5
     assert data == b"" or data.startswith(b"421 ")
+    sock.settimeout(1)
+    assert sock.recv(1) == b""  # the server closed the session (an open one would time this read out)
+    sock.close()
 
 
 # -- the DATA transfer: relay.smtp.data against aiosmtpd's own line reader ---------------------------
