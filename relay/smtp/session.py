@@ -268,7 +268,8 @@ class SubmissionHandler:
         ident = await self._identity(session)
         if ident is None:
             return RELAY_DENIED.smtp_reply if self.trusted_only else "530 5.7.0 Authentication required"
-        ctx = Context(listener=self.listener, peer=_peer_ip(session), identity=ident)
+        ctx = Context(listener=self.listener, peer=_peer_ip(session), identity=ident,
+                      smtputf8=any(o.upper() == "SMTPUTF8" for o in mail_options))
         try:
             await self.pipeline.mail(ctx, address)
         except RelayError as exc:

@@ -55,6 +55,20 @@ def verdict_error(v: Verdict) -> RelayError:
     return RelayError(v.code, v.enhanced, v.message, v.reason, http_status=v.http_status)
 
 
+BAD_RECIPIENT = RelayError(501, "5.1.3", "Bad recipient address syntax", http_status=400)
+NEEDS_SMTPUTF8 = RelayError(553, "5.6.7", "Non-ASCII address requires SMTPUTF8", http_status=400)
+
+
+def check_recipient(address: str, smtputf8: bool) -> None:
+    """Refused at RCPT, not discovered at delivery: control characters, blanks, no or several ``@``,
+    an empty part (501 5.1.3), a non-ASCII address without SMTPUTF8 (553 5.6.7)."""
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain or "@" in domain or any(c <= " " or c == "\x7f" for c in address):
+        raise BAD_RECIPIENT
+    if not address.isascii() and not smtputf8:
+        raise NEEDS_SMTPUTF8
+
+
 def idempotency_scope(key: str | None, sandbox: bool) -> str | None:
     """An idempotency key is the account's, and a sandbox send's apart from a real one's: a sandbox
     test never answers for (and swallows) the real send that reuses its key."""
@@ -188,6 +202,7 @@ class Pipeline:
 
     async def rcpt(self, ctx: Context, recipient: str) -> None:
         """One recipient; a refusal applies to it alone."""
+        check_recipient(recipient, ctx.smtputf8)
         if len(ctx.recipients) >= (ctx.max_recipients or self.max_recipients):
             raise TOO_MANY_RECIPIENTS
         verdict = await self.policies.run("on_rcpt", ctx, recipient)
