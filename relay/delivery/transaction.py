@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import aiosmtplib
 from aiosmtplib import (
@@ -152,35 +153,35 @@ async def _data(steps: _Steps, body: bytes, on_dot: Callable[[], DotHooks]) -> R
             await marker
 
 
-class _Steps:
+class _Steps(Protocol):
     """How the commands go: each step returns its command's reply (an awaitable: the pipelined
     steps hand out the channel's own, with no coroutine of theirs in between); :meth:`abort` ends
     a transaction without recipients (True: the session is clean again)."""
 
     def reset(self) -> Awaitable[Reply]:
-        raise NotImplementedError
+        ...
 
     def mail(self) -> Awaitable[Reply]:
-        raise NotImplementedError
+        ...
 
     def rcpt(self, rcpt: str) -> Awaitable[Reply]:
-        raise NotImplementedError
+        ...
 
     async def abort(self) -> bool:
-        raise NotImplementedError
+        ...
 
     def data(self) -> Awaitable[Reply]:
-        raise NotImplementedError
+        ...
 
     def channel(self) -> BodyChannel:
         """Where the body goes (once :meth:`data` got its 354)."""
-        raise NotImplementedError
+        ...
 
     def close(self) -> None:
-        raise NotImplementedError
+        ...
 
 
-class _Pipelined(_Steps):
+class _Pipelined:
     """RFC 2920: RSET (when needed), MAIL, RCPT... and DATA go in one write, at once; each step
     reads the next reply."""
 
@@ -212,7 +213,7 @@ class _Pipelined(_Steps):
         self._channel.close()
 
 
-class _OneByOne(_Steps):
+class _OneByOne:
     """No PIPELINING (or an address only aiosmtplib can quote, or refuse): aiosmtplib sends each
     command and reads its reply; the body and the final dot are written on its protocol."""
 
