@@ -1,0 +1,75 @@
+"""Request bodies are bounded before they are read (:func:`body_cap`: the largest message as base64
+JSON, plus room): a declared length over the cap is 413 at once, a body that grows past it (chunked)
+is cut off with 413, and a state-changing /api/ request without credentials is 401 before a byte of
+its body is read (no unauthenticated upload costs memory)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+PUBLIC_PREFIXES = ("/api/v1/aliases/verify/",)  # the verification link needs no key
+_WRITES = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def body_cap(max_message_size: int) -> int:
+    """The largest request body: a message of ``smtp.max_message_size`` as base64 in JSON, plus 1 MiB."""
+    return max_message_size * 4 // 3 + (1 << 20)
+
+
+async def _answer(send: Send, status: int, message: str) -> None:
+    body = json.dumps({"success": False, "error": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class BodyLimit:
+    """ASGI middleware: ``limit()`` is the current cap in bytes (it follows a reload)."""
+
+    def __init__(self, app: ASGIApp, limit: Callable[[], int]) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        path, method = scope.get("path", ""), scope.get("method", "GET")
+        if (method in _WRITES and path.startswith("/api/") and not path.startswith(PUBLIC_PREFIXES)
+                and not headers.get(b"authorization", b"").strip() and not headers.get(b"cookie", b"").strip()):
+            return await _answer(send, 401, "Missing API key: send Authorization: Bearer <key>")
+        limit = self.limit()
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            return await _answer(send, 413, f"Request body too large (at most {limit} bytes)")
+        state = {"over": False, "answered": False}
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    state["over"] = True  # stop reading: the app sees the client go, we answer 413
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded(message: Message) -> None:
+            if not state["over"]:
+                return await send(message)
+            if not state["answered"]:
+                state["answered"] = True
+                await _answer(send, 413, f"Request body too large (at most {limit} bytes)")
+
+        await self.app(scope, counted, guarded)
+        if state["over"] and not state["answered"]:
+            await _answer(send, 413, f"Request body too large (at most {limit} bytes)")

@@ -1,0 +1,60 @@
+"""HTTP bodies are bounded before they are read: an attacker's 50 MB upload is refused from its
+headers (401 without a key, 413 over the cap), and a chunked body is cut off at the cap."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+
+from relay.api.limits import body_cap
+from tests.conftest import provision
+
+UNAUTHORIZED, TOO_LARGE = 401, 413
+
+
+async def head_only(gw, headers: str) -> tuple[int, dict]:
+    """Send the request line and headers only (a body that never comes): the answer must not wait for it."""
+    host, port = gw.settings.api.listen.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(headers.encode())
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(), 5)  # answered and closed without the body
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), json.loads(body)
+
+
+async def test_a_huge_body_without_a_key_is_401_before_it_is_read(gateway_factory, sink_factory):
+    gw = await gateway_factory()
+    status, body = await head_only(gw, "POST /api/v1/send HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                       "Content-Length: 50000000\r\n\r\n")
+    assert (status, body["error"]) == (UNAUTHORIZED, "Missing API key: send Authorization: Bearer <key>")
+
+
+async def test_a_declared_length_over_the_cap_is_413_before_it_is_read(gateway_factory, sink_factory):
+    sink = await sink_factory()
+    gw = await gateway_factory(smtp={"max_message_size": 100_000})
+    p = provision(gw, sink.port)
+    cap = body_cap(100_000)
+    status, body = await head_only(gw, f"POST /api/v1/send HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {p.key}\r\n"
+                                       f"Content-Type: application/json\r\nContent-Length: {cap + 1}\r\n\r\n")
+    assert (status, body["error"]) == (TOO_LARGE, f"Request body too large (at most {cap} bytes)")
+
+
+async def test_a_chunked_body_is_cut_off_at_the_cap(gateway_factory, sink_factory):
+    sink = await sink_factory()
+    gw = await gateway_factory(smtp={"max_message_size": 100_000})
+    p = provision(gw, sink.port)
+    cap = body_cap(100_000)
+
+    async def chunks():
+        for _ in range(cap // 65536 + 2):
+            yield b"x" * 65536
+
+    async with httpx.AsyncClient(base_url=f"http://{gw.settings.api.listen}", timeout=10) as c:
+        r = await c.post("/api/v1/send", content=chunks(), headers={"Authorization": f"Bearer {p.key}",
+                                                                    "Content-Type": "application/json"})
+    assert (r.status_code, r.json()["error"]) == (TOO_LARGE, f"Request body too large (at most {cap} bytes)")
+    assert [m for m in gw.store.queue.list_messages() if m.source == "api"] == []
