@@ -25,6 +25,7 @@ from relay.vocab import Invalid
 from relay.secrets import parse_api_key
 from relay.smtp.session import redact
 from tests.conftest import free_port
+from tests.support.wire import Wire
 
 # -- pure parsers ---------------------------------------------------------------------------------
 
@@ -192,33 +193,6 @@ def test_a_silent_client_is_dropped_after_the_command_timeout(live):
 
 
 # -- the DATA transfer: relay.smtp.data against aiosmtpd's own line reader ---------------------------
-class _Wire(asyncio.Transport):
-    """A transport that records what the server writes; the test hands it the client's bytes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.out = bytearray()
-        self.closed = False
-
-    def write(self, data) -> None:
-        self.out += data
-
-    def get_extra_info(self, name, default=None):
-        return {"peername": ("127.0.0.1", 4025), "sockname": ("127.0.0.1", 25)}.get(name, default)
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-
 class _Keep:
     def __init__(self) -> None:
         self.got: list[bytes] = []
@@ -237,7 +211,7 @@ async def _transfer(cls, size_limit: int, body: bytes, cuts: list[int]) -> tuple
     handler = _Keep()
     server = type("S", (cls,), {"line_length_limit": _LINE_LIMIT})(
         handler, data_size_limit=size_limit, loop=loop, hostname="mx.test", ident="T")
-    wire = _Wire()
+    wire = Wire()
     server.connection_made(wire)
     stream = b"EHLO c.test\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\n" + body + b"\r\n.\r\nQUIT\r\n"
     edges = [0, *sorted({c % (len(stream) + 1) for c in cuts}), len(stream)]

@@ -23,6 +23,7 @@ from relay.smtp.aiosmtpd_compat import RelaySMTPBase, SMTPCompat
 from relay.smtp.data import BlockData
 from relay.smtp.session import RelaySMTP, SubmissionHandler
 from relay.vocab import ConfigError
+from tests.support.wire import Wire
 
 # -- the version checks -----------------------------------------------------------------------------
 
@@ -172,25 +173,6 @@ def test_hook_tables_leave_with_their_handler():
 # -- SMTPCompat and RelaySMTPBase over a scripted session, against aiosmtpd's SMTP ------------------
 
 
-class _Wire(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.out = bytearray()
-        self.closed = False
-
-    def write(self, data) -> None:
-        self.out += data
-
-    def get_extra_info(self, name, default=None):
-        return {"peername": ("127.0.0.1", 4025), "sockname": ("127.0.0.1", 25)}.get(name, default)
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-
 class _Keep:
     def __init__(self) -> None:
         self.got: list[tuple[str, list[str], bytes]] = []
@@ -209,7 +191,7 @@ async def _run(cls) -> tuple[bytes, list]:
     handler = _Keep()
     server = cls(handler, loop=asyncio.get_running_loop(), hostname="mx.test", ident="T",
                  data_size_limit=1000, enable_SMTPUTF8=True)
-    wire = _Wire()
+    wire = Wire()
     server.connection_made(wire)
     server.data_received(_SCRIPT)
     for _ in range(60):
