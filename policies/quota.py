@@ -36,6 +36,7 @@ from policies.quota_rules import Effective, effective, recipients_left, targets
 from policies.spec import DRY_RUN, PolicyServices, Verdict
 from relay.cache import TTLCache
 from relay.store.directory import Directory
+from relay.store.pools import Pools
 from policies.quota_admin import KEYS, account_limits, parse_options  # noqa: F401  (KEYS, parse_options: public here too)
 from policies.quota_store import Charge, LimitRec, QuotaStore
 
@@ -62,8 +63,12 @@ class QuotaPolicy:
         """The account's limited targets with what is used and left today."""
         directory = Directory(self.services.sessions, self.services.reads)
 
+        pools = Pools(self.services.sessions, self.services.reads)
+
         def read() -> list[dict[str, Any]]:
-            return account_limits(directory, self.store, self.defaults, directory.get_account_by_id(account_id), now)
+            own = frozenset(p.name for p in pools.list() if p.account_id == account_id)
+            return account_limits(directory, self.store, self.defaults, directory.get_account_by_id(account_id), now,
+                                  own)
 
         return await self.services.runner.read(read)
 

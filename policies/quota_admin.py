@@ -272,9 +272,10 @@ def report(store: Store, settings: Any, *, account: str | None = None, ip_pool: 
 
 
 def account_limits(directory: Directory, qs: QuotaStore, defaults: dict[str, Any], account: AccountRec,
-                   now: dt.datetime) -> list[dict[str, Any]]:
+                   now: dt.datetime, own_pools: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
     """One account's limited targets today (``GET /api/v1/usage``): its own, its keys', its aliases',
-    and its IP pools' (warm-up included), each with what is used and left."""
+    and its IP pools' (warm-up included), each with what is used and left. A pool the account shares
+    (not in ``own_pools``) shows its limits only: what the other accounts sent there is theirs."""
     today = now.astimezone(dt.timezone.utc).date()
     aliases = directory.list_aliases(account.name)
     pools = sorted({a.ip_pool for a in aliases})
@@ -297,9 +298,11 @@ def account_limits(directory: Directory, qs: QuotaStore, defaults: dict[str, Any
     for target, (kind, label, e) in effs.items():
         u = usage[target]
         available = None if e.rate is None else (e.rate.count if u.tokens is None else int(u.tokens))
+        shared = kind == "pool" and label not in own_pools
         out.append({
             "target": target, "kind": kind, "label": label, "rate": str(e.rate) if e.rate else None,
-            "available_now": available, "daily": e.daily, "used_today": u.used_today,
-            "remaining_today": None if e.daily is None else max(0, e.daily - u.used_today),
-            "warmup_day": e.warmup_day, "warmup_cap": e.warmup_cap})
+            "available_now": None if shared else available, "daily": e.daily,
+            "used_today": None if shared else u.used_today,
+            "remaining_today": None if e.daily is None or shared else max(0, e.daily - u.used_today),
+            "warmup_day": e.warmup_day, "warmup_cap": e.warmup_cap, "shared": shared})
     return out

@@ -107,6 +107,7 @@ class Gateway:
         """(Re)build the pools from the store; unchanged upstreams keep their open sessions."""
         d = self.settings.delivery
         pools: dict[str, list[Upstream]] = {}
+        owners: dict[str, str | None] = {}
         seen = {}
         for rec in self.store.directory.list_upstreams() if recs is None else recs:
             if not rec.is_active:
@@ -119,11 +120,12 @@ class Gateway:
                 up = connection(self.settings, cfg)
             seen[rec.id] = up
             pools.setdefault(rec.ip_pool, []).append(up)
+            owners[rec.ip_pool] = rec.account_id
         for uid, up in self._upstreams.items():
             if uid not in seen:
                 up.close_idle()
         self._upstreams = seen
-        self.router.set_pools(pools)
+        self.router.set_pools(pools, owners)
 
     async def _refresh_upstreams(self) -> None:
         while True:

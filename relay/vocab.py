@@ -1,7 +1,7 @@
 """The shared vocabulary: the words every layer uses, with no I/O (the lowest layer).
 
 - identity and context: who submits (:class:`Identity`) and one transaction (:class:`Context`);
-- scopes and IP pools: :data:`SEND_SCOPES`, :data:`POOL_SCOPES`, :data:`DEFAULT_IP_POOL`;
+- scopes and IP pools: :data:`SEND_SCOPES`, :data:`POOL_SCOPES`, :data:`DEFAULT_IP_POOL`, :data:`OPERATOR_POOLS`;
 - ids: :func:`new_id`, :func:`new_queue_id`; time: :func:`utcnow`;
 - queue states: :data:`STATES`, :data:`PENDING`, :data:`FINAL`;
 - one error family (aiosmtplib's model: the SMTP code rides on the exception).
@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 SEND_SCOPES = frozenset({"send", "send:transactional", "send:marketing"})
 POOL_SCOPES = {"send:transactional": "transactional", "send:marketing": "marketing"}
 DEFAULT_IP_POOL = "default"
+OPERATOR_POOLS = frozenset({DEFAULT_IP_POOL, *POOL_SCOPES.values()})
+"""IP pool names only the operator may own: system mail (DSNs, verification) goes through
+``default``, and the ``send:transactional|marketing`` scopes name the other two."""
 
 STATES = ("queued", "deferred", "delivering", "delivered", "bounced", "suppressed", "expired", "sandbox")
 PENDING = ("queued", "deferred", "delivering")
@@ -50,6 +53,11 @@ class Identity:
     account_name: str
     key_id: str | None  # None for trusted networks
     scopes: frozenset[str]
+
+    @property
+    def operator(self) -> bool:
+        """The gateway's administrator (an ``operator`` key, made only by the CLI), not one account's."""
+        return "operator" in self.scopes
 
 
 @dataclass

@@ -15,7 +15,8 @@ def key() -> None:
 @command(key, "create")
 @click.option("--account", required=True, help="Account the key belongs to.")
 @click.option("--scopes", required=True, help="Comma separated: send, send:transactional, send:marketing, "
-                                              "sandbox, aliases, admin.")
+                                              "sandbox, aliases, admin (the account's own objects), operator "
+                                              "(the gateway's: every upstream, /metrics; only this command gives it).")
 @click.option("--name", default=None, help="A label for the key.")
 def key_create(ctx: Ctx, account: str, scopes: str, name: str | None):
     full, rec = ctx.admin.create_key(account, scopes.split(","), name)

@@ -13,6 +13,7 @@ from relay.cli import (
     accounts,
     aliases,
     domains,
+    ip_pools,
     keys,
     queue,
     route,
@@ -22,7 +23,7 @@ from relay.cli import (
 )
 from relay.cli.base import main
 
-for _cmd in (*serve.COMMANDS, accounts.account, keys.key, domains.domain, upstreams.upstream, upstreams.pool,
+for _cmd in (*serve.COMMANDS, accounts.account, keys.key, domains.domain, upstreams.upstream, upstreams.pool, ip_pools.ip_pool,
              aliases.alias, queue.queue, suppressions.suppression, route.route):
     main.add_command(_cmd)
 for _ep in entry_points(group=COMMANDS_ENTRY_POINT_GROUP):  # commands that installed policies bring (relay quota)

@@ -58,25 +58,41 @@ def read_password(*, stdin: TextIO | None, env_var: str | None, environ: Mapping
 @click.option("--weight", default=1, type=int, help="Share of load among upstreams of one priority.")
 @click.option("--max-connections", default=None, type=int)
 @click.option("--no-verify-tls", is_flag=True, help="Do not verify the upstream's certificate.")
+@click.option("--account", default=None, metavar="NAME",
+              help="The account that owns it (in one of that account's own IP pools, which carry only its "
+                   "mail; its host must be public unless [security] allow_targets). Default: the operator's.")
 def upstream_add(ctx: Ctx, name: str, ip_pool: str, host: str, port: int, encryption: str, username: str | None,
                  password_env: str | None, password_stdin: bool, priority: int, weight: int,
-                 max_connections: int | None, no_verify_tls: bool):
+                 max_connections: int | None, no_verify_tls: bool, account: str | None):
     """Define an upstream relay. The password never goes on the command line."""
+    from relay.services.upstreams import check_host
+
     password = read_password(stdin=sys.stdin if password_stdin else None, env_var=password_env,
                              environ=os.environ, username=username)
+    if account is not None:
+        ctx.store.directory.get_account(account)  # an unknown account fails before the DNS lookup
+        asyncio.run(check_host(ctx.settings, host, port))
     rec = ctx.admin.add_upstream(name=name, ip_pool=ip_pool, host=host, port=port, encryption=encryption,
                                  username=username, password=password, verify_tls=False if no_verify_tls else None,
-                                 priority=priority, weight=weight, max_connections=max_connections)
-    return rec, f"upstream {rec.name} ({rec.host}:{rec.port}, {rec.encryption}) added to IP pool {rec.ip_pool}"
+                                 priority=priority, weight=weight, max_connections=max_connections, account=account)
+    owner = f"account {account}" if account else "the operator"
+    return rec, (f"upstream {rec.name} ({rec.host}:{rec.port}, {rec.encryption}) added to IP pool {rec.ip_pool} "
+                 f"of {owner}")
 
 
 @command(upstream, "list")
 @click.option("--ip-pool", default=None)
-def upstream_list(ctx: Ctx, ip_pool: str | None):
-    recs = ctx.store.directory.list_upstreams(ip_pool)
-    return recs, table([[r.name, r.ip_pool, f"{r.host}:{r.port}", r.encryption, r.username, r.priority, r.weight,
+@click.option("--account", default=None, metavar="NAME", help="Only the upstreams of this account's IP pools.")
+def upstream_list(ctx: Ctx, ip_pool: str | None, account: str | None):
+    """Upstreams with their IP pool and owner (operator, or the account whose pool it serves)."""
+    directory = ctx.store.directory
+    account_id = directory.get_account(account).id if account else None
+    recs = directory.list_upstreams(ip_pool, account_id=account_id)
+    names = {a.id: a.name for a in directory.list_accounts()}
+    return recs, table([[r.name, r.ip_pool, names.get(r.account_id, "?") if r.account_id else "operator",
+                         f"{r.host}:{r.port}", r.encryption, r.username, r.priority, r.weight,
                          "active" if r.is_active else "inactive"] for r in recs],
-                       ["NAME", "IP POOL", "ADDRESS", "TLS", "USER", "PRIO", "WEIGHT", "STATE"])
+                       ["NAME", "IP POOL", "OWNER", "ADDRESS", "TLS", "USER", "PRIO", "WEIGHT", "STATE"])
 
 
 @command(upstream, "remove")

@@ -33,10 +33,13 @@ class Router:
         self.cooldown = cooldown
         self.clock = clock
         self.pools: Mapping[str, Sequence[DeliveryTarget]] = {}
+        self.owners: Mapping[str, str | None] = {}  # pool -> the account that owns it (None: the operator)
         self.breakers: dict[str, Breaker] = {}
 
-    def set_pools(self, pools: Mapping[str, Sequence[DeliveryTarget]]) -> None:
+    def set_pools(self, pools: Mapping[str, Sequence[DeliveryTarget]],
+                  owners: Mapping[str, str | None] | None = None) -> None:
         self.pools = pools
+        self.owners = owners or {}
         for ups in pools.values():
             for u in ups:
                 self.breakers.setdefault(u.cfg.id, Breaker())
@@ -52,7 +55,13 @@ class Router:
         now = self.clock()
         return now >= b.open_until and (not b.probing or now - b.probing > self.cooldown)
 
-    def order(self, pool: str) -> list[DeliveryTarget]:
+    def order(self, pool: str, account_id: str | None = None) -> list[DeliveryTarget]:
+        """The upstreams to try for mail of ``account_id`` in ``pool``: none when the pool is another
+        account's (the last guard: an account's upstream never carries anyone else's mail)."""
+        owner = self.owners.get(pool)
+        if owner is not None and owner != account_id:
+            log.warning("mail refused by an account's IP pool", extra={"pool": pool, "account_id": account_id})
+            return []
         ups = sorted(self.pools.get(pool, []), key=lambda u: u.cfg.priority)
         out: list[DeliveryTarget] = []
         for _, group in groupby(ups, key=lambda u: u.cfg.priority):

@@ -16,12 +16,14 @@ from relay.ops.config import Settings
 from relay.secrets import MasterKey, generate_api_key
 from relay.store import Store, utcnow
 from relay.store.directory import AliasRec, DomainRec, KeyRec, UpstreamRec
+from relay.store.records import PoolRec
 from relay.store.queue import NewMessage
 from relay.submission import dkim, message
 from relay.vocab import DEFAULT_IP_POOL, new_queue_id
 from relay.vocab import Conflict, Forbidden, Invalid, NotFound
 
-SCOPES = ("send", "send:transactional", "send:marketing", "sandbox", "aliases", "admin")
+SCOPES = ("send", "send:transactional", "send:marketing", "sandbox", "aliases", "admin", "operator")
+CLI_ONLY_SCOPES = frozenset({"operator"})  # the gateway's administrator: never granted through the API
 ENCRYPTIONS = ("tls", "ssl", "none")
 VERIFY_PREFIX = "_relay-verification"
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
@@ -167,7 +169,8 @@ class Admin:
     def add_upstream(self, *, name: str, ip_pool: str, host: str, port: int, encryption: str,
                      username: str | None = None, password: str | None = None, verify_tls: bool | None = None,
                      priority: int = 0, weight: int = 1, max_connections: int | None = None,
-                     is_active: bool = True) -> UpstreamRec:
+                     is_active: bool = True, account: str | None = None) -> UpstreamRec:
+        """An upstream of ``account`` (in one of its own IP pools), or without it the operator's."""
         check_upstream_name(name)
         check_name(ip_pool, "ip_pool")
         if encryption not in ENCRYPTIONS:
@@ -178,11 +181,25 @@ class Admin:
             raise Invalid(f"invalid host {host!r}", field="host")
         if weight < 1 or (max_connections is not None and max_connections < 1):
             raise Invalid("weight and max_connections must be at least 1", field="weight")
+        owner = self.directory.get_account(account).id if account is not None else None
         enc = self.master_key.encrypt_str(password, aad=name) if password else None
         return self.directory.add_upstream(
             name=name, ip_pool=ip_pool, host=host, port=port, encryption=encryption, username=username,
             password_enc=enc, verify_tls=self.settings.delivery.verify_certificates if verify_tls is None else verify_tls,
-            priority=priority, weight=weight, max_connections=max_connections, is_active=is_active)
+            priority=priority, weight=weight, max_connections=max_connections, is_active=is_active, owner=owner)
+
+    # -- IP pools: who may use them ---------------------------------------------------------------
+    def pools(self) -> list[PoolRec]:
+        return self.store.pools.list()
+
+    def restrict_pool(self, name: str, restricted: bool = True) -> PoolRec:
+        return self.store.pools.restrict(check_name(name, "ip_pool"), restricted)
+
+    def grant_pool(self, name: str, account: str) -> PoolRec:
+        return self.store.pools.grant(check_name(name, "ip_pool"), self.directory.get_account(account).id)
+
+    def revoke_pool(self, name: str, account: str) -> PoolRec:
+        return self.store.pools.revoke(check_name(name, "ip_pool"), self.directory.get_account(account).id)
 
     def remove_upstream(self, name_or_id: str) -> None:
         self.directory.remove_upstream(name_or_id)
@@ -235,7 +252,10 @@ class Admin:
         """:meth:`create_key` for a key made with another key: it cannot grant a scope it lacks."""
         if name is not None and not _LINE.match(name):
             raise Invalid("name must be at most 200 characters on one line", field="name")
-        missing = sorted({s.strip() for s in scopes if s.strip()} - granted_by)
+        wanted = {s.strip() for s in scopes if s.strip()}
+        if wanted & CLI_ONLY_SCOPES:
+            raise Forbidden("the operator scope is given only from the CLI (relay key create --scopes operator)")
+        missing = sorted(wanted - granted_by)
         if missing:
             raise Forbidden(f"this key cannot grant scopes it does not have: {', '.join(missing)}")
         return self.create_key(account, scopes, name)
@@ -338,4 +358,4 @@ def _dkim_published(expected: str, found: list[str]) -> bool:
     return bool(want) and any(_dkim_p(f) == want for f in found)
 
 
-__all__ = ["SCOPES", "Admin", "Conflict", "DnsRecord", "Forbidden", "Invalid", "NotFound"]
+__all__ = ["CLI_ONLY_SCOPES", "SCOPES", "Admin", "Conflict", "DnsRecord", "Forbidden", "Invalid", "NotFound"]

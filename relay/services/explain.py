@@ -51,6 +51,7 @@ class Explanation:
     alias: dict[str, Any] | None = None
     ip_pool: str | None = None
     pool_day: int | None = None  # day N of the IP pool's life (its warm-up day)
+    pool_owner: str | None = None  # "operator" (open, or restricted and granted) or "account NAME"
     upstreams: list[dict[str, Any]] = field(default_factory=list)
     policies: list[str] = field(default_factory=list)
     mail: Step | None = None
@@ -137,6 +138,10 @@ async def explain(store: Store, runner: DbRunner, settings: Settings, policies: 
     out.mail = Step("MAIL FROM", sender, True, "250 2.1.0 Sender OK", _verdicts(out.policies, recording.last))
     out.alias = {"id": alias.id, "email": alias.email, "name": alias.name, "default": alias.is_default}
     out.ip_pool = alias.ip_pool
+    pool = await runner.read(store.pools.get, alias.ip_pool)
+    out.pool_owner = "operator" if pool is None or pool.account_id is None else f"account {rec.account_name}"
+    if pool is not None and pool.restricted:
+        out.pool_owner += " (restricted; granted to this account)"
     out.upstreams = await runner.read(_upstreams, store, alias.ip_pool)
     created = dict(await runner.read(store.directory.list_pools)).get(alias.ip_pool)
     if created is not None:
@@ -171,7 +176,8 @@ def render(e: Explanation) -> str:
         lines.append(f"alias       {e.alias['email']} ({e.alias['id']})")
     if e.ip_pool:
         day = f" (day {e.pool_day} of its life)" if e.pool_day else ""
-        lines.append(f"ip pool     {e.ip_pool}{day}")
+        owner = f"; owner: {e.pool_owner}" if e.pool_owner else ""
+        lines.append(f"ip pool     {e.ip_pool}{day}{owner}")
         if e.upstreams:
             for i, u in enumerate(e.upstreams, 1):
                 lines.append(f"{'upstreams' if i == 1 else '':12}{i}. {u['name']}  {u['host']}:{u['port']}  "

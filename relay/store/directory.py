@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from relay.vocab import Conflict, NotFound
 from relay.store import aware, new_id, utcnow
 from relay.store import models as m
+from relay.store import pools
 from relay.store.records import (  # the records are the directory's vocabulary: importable from here too
     AccountRec,
     AliasRec,
@@ -30,11 +31,14 @@ from relay.store.records import (  # the records are the directory's vocabulary:
 )
 
 
-def _ensure_pool(s: Session, name: str) -> None:
-    """An IP pool comes into being the first time something names it (its age drives warm-up)."""
-    if s.get(m.IpPool, name) is None:
-        s.add(m.IpPool(name=name, created_at=utcnow()))
-        s.flush()
+def _owned(s: Session, rows: list[m.Upstream]) -> list[UpstreamRec]:
+    """Upstream records with their owner (the owner of their IP pool)."""
+    names = {r.ip_pool for r in rows}
+    owners: dict[str, str | None] = {}
+    if names:
+        owners = {n: a for n, a in s.execute(sa.select(m.IpPool.name, m.IpPool.account_id)
+                                             .where(m.IpPool.name.in_(names)))}
+    return [_upstream(r, owners.get(r.ip_pool)) for r in rows]
 
 
 class Directory:
@@ -73,8 +77,16 @@ class Directory:
             return [_account(r) for r in s.scalars(sa.select(m.Account).order_by(m.Account.name))]
 
     def remove_account(self, name: str) -> None:
+        """The account and everything it owns: its aliases, and its IP pools with their upstreams."""
         with self._sessions.begin() as s:
-            s.delete(self._account_row(s, name))
+            acc = self._account_row(s, name)
+            own = sa.select(m.IpPool.name).where(m.IpPool.account_id == acc.id)
+            s.execute(sa.delete(m.Alias).where(m.Alias.account_id == acc.id))
+            s.execute(sa.delete(m.Upstream).where(m.Upstream.ip_pool.in_(own)))
+            s.execute(sa.delete(m.IpPoolGrant).where(sa.or_(m.IpPoolGrant.account_id == acc.id,
+                                                            m.IpPoolGrant.ip_pool.in_(own))))
+            s.execute(sa.delete(m.IpPool).where(m.IpPool.account_id == acc.id))
+            s.delete(acc)
 
     # -- API keys -------------------------------------------------------------------------
     def create_api_key(self, account: str, key_id: str, key_hash: str, scopes: list[str],
@@ -172,8 +184,9 @@ class Directory:
 
     # -- IP pools and upstreams -----------------------------------------------------------
     def ensure_pool(self, name: str) -> None:
+        """An operator pool ``name`` exists (nothing changes when it does, whoever owns it)."""
         with self._sessions.begin() as s:
-            _ensure_pool(s, name)
+            pools._row(s, name)
 
     def list_pools(self) -> list[tuple[str, dt.datetime]]:
         with self._reads() as s:
@@ -182,17 +195,18 @@ class Directory:
     def add_upstream(self, *, name: str, ip_pool: str, host: str, port: int, encryption: str,
                      username: str | None, password_enc: str | None, verify_tls: bool = True,
                      priority: int = 0, weight: int = 1, max_connections: int | None = None,
-                     is_active: bool = True) -> UpstreamRec:
+                     is_active: bool = True, owner: str | None = None) -> UpstreamRec:
+        """A new upstream of ``owner`` (an account id; None: the operator), in a pool of the same owner."""
         with self._sessions.begin() as s:
             if s.scalar(sa.select(m.Upstream.id).where(m.Upstream.name == name)):
                 raise Conflict(f"upstream {name!r} exists already")
-            _ensure_pool(s, ip_pool)
+            pools.claim(s, ip_pool, owner)
             row = m.Upstream(id=new_id("smtp"), name=name, ip_pool=ip_pool, host=host, port=port,
                              username=username, password_enc=password_enc, encryption=encryption,
                              verify_tls=verify_tls, priority=priority, weight=weight,
                              max_connections=max_connections, is_active=is_active, created_at=utcnow())
             s.add(row)
-            return _upstream(row)
+            return _upstream(row, owner)
 
     def get_upstream(self, name_or_id: str) -> UpstreamRec:
         with self._reads() as s:
@@ -200,14 +214,17 @@ class Directory:
                                                               m.Upstream.id == name_or_id)))
             if row is None:
                 raise NotFound(f"no upstream {name_or_id!r}")
-            return _upstream(row)
+            return _owned(s, [row])[0]
 
-    def list_upstreams(self, ip_pool: str | None = None) -> list[UpstreamRec]:
+    def list_upstreams(self, ip_pool: str | None = None, *, account_id: str | None = None) -> list[UpstreamRec]:
+        """Every upstream, or those of ``ip_pool``, or (``account_id``) those of that account's pools."""
         with self._reads() as s:
             q = sa.select(m.Upstream).order_by(m.Upstream.ip_pool, m.Upstream.priority, m.Upstream.name)
             if ip_pool:
                 q = q.where(m.Upstream.ip_pool == ip_pool)
-            return [_upstream(r) for r in s.scalars(q)]
+            if account_id is not None:
+                q = q.where(m.Upstream.ip_pool.in_(sa.select(m.IpPool.name).where(m.IpPool.account_id == account_id)))
+            return _owned(s, list(s.scalars(q)))
 
     def remove_upstream(self, name_or_id: str) -> None:
         with self._sessions.begin() as s:
@@ -224,7 +241,7 @@ class Directory:
             acc = self._account_row(s, account)
             if s.scalar(sa.select(m.Alias.id).where(m.Alias.email == email)):
                 raise Conflict(f"alias {email!r} exists already")
-            _ensure_pool(s, ip_pool)
+            pools.check_usable(s, ip_pool, acc.id)
             if is_default:
                 s.execute(sa.update(m.Alias).where(m.Alias.account_id == acc.id).values(is_default=False))
             row = m.Alias(id=new_id("ali"), account_id=acc.id, email=email, name=name, ip_pool=ip_pool,
@@ -335,12 +352,13 @@ class Directory:
                     s.scalar(sa.select(m.Upstream.id).where(m.Upstream.name == name)):
                 raise Conflict(f"upstream {name!r} exists already")
             pool = values.get("ip_pool")
-            if pool is not None:
-                _ensure_pool(s, pool)
+            owner = s.scalar(sa.select(m.IpPool.account_id).where(m.IpPool.name == row.ip_pool))
+            if pool is not None and pool != row.ip_pool:
+                pools.claim(s, str(pool), owner)  # an upstream stays its owner's
             for column, value in values.items():
                 setattr(row, column, value)
             s.flush()
-            return _upstream(row)
+            return _upstream(row, owner)
 
     def update_alias(self, alias_id: str, **values: object) -> AliasRec:
         """Change name, is_default or ip_pool (nothing else changes after creation); one default per account."""
@@ -350,7 +368,7 @@ class Directory:
                 raise NotFound(f"no alias {alias_id!r}")
             pool = values.get("ip_pool")
             if pool is not None:
-                _ensure_pool(s, pool)
+                pools.check_usable(s, str(pool), row.account_id)
             if values.get("is_default"):
                 s.execute(sa.update(m.Alias).where(m.Alias.account_id == row.account_id, m.Alias.id != row.id)
                           .values(is_default=False), execution_options={"synchronize_session": False})

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     JSON,
+    false as sa_false,
     func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -80,8 +81,23 @@ class DkimKey(Base):
 
 
 class IpPool(Base):
+    """An IP pool: the upstreams that carry an alias's mail. ``account_id`` NULL: the operator's (open to
+    every account unless ``restricted``; then only to the accounts in ``ip_pool_grants``); else that
+    account's own, used by it alone (0004)."""
+
     __tablename__ = "ip_pools"
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    created_at: Mapped[dt.datetime] = _ts()
+    account_id: Mapped[str | None] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    restricted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False, server_default=sa_false())
+
+
+class IpPoolGrant(Base):
+    """An account allowed to use a restricted operator IP pool."""
+
+    __tablename__ = "ip_pool_grants"
+    ip_pool: Mapped[str] = mapped_column(ForeignKey("ip_pools.name", ondelete="CASCADE"), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True)
     created_at: Mapped[dt.datetime] = _ts()
 
 

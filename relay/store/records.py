@@ -68,6 +68,24 @@ class UpstreamRec:
     max_connections: int | None
     is_active: bool
     created_at: dt.datetime
+    account_id: str | None = None  # the owner of its IP pool; None: the operator
+
+
+@dataclass(frozen=True)
+class PoolRec:
+    """An IP pool and who may use it (see :class:`relay.store.models.IpPool`)."""
+
+    name: str
+    account_id: str | None  # its owner; None: the operator
+    restricted: bool
+    granted: frozenset[str]  # account ids, for a restricted operator pool
+    created_at: dt.datetime
+
+    def allows(self, account_id: str | None) -> bool:
+        """May ``account_id``'s mail go through this pool?"""
+        if self.account_id is not None:
+            return self.account_id == account_id
+        return not self.restricted or account_id in self.granted
 
 
 @dataclass(frozen=True)
@@ -96,9 +114,10 @@ def _dkim(r: m.DkimKey) -> DkimKeyRec:
                       aware(r.retire_at))
 
 
-def _upstream(r: m.Upstream) -> UpstreamRec:
+def _upstream(r: m.Upstream, owner: str | None = None) -> UpstreamRec:
     return UpstreamRec(r.id, r.name, r.ip_pool, r.host, r.port, r.username, r.password_enc, r.encryption,
-                       r.verify_tls, r.priority, r.weight, r.max_connections, r.is_active, aware(r.created_at))
+                       r.verify_tls, r.priority, r.weight, r.max_connections, r.is_active, aware(r.created_at),
+                       owner)
 
 
 def _alias(r: m.Alias) -> AliasRec:

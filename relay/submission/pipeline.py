@@ -30,6 +30,7 @@ from relay.submission.policyset import PolicySet
 from relay.secrets import MasterKey, parse_api_key, verify_api_key
 from relay.store import Store, utcnow
 from relay.store.directory import AliasRec, DomainRec
+from relay.store.records import PoolRec
 from relay.store.idempotency import IdempotencyStore
 from relay.store.queue import NewMessage, QueuedMessage
 from relay.store.runner import DbRunner, StoreWriter
@@ -45,6 +46,7 @@ RELAY_DENIED = RelayError(554, "5.7.1", "Relay access denied", http_status=403)
 SENDER_DENIED = RelayError(553, "5.7.1", "Sender address not allowed for this login", http_status=403)
 FROM_DENIED = RelayError(550, "5.7.1", "From header not allowed for this login", http_status=403)
 SCOPE_DENIED = RelayError(550, "5.7.1", "This key may not send through that sender's pool", http_status=403)
+POOL_DENIED = RelayError(550, "5.7.1", "This account may not send through that sender's IP pool", http_status=403)
 BARE_NEWLINE = RelayError(550, "5.6.11", "Bare CR or LF in message data refused", http_status=400)
 TOO_MANY_RECIPIENTS = RelayError(452, "4.5.3", "Too many recipients", http_status=400)
 _OPEN = "_transaction_open"  # ctx.extra: MAIL accepted, neither committed nor aborted yet
@@ -107,6 +109,7 @@ class Pipeline:
         self._aliases: TTLCache[AliasRec | None] = TTLCache(cache_ttl)
         self._domains: TTLCache[DomainRec | None] = TTLCache(cache_ttl)
         self._accounts: TTLCache[Identity] = TTLCache(cache_ttl)
+        self._pools: TTLCache[PoolRec | None] = TTLCache(cache_ttl)
         # shared with the scheduler: one fsync per round
         self.writer = writer or StoreWriter(runner, store.queue.apply, on_commit=metrics.store_committed)
         self.on_queued = on_queued  # the active queue's push
@@ -164,7 +167,7 @@ class Pipeline:
         self.auth_throttle.apply(smtp.auth_max_failures, smtp.auth_lockout)
 
     def invalidate(self) -> None:
-        for c in (self._keys, self._aliases, self._domains, self._accounts):
+        for c in (self._keys, self._aliases, self._domains, self._accounts, self._pools):
             c.invalidate()
         self.signers.invalidate()
         self._signer_of.clear()
@@ -180,6 +183,12 @@ class Pipeline:
             return None
         return alias
 
+    async def _pool_allows(self, pool: str, account_id: str) -> bool:
+        """Another account's IP pool never; a restricted operator pool only when granted. A pool not
+        in the store yet is an open operator pool."""
+        rec = await self._pools.get(pool, lambda: self.runner.read(self.store.pools.get, pool))
+        return rec is None or rec.allows(account_id)
+
     async def mail(self, ctx: Context, sender: str) -> AliasRec:
         """MAIL FROM: the sender must be a verified alias of the account; it picks the pool."""
         ident = ctx.identity
@@ -192,6 +201,8 @@ class Pipeline:
             raise SENDER_DENIED
         if not ctx.sandbox and not may_use_pool(ident.scopes, alias.ip_pool):  # a sandbox send goes nowhere
             raise SCOPE_DENIED
+        if not ctx.sandbox and not await self._pool_allows(alias.ip_pool, ident.account_id):
+            raise POOL_DENIED  # restricted since the alias chose it, or a grant revoked (seen within cache_ttl)
         ctx.alias, ctx.mail_from, ctx.recipients = alias, sender, []
         ctx.extra[_OPEN] = True
         verdict = await self.policies.run("on_mail", ctx, sender)
