@@ -145,6 +145,7 @@ def authenticated(*any_of: str) -> Callable[..., Any]:
 
 
 AnyKey = Annotated[Identity, Depends(authenticated())]
-AdminKey = Annotated[Identity, Depends(authenticated("admin"))]
+AdminKey = Annotated[Identity, Depends(authenticated("admin", "operator"))]  # operator: also the gateway-wide objects
+OperatorKey = Annotated[Identity, Depends(authenticated("operator"))]
 AliasesKey = Annotated[Identity, Depends(authenticated("aliases", "admin"))]
 SendKey = Annotated[Identity, Depends(authenticated(*SEND_SCOPES, "sandbox"))]

@@ -15,7 +15,7 @@ from relay.store.stats import pools_in_use, queue_stats
 from relay.vocab import RelayError
 
 router = APIRouter()
-ADMIN_SCOPES = frozenset({"admin"})
+OPERATOR_SCOPES = frozenset({"operator"})  # an account's admin key sees neither /metrics nor the detail
 
 
 @router.get("/healthz")
@@ -27,7 +27,7 @@ async def healthz(svc: Services) -> dict[str, Any]:
 @router.get("/readyz")
 async def readyz(request: Request, svc: Services) -> JSONResponse:
     """Readiness: listeners bound, store reachable, an upstream healthy in every pool in use. The
-    checks' detail (which upstreams are down) only from loopback or with an admin key."""
+    checks' detail (which upstreams are down) only from loopback or with an operator key."""
     ready, checks = await readiness(svc)
     body: dict[str, Any] = {"status": "ready" if ready else "not ready"}
     if await _operator_view(request, svc):
@@ -36,14 +36,15 @@ async def readyz(request: Request, svc: Services) -> JSONResponse:
 
 
 async def _operator_view(request: Request, svc: ApiServices) -> bool:
-    """Loopback, or a Bearer API key with the admin scope."""
+    """Loopback (the client uvicorn reports: the forwarded one behind ``[api] trusted_proxies``), or a
+    Bearer API key with the operator scope."""
     if _is_loopback(request.client.host if request.client else ""):
         return True
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return False
     try:
-        await svc.pipeline.authenticate("", token.strip(), scopes=ADMIN_SCOPES)
+        await svc.pipeline.authenticate("", token.strip(), scopes=OPERATOR_SCOPES)
     except RelayError:
         return False
     return True
@@ -51,9 +52,9 @@ async def _operator_view(request: Request, svc: ApiServices) -> bool:
 
 @router.get("/metrics")
 async def metrics_(request: Request, svc: Services) -> Response:
-    """Prometheus exposition. Free from loopback; elsewhere a Bearer API key with the admin scope."""
+    """Prometheus exposition. Free from loopback; elsewhere a Bearer API key with the operator scope."""
     if not await _operator_view(request, svc):
-        return error_response(401, "An API key with the admin scope is required")
+        return error_response(401, "An API key with the operator scope is required")
     stats = await svc.runner.read(queue_stats, svc.store)
     router = svc.router
     ups = [(pool, u.name, not ((b := router.breakers.get(u.cfg.id)) and b.failures >= router.threshold))

@@ -2,8 +2,9 @@
 deliver the mail of an IP pool. The seeds call an upstream relay an "SMTP pool"; the paths, the tag
 and the field names are theirs.
 
-Scope ``admin``. Upstreams serve the whole gateway. The password is stored encrypted and never
-returned (``has_password`` says whether one is set). The rules are in
+Scope ``admin`` (an account's own upstreams, in its own IP pools) or ``operator`` (every upstream;
+those it adds are the operator's). Another account's upstream answers 404. The password is stored
+encrypted and never returned (``has_password`` says whether one is set). The rules are in
 :class:`relay.services.upstreams_api.UpstreamAdmin`.
 """
 
@@ -34,6 +35,7 @@ class PoolOut(BaseModel):
     username: str | None = None
     encryption: str
     ip_pool: str
+    owner: str = Field(description="'operator', or 'account' for an upstream of the caller's account")
     priority: int
     weight: int
     max_connections: int | None = None
@@ -57,7 +59,9 @@ class PoolIn(Body):
     username: line(400) | None = None
     password: line(1000) | None = None
     encryption: ENCRYPTION
-    ip_pool: line(100) = Field(default=DEFAULT_IP_POOL)
+    ip_pool: line(100) | None = Field(default=None, description=(
+        f"IP pool it serves. Default: {DEFAULT_IP_POOL!r} for an operator key; for an account key, the "
+        "account's own pool named after the account."))
     priority: int = Field(default=0, ge=-1000, le=1000)
     weight: int = Field(default=1, ge=1, le=1000)
     max_connections: int | None = Field(default=None, ge=1, le=1000)
@@ -82,22 +86,25 @@ class PoolPatch(Body):
 
 def pool_json(u: UpstreamRec) -> dict[str, Any]:
     return {"id": u.id, "name": u.name, "host": u.host, "port": u.port, "username": u.username,
-            "encryption": u.encryption, "ip_pool": u.ip_pool, "priority": u.priority, "weight": u.weight,
+            "encryption": u.encryption, "ip_pool": u.ip_pool, "owner": "operator" if u.account_id is None else "account",
+            "priority": u.priority, "weight": u.weight,
             "max_connections": u.max_connections, "verify_tls": u.verify_tls, "has_password": bool(u.password_enc),
             "is_active": u.is_active, "created_at": iso(u.created_at)}
 
 
 @router.get("/smtp-pools", response_model=list[PoolOut], responses=errors())
-async def list_pools(_: AdminKey, upstreams: UpstreamsDep) -> list[dict[str, Any]]:
-    """Every SMTP pool of the gateway (as in the seeds: a bare array). Passwords are never included."""
-    return [pool_json(u) for u in await upstreams.upstreams()]
+async def list_pools(ident: AdminKey, upstreams: UpstreamsDep) -> list[dict[str, Any]]:
+    """The account's SMTP pools (an operator key: every one), as in the seeds a bare array. Passwords are
+    never included."""
+    return [pool_json(u) for u in await upstreams.upstreams(ident)]
 
 
-@router.post("/smtp-pools", response_model=PoolOut, responses=errors(409))
-async def create_pool(body: PoolIn, _: AdminKey, upstreams: UpstreamsDep) -> dict[str, Any]:
-    """Create an SMTP pool; the password is stored encrypted and never returned."""
+@router.post("/smtp-pools", response_model=PoolOut, responses=errors(403, 409))
+async def create_pool(body: PoolIn, ident: AdminKey, upstreams: UpstreamsDep) -> dict[str, Any]:
+    """Create an SMTP pool of the caller's account (an operator key: of the operator); the password is
+    stored encrypted and never returned."""
     with refusals():
-        rec = await upstreams.add(name=body.name, ip_pool=body.ip_pool, host=body.host, port=body.port,
+        rec = await upstreams.add(ident, name=body.name, ip_pool=body.ip_pool, host=body.host, port=body.port,
                                   encryption=body.encryption, username=body.username, password=body.password,
                                   verify_tls=body.verify_tls, priority=body.priority, weight=body.weight,
                                   max_connections=body.max_connections, is_active=body.is_active)
@@ -105,31 +112,33 @@ async def create_pool(body: PoolIn, _: AdminKey, upstreams: UpstreamsDep) -> dic
 
 
 @router.get("/smtp-pools/{pool_id}", response_model=PoolOut, responses=errors(404))
-async def get_pool(pool_id: str, _: AdminKey, upstreams: UpstreamsDep) -> dict[str, Any]:
+async def get_pool(pool_id: str, ident: AdminKey, upstreams: UpstreamsDep) -> dict[str, Any]:
     check_id(pool_id, NOT_FOUND)
     with refusals(NOT_FOUND):
-        return pool_json(await upstreams.get(pool_id))
+        return pool_json(await upstreams.get(ident, pool_id))
 
 
-@router.patch("/smtp-pools/{pool_id}", response_model=PoolOut, responses=errors(404, 409))
-async def update_pool(pool_id: str, body: PoolPatch, _: AdminKey, upstreams: UpstreamsDep) -> dict[str, Any]:
+@router.patch("/smtp-pools/{pool_id}", response_model=PoolOut, responses=errors(403, 404, 409))
+async def update_pool(pool_id: str, body: PoolPatch, ident: AdminKey, upstreams: UpstreamsDep) -> dict[str, Any]:
     check_id(pool_id, NOT_FOUND)
     changes = {f: getattr(body, f) for f in body.model_fields_set if f != "password"}
     with refusals(NOT_FOUND):
-        return pool_json(await upstreams.update(pool_id, body.password, changes))
+        return pool_json(await upstreams.update(ident, pool_id, body.password, changes))
 
 
 @router.delete("/smtp-pools/{pool_id}", response_model=Ok, responses=errors(404))
-async def delete_pool(pool_id: str, _: AdminKey, upstreams: UpstreamsDep) -> dict[str, Any]:
+async def delete_pool(pool_id: str, ident: AdminKey, upstreams: UpstreamsDep) -> dict[str, Any]:
     check_id(pool_id, NOT_FOUND)
     with refusals(NOT_FOUND):
-        await upstreams.remove(pool_id)
+        await upstreams.remove(ident, pool_id)
     return {"success": True}
 
 
 @router.post("/smtp-pools/{pool_id}/test", response_model=PoolTest, responses=errors(404))
-async def test_pool(pool_id: str, _: AdminKey, upstreams: UpstreamsDep) -> dict[str, Any]:
-    """EHLO, TLS and AUTH against the relay, no mail: ``{success, message, latencyMs, error}``."""
+async def test_pool(pool_id: str, ident: AdminKey, upstreams: UpstreamsDep) -> dict[str, Any]:
+    """EHLO, TLS and AUTH against the relay, no mail: ``{success, message, latencyMs, error}``. A failure
+    is classified (``refused``, ``timeout``, ``tls``, ``auth``, ``not_smtp``, ``not_allowed``,
+    ``unreachable``); the peer's own words are never echoed."""
     check_id(pool_id, NOT_FOUND)
     with refusals(NOT_FOUND):
-        return await upstreams.probe(pool_id)
+        return await upstreams.probe(ident, pool_id)

@@ -8,17 +8,20 @@ in use at once (``slots``).
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiosmtplib
 from aiosmtplib import SMTPHeloError
 
 from relay.delivery.target import UpstreamUnavailable
 from relay.delivery.transaction import SESSION_ERRORS, Session, upstream_error
+from relay.ops.targets import Network, resolve_checked
 from relay.ops.tls import client_context
+from relay.vocab import Invalid
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,11 @@ class UpstreamConfig:
     priority: int = 0
     weight: int = 1
     max_connections: int = 10
+    owner: str | None = None  # the account whose IP pool it serves; None: the operator's (may point anywhere)
+
+
+class TargetRefused(Exception):
+    """An account's upstream host resolved to an address it may not reach (checked before each connect)."""
 
 
 class SessionPool:
@@ -41,8 +49,9 @@ class SessionPool:
     runs (a configuration reload); sessions opened from then on use the new ones."""
 
     def __init__(self, cfg: UpstreamConfig, *, local_hostname: str, connect_timeout: float,
-                 command_timeout: float, idle_timeout: float = 60.0) -> None:
+                 command_timeout: float, idle_timeout: float = 60.0, allow_targets: Sequence[Network] = ()) -> None:
         self.cfg = cfg
+        self.allow_targets = tuple(allow_targets)  # [security] allow_targets, for an account's upstream
         self.local_hostname = local_hostname
         self.set_timeouts(connect_timeout, command_timeout)
         self.idle_timeout = idle_timeout
@@ -64,9 +73,41 @@ class SessionPool:
             self._tls = client_context(verify=self.cfg.verify_tls)
         return self._tls
 
-    async def open(self) -> Session:
+    async def _socket(self) -> socket.socket | None:
+        """For an account's upstream: a socket connected to the address just checked (public, or in
+        ``allow_targets``), so a name that re-resolves elsewhere (DNS rebinding) cannot slip through.
+        None for the operator's upstreams: aiosmtplib connects by name."""
         c = self.cfg
-        smtp = aiosmtplib.SMTP(hostname=c.host, port=c.port, local_hostname=self.local_hostname,
+        if c.owner is None:
+            return None
+        try:
+            checked = await resolve_checked(c.host, c.port, self.allow_targets, field="host")
+        except Invalid as exc:
+            raise TargetRefused(str(exc)) from None
+        last: BaseException = OSError(f"{c.host} has no address")
+        for address in checked.addresses or (checked.address,):  # in the resolver's order, as a client would
+            sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (address, c.port)),
+                                       self.connect_timeout)
+            except (OSError, asyncio.TimeoutError) as exc:
+                sock.close()
+                last = exc
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+        raise last
+
+    async def connect(self) -> aiosmtplib.SMTP:
+        """A session, connected, greeted and authenticated; raises what aiosmtplib raises (SESSION_ERRORS)
+        or TargetRefused."""
+        c = self.cfg
+        sock = await self._socket()
+        smtp = aiosmtplib.SMTP(hostname=c.host, port=c.port if sock is None else None, sock=sock,
+                               local_hostname=self.local_hostname,
                                timeout=self.command_timeout, use_tls=c.encryption == "ssl",
                                start_tls=c.encryption == "tls",
                                tls_context=self._tls_context() if c.encryption != "none" else None,
@@ -80,8 +121,20 @@ class SessionPool:
                     await smtp.helo()
             if c.username:
                 await smtp.login(c.username, c.password or "")
-        except SESSION_ERRORS as exc:
+        except BaseException:
             smtp.close()
+            if sock is not None:
+                sock.close()
+            raise
+        return smtp
+
+    async def open(self) -> Session:
+        c = self.cfg
+        try:
+            smtp = await self.connect()
+        except TargetRefused as exc:
+            raise UpstreamUnavailable(None, f"connect to {c.host}:{c.port} refused: the host {exc}") from None
+        except SESSION_ERRORS as exc:
             raise upstream_error(exc, connecting_to=f"{c.host}:{c.port}") from None
         self.connections_opened += 1
         self.open_connections += 1
@@ -117,19 +170,3 @@ class SessionPool:
             else:
                 self.discard(session)
         self._idle = keep
-
-    async def probe(self) -> dict[str, Any]:
-        """The seeds' connection test: EHLO, TLS and AUTH, no mail. {success, message, latencyMs, error}."""
-        started = time.monotonic()
-        try:
-            session = await self.open()
-        except UpstreamUnavailable as exc:
-            return {"success": False, "message": "SMTP connection failed",
-                    "latencyMs": round((time.monotonic() - started) * 1000), "error": exc.reply}
-        latency = round((time.monotonic() - started) * 1000)
-        try:
-            await session.smtp.quit()
-        except Exception:  # noqa: BLE001, S110  (the test is over: a failed QUIT changes nothing)
-            pass
-        self.discard(session)
-        return {"success": True, "message": "SMTP connection successful", "latencyMs": latency}

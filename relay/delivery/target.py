@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 
 class UpstreamUnavailable(Exception):
@@ -85,8 +85,4 @@ class DeliveryTarget(Protocol):
 
     def set_timeouts(self, connect: float, command: float) -> None:
         """A reload: the timeouts of the next connections and commands."""
-        ...
-
-    async def probe(self) -> dict[str, Any]:
-        """A connection test without mail: {success, message, latencyMs[, error]}."""
         ...

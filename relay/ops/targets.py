@@ -1,4 +1,4 @@
-"""Outbound targets an account sets (webhook URLs, and later its upstream hosts) must be public:
+"""Outbound targets an account sets (webhook URLs, the hosts of its upstreams) must be public:
 a host resolves only to public addresses, checked when the target is set AND again right before
 each connection, which then goes to the address that was checked (no DNS-rebinding bypass).
 The operator may allow ranges (``[security] allow_targets``); operator-owned targets are not checked.
@@ -62,11 +62,12 @@ class Checked:
 
     host: str
     address: str
+    addresses: tuple[str, ...] = ()  # every address it resolved to (all checked), ``address`` first
 
 
-async def resolve_checked(host: str, port: int, allow: Sequence[Network] = ()) -> Checked:
+async def resolve_checked(host: str, port: int, allow: Sequence[Network] = (), *, field: str = "url") -> Checked:
     """Resolve ``host``; every address must be allowed (one private address refuses the host, so a
-    round-robin name cannot slip one in). Invalid(field "url") otherwise."""
+    round-robin name cannot slip one in). Invalid(``field``) otherwise."""
     ip = literal(host)
     if ip is not None:
         addresses: list[Address] = [ip]
@@ -74,13 +75,13 @@ async def resolve_checked(host: str, port: int, allow: Sequence[Network] = ()) -
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (OSError, UnicodeError):
-            raise Invalid(UNRESOLVABLE, "url") from None
+            raise Invalid(UNRESOLVABLE, field) from None
         addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
         if not addresses:
-            raise Invalid(UNRESOLVABLE, "url")
+            raise Invalid(UNRESOLVABLE, field)
     if not all(allowed(a, allow) for a in addresses):
-        raise Invalid(NOT_PUBLIC, "url")
-    return Checked(host, str(addresses[0]))
+        raise Invalid(NOT_PUBLIC, field)
+    return Checked(host, str(addresses[0]), tuple(dict.fromkeys(str(a) for a in addresses)))
 
 
 def pinned(url: str, checked: Checked) -> tuple[str, str]:

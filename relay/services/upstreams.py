@@ -1,14 +1,17 @@
 """Upstream relays: the one place an upstream record becomes the delivery engine's
-:class:`~relay.delivery.upstream.UpstreamConfig`, and the connection test (EHLO, TLS, AUTH, no mail)
-that the CLI (``relay upstream test``) and the API (``POST /smtp-pools/{id}/test``) both run.
+:class:`~relay.delivery.upstream.UpstreamConfig`, the check of an account's upstream host, and the
+connection test (EHLO, TLS, AUTH, no mail) that the CLI (``relay upstream test``) and the API
+(``POST /smtp-pools/{id}/test``) both run.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from relay.delivery import probe as probing
 from relay.delivery.upstream import Upstream, UpstreamConfig
 from relay.ops.config import Settings
+from relay.ops.targets import resolve_checked
 from relay.services.admin import Admin
 from relay.store.directory import UpstreamRec
 
@@ -19,18 +22,25 @@ def upstream_config(rec: UpstreamRec, password: str | None, *, default_max_conne
     return UpstreamConfig(id=rec.id, name=rec.name, host=rec.host, port=rec.port, encryption=rec.encryption,
                           username=rec.username, password=password, verify_tls=rec.verify_tls,
                           priority=rec.priority, weight=rec.weight,
-                          max_connections=rec.max_connections or default_max_connections)
+                          max_connections=rec.max_connections or default_max_connections, owner=rec.account_id)
 
 
 def connection(settings: Settings, cfg: UpstreamConfig) -> Upstream:
-    """An :class:`Upstream` with the gateway's hostname and ``[delivery]`` timeouts."""
+    """An :class:`Upstream` with the gateway's hostname, ``[delivery]`` timeouts and, for an account's
+    upstream, ``[security] allow_targets``."""
     d = settings.delivery
     return Upstream(cfg, local_hostname=settings.hostname, connect_timeout=d.connect_timeout,
-                    command_timeout=d.command_timeout, idle_timeout=d.idle_timeout)
+                    command_timeout=d.command_timeout, idle_timeout=d.idle_timeout,
+                    allow_targets=settings.security.allow_targets)
+
+
+async def check_host(settings: Settings, host: str, port: int) -> None:
+    """An account's upstream host must resolve to public addresses only (or to ``[security]
+    allow_targets``): Invalid(field "host") otherwise. Checked again before every connection."""
+    await resolve_checked(host, port, settings.security.allow_targets, field="host")
 
 
 async def probe(settings: Settings, admin: Admin, rec: UpstreamRec) -> dict[str, Any]:
     """EHLO, TLS and AUTH against the upstream, no mail: ``{success, message, latencyMs[, error]}``."""
-    cfg = upstream_config(rec, admin.upstream_password(rec), default_max_connections=settings.delivery.max_connections)
-    return await connection(settings, cfg).probe()
-
+    cfg = upstream_config(rec, admin.upstream_password(rec), default_max_connections=1)
+    return await probing.probe(connection(settings, cfg))

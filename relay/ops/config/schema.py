@@ -218,7 +218,7 @@ class DnsSettings(_Model):
 class SecuritySettings(_Model):
     """``[security]``: what the operator allows beyond the defaults."""
 
-    # ranges an account's outbound targets (webhook URLs) may resolve to besides public addresses
+    # ranges an account's outbound targets (webhook URLs, its upstreams' hosts) may resolve to besides public addresses
     allow_targets: list[Network] = Field(default_factory=list)
 
 
