@@ -95,6 +95,7 @@ class Sink:
     server: asyncio.AbstractServer | None = None
     drop_after_data: int = 0  # close the connection (no reply) after N more DATA dots
     pipelining: bool = True  # advertise PIPELINING (RFC 2920), as Postfix, SES and the others do
+    smtputf8: bool = True  # advertise SMTPUTF8 (RFC 6531)
 
     async def handle_EHLO(self, server: AioSMTP, session: Session, envelope: Envelope, hostname: str,
                           responses: list[str]) -> list[str]:
@@ -141,7 +142,7 @@ class Sink:
 
         def factory() -> AioSMTP:
             sink.connections += 1
-            return CommittingSMTP(sink, hostname="sink.test", enable_SMTPUTF8=True, loop=loop)
+            return CommittingSMTP(sink, hostname="sink.test", enable_SMTPUTF8=sink.smtputf8, loop=loop)
 
         self.server = await loop.create_server(factory, "127.0.0.1", self.port, reuse_address=True)
 
@@ -150,8 +151,8 @@ class Sink:
 async def sink_factory():
     sinks: list[Sink] = []
 
-    async def make(port: int | None = None, *, pipelining: bool = True) -> Sink:
-        sink = Sink(port or free_port(), pipelining=pipelining)
+    async def make(port: int | None = None, *, pipelining: bool = True, smtputf8: bool = True) -> Sink:
+        sink = Sink(port or free_port(), pipelining=pipelining, smtputf8=smtputf8)
         await sink.start()
         sinks.append(sink)
         return sink

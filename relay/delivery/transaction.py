@@ -72,14 +72,28 @@ def upstream_error(exc: BaseException, *, connecting_to: str | None = None,
     return UpstreamUnavailable(None, f"{type(exc).__name__}: {exc}")
 
 
+NO_SMTPUTF8 = (553, "5.6.7 The upstream does not offer SMTPUTF8: a non-ASCII address cannot go through it")
+
+
 async def transact(session: Session, mail_from: str, recipients: list[str], body: bytes, on_dot: OnDot, *,
                    upstream: str, timeout: float) -> TransactionResult:
     """The transaction on ``session``; raises UpstreamUnavailable or StaleSession when nothing was
-    delivered. The caller discards the session on any exception (its state is then unknown)."""
+    delivered. The caller discards the session on any exception (its state is then unknown).
+
+    A non-ASCII address goes with SMTPUTF8 (RFC 6531) to an upstream that offers it; to one that does
+    not, that recipient alone is refused for good (553 5.6.7: it bounces) and the others go."""
     out = TransactionResult(upstream)
+    utf8 = not (mail_from.isascii() and all(r.isascii() for r in recipients))
+    if utf8 and not session.smtp.supports_extension("smtputf8"):
+        out.results.update({r: NO_SMTPUTF8 for r in recipients if not r.isascii() or not mail_from.isascii()})
+        recipients = [r for r in recipients if r not in out.results]
+        utf8 = False
+        if not recipients:
+            return out
     try:
-        commands = envelope(mail_from, recipients) if session.smtp.supports_extension("pipelining") else None
-        steps: _Steps = _OneByOne(session.smtp, mail_from, timeout) if commands is None else \
+        commands = envelope(mail_from, recipients) \
+            if session.smtp.supports_extension("pipelining") and not utf8 else None
+        steps: _Steps = _OneByOne(session.smtp, mail_from, timeout, utf8=utf8) if commands is None else \
             _Pipelined(session, commands, timeout)
         try:
             await _exchange(session, steps, recipients, body, on_dot, out)
@@ -217,12 +231,14 @@ class _OneByOne:
     """No PIPELINING (or an address only aiosmtplib can quote, or refuse): aiosmtplib sends each
     command and reads its reply; the body and the final dot are written on its protocol."""
 
-    def __init__(self, smtp: aiosmtplib.SMTP, mail_from: str, timeout: float) -> None:
+    def __init__(self, smtp: aiosmtplib.SMTP, mail_from: str, timeout: float, *, utf8: bool = False) -> None:
         if not smtp.is_connected:
             raise SMTPServerDisconnected("Connection lost")
         self._smtp = smtp
         self._mail_from = mail_from
         self._timeout = timeout
+        self._encoding = "utf-8" if utf8 else "ascii"  # with SMTPUTF8 on MAIL (the upstream offers it)
+        self._options = ["SMTPUTF8"] if utf8 else None
         self._channel: SessionChannel | None = None
 
     async def reset(self) -> Reply:
@@ -231,14 +247,14 @@ class _OneByOne:
 
     async def mail(self) -> Reply:
         try:
-            await self._smtp.mail(self._mail_from)
+            await self._smtp.mail(self._mail_from, options=self._options, encoding=self._encoding)
         except SMTPResponseException as exc:
             return exc.code, exc.message
         return 250, ""
 
     async def rcpt(self, rcpt: str) -> Reply:
         try:
-            resp = await self._smtp.rcpt(rcpt)
+            resp = await self._smtp.rcpt(rcpt, encoding=self._encoding)
         except SMTPResponseException as exc:
             return exc.code, exc.message
         return resp.code, resp.message

@@ -44,7 +44,7 @@ def build_dsn(*, hostname: str, queue_id: str, original_sender: str, original: b
     for rcpt, action, code, text in failures:
         diag = f"smtp; {code} {text}" if code else f"x-relay; {text}"
         block = Message()
-        block["Final-Recipient"] = f"rfc822; {rcpt}"
+        block["Final-Recipient"] = f"rfc822; {rcpt}" if rcpt.isascii() else f"utf-8; {utf8_addr_xtext(rcpt)}"
         block["Action"] = action
         block["Status"] = _status(code, text)
         block["Diagnostic-Code"] = " ".join(diag.split())
@@ -54,10 +54,16 @@ def build_dsn(*, hostname: str, queue_id: str, original_sender: str, original: b
     outer.attach(status_part)
 
     headers_part = MIMEBase("text", "rfc822-headers")
-    headers_part.set_payload(_headers_only(original).decode("utf-8", "replace"))
+    headers = _headers_only(original).decode("utf-8", "replace")
+    headers_part.set_payload(headers, charset=None if headers.isascii() else "utf-8")
     outer.attach(headers_part)
     data = outer.as_bytes(policy=EmailMessage().policy.clone(linesep="\r\n"))
     return data if data.endswith(b"\r\n") else data + b"\r\n"
+
+
+def utf8_addr_xtext(address: str) -> str:
+    """RFC 6533 utf-8-addr-xtext: a non-ASCII address in an ASCII DSN field (``jos\\x{E9}@dest.org``)."""
+    return "".join(c if " " < c < "\x7f" and c not in "\\+=" else f"\\x{{{ord(c):X}}}" for c in address)
 
 
 def _status(code: int | None, text: str) -> str:
