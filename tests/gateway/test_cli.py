@@ -205,7 +205,8 @@ def cli_upstreams(cli: Cli) -> None:
         "name": "up-stdin", "ip_pool": "transactional", "host": "smtp.example.net", "port": 587,
         "encryption": "tls", "username": "u-stdin"}
     assert "password_enc" not in row and "password" not in row
-    assert (by_env.code, by_env.out) == (0, "upstream up-env (127.0.0.1:2525, none) added to IP pool marketing\n")
+    assert (by_env.code, by_env.out) == (
+        0, "upstream up-env (127.0.0.1:2525, none) added to IP pool marketing of the operator\n")
     # `relay pool` is the deprecated name of `relay upstream`: a note on stderr, then the same command
     # (either one may also note that it created the master key)
     assert DEPRECATED_POOL not in by_stdin.err and by_env.err.splitlines()[0] == DEPRECATED_POOL

@@ -106,11 +106,11 @@ async def test_key_revocation_is_scoped_to_the_account_for_an_account_key(api: A
 # -- upstreams: relay.services.upstreams ---------------------------------------------------------------------
 def test_upstream_config_carries_every_field_of_the_record():
     rec = SimpleNamespace(id="smtp_1", name="ses", host="smtp.example.net", port=587, encryption="tls",
-                          username="u", verify_tls=False, priority=5, weight=3, max_connections=4)
+                          username="u", verify_tls=False, priority=5, weight=3, max_connections=4, account_id="acc_1")
     cfg = upstream_config(rec, "pw", default_max_connections=10)
     assert (cfg.id, cfg.name, cfg.host, cfg.port, cfg.encryption, cfg.username, cfg.password, cfg.verify_tls,
-            cfg.priority, cfg.weight, cfg.max_connections) == (
-        "smtp_1", "ses", "smtp.example.net", 587, "tls", "u", "pw", False, 5, 3, 4)
+            cfg.priority, cfg.weight, cfg.max_connections, cfg.owner) == (
+        "smtp_1", "ses", "smtp.example.net", 587, "tls", "u", "pw", False, 5, 3, 4, "acc_1")
     rec.max_connections = None  # unset: [delivery] max_connections
     assert upstream_config(rec, None, default_max_connections=10).max_connections == 10
 

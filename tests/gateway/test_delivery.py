@@ -18,6 +18,7 @@ import aiosmtplib
 import pytest
 from aiosmtpd.smtp import SMTP as AioSMTP, Envelope, Session
 
+from relay.delivery.probe import probe
 from relay.delivery.upstream import Upstream, UpstreamConfig
 from relay.store import utcnow
 from relay.store.queue import FINAL, PENDING
@@ -497,7 +498,7 @@ async def test_probe_reports_success_and_failure_without_raising(sink_factory):
     sink = await sink_factory()
     cfg = UpstreamConfig(id="up_probe", name="probe", host="127.0.0.1", port=sink.port, encryption="none")
     up = Upstream(cfg, local_hostname="relay.test", connect_timeout=2, command_timeout=2)
-    ok = await up.probe()
+    ok = await probe(up)
     assert ok["success"] is True
     assert ok["message"] == "SMTP connection successful"
     assert isinstance(ok["latencyMs"], int) and 0 <= ok["latencyMs"] < 2000
@@ -506,10 +507,10 @@ async def test_probe_reports_success_and_failure_without_raising(sink_factory):
     assert up.open_connections == 0
 
     dead = UpstreamConfig(id="up_dead", name="dead", host="127.0.0.1", port=free_port(), encryption="none")
-    bad = await Upstream(dead, local_hostname="relay.test", connect_timeout=2, command_timeout=2).probe()
+    bad = await probe(Upstream(dead, local_hostname="relay.test", connect_timeout=2, command_timeout=2))
     assert bad["success"] is False
     assert bad["message"] == "SMTP connection failed"
-    assert bad["error"] and str(dead.port) in bad["error"]
+    assert bad["error"] == f"refused: 127.0.0.1:{dead.port} refused the connection"
     assert isinstance(bad["latencyMs"], int)
 
 

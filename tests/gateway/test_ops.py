@@ -144,10 +144,11 @@ async def test_queue_gauges_show_deferred_work_and_its_age(gateway_factory, sink
     assert value(data, "relay_recipients_total", pool="default", upstream="sink", outcome="deferred") >= 2
 
 
-async def test_metrics_need_an_admin_key_away_from_loopback(gateway_factory):
+async def test_metrics_need_an_operator_key_away_from_loopback(gateway_factory):
     gw = await gateway_factory()
     provision(gw, free_port())
-    admin_key, _ = gw.admin.create_key("acme", ["admin"])
+    operator_key, _ = gw.admin.create_key("acme", ["operator"])
+    admin_key, _ = gw.admin.create_key("acme", ["admin"])  # an account's administrator, not the gateway's
     send_key, _ = gw.admin.create_key("acme", ["send"])
     app = create_app(gw)
     remote = httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=("203.0.113.9", 40000)),
@@ -155,10 +156,11 @@ async def test_metrics_need_an_admin_key_away_from_loopback(gateway_factory):
     async with remote:
         r = await remote.get("/metrics")
         assert r.status_code == 401 and r.json() == {"success": False,
-                                                     "error": "An API key with the admin scope is required"}
+                                                     "error": "An API key with the operator scope is required"}
         assert (await remote.get("/metrics", headers={"Authorization": f"Bearer {send_key}"})).status_code == 401
+        assert (await remote.get("/metrics", headers={"Authorization": f"Bearer {admin_key}"})).status_code == 401
         assert (await remote.get("/metrics", headers={"Authorization": "Bearer rk_0000_nope"})).status_code == 401
-        r = await remote.get("/metrics", headers={"Authorization": f"Bearer {admin_key}"})
+        r = await remote.get("/metrics", headers={"Authorization": f"Bearer {operator_key}"})
         assert r.status_code == 200 and "relay_queue_recipients" in r.text
         assert (await remote.get("/healthz")).status_code == 200  # liveness stays open
     for peer in ("127.0.0.1", "::1", "::ffff:127.0.0.1"):

@@ -20,7 +20,7 @@ from relay.gateway import Gateway
 from relay.store import models as m
 from tests.conftest import Provisioned, Sink, free_port, provision
 
-ALL_SCOPES = ("send", "sandbox", "admin", "aliases")
+ALL_SCOPES = ("send", "sandbox", "admin", "aliases", "operator")  # the operator's own account
 POLICIES = {"enabled": ["limits", "suppression"], "suppression": {"cache_ttl": 0}}
 
 
