@@ -76,6 +76,8 @@ class Context:
     # what a front door adds to the submission (stored with the message)
     source: str = "smtp"  # the kind of front door: "smtp" or "api"
     smtputf8: bool = False  # MAIL FROM ... SMTPUTF8: non-ASCII addresses allowed (RFC 6531)
+    helo: str | None = None  # the client's EHLO/HELO name (the Received: field)
+    tls: bool = False  # the submission came over TLS (ESMTPS, HTTPS)
     max_recipients: int | None = None  # this transaction's envelope cap (None: the gateway's smtp.max_recipients)
     tags: list[str] | None = None
     metadata: dict[str, str] | None = None

@@ -155,7 +155,8 @@ def submission(request: Request, body: SendRequest, ident: Any, sandbox_header: 
     recipients = unique_recipients(*(tuple(a.email for a in group) for group in (body.to, body.cc, body.bcc)))
     return Submission(identity=ident, peer=request.client.host if request.client else "", draft=draft,
                       recipients=recipients, sandbox_requested=sandbox_header, alias_id=body.alias_id,
-                      idempotency_key=body.idempotency_key, tags=tuple(body.tags), metadata=dict(body.metadata))
+                      idempotency_key=body.idempotency_key, tags=tuple(body.tags), metadata=dict(body.metadata),
+                      secure=request.url.scheme == "https")
 
 
 @router.post("/send", response_model=None, summary="Send an email",

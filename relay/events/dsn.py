@@ -27,7 +27,7 @@ def build_dsn(*, hostname: str, queue_id: str, original_sender: str, original: b
     outer["From"] = f"Mail Delivery System <MAILER-DAEMON@{hostname}>"
     outer["To"] = original_sender
     outer["Subject"] = "Undelivered Mail Returned to Sender"
-    outer["Date"] = email.utils.formatdate(usegmt=True)
+    outer["Date"] = email.utils.formatdate(localtime=False).replace("-0000", "+0000")
     outer["Message-ID"] = f"<{dsn_id}@{hostname}>"
     outer["Auto-Submitted"] = "auto-replied"
     lines = [f"This is the mail system at {hostname}.", "",

@@ -26,14 +26,13 @@ from relay.events.webhooks import WebhookService
 from relay.store import utcnow
 from relay.submission.compose import Draft, compose
 from relay.submission.idempotency import Original
-from relay.submission.pipeline import API_MAX_RECIPIENTS, Pipeline, idempotency_scope
+from relay.submission.pipeline import API_MAX_RECIPIENTS, SANDBOX_SCOPE, Pipeline, idempotency_scope
 from relay.vocab import SEND_SCOPES, Context, Forbidden, Identity, Invalid, NotFound, RelayError
 
 # The pipeline's limit for one HTTP send, split as the seeds' request does: to, cc, bcc.
 MAX_TO = API_MAX_RECIPIENTS // 2
 MAX_CC = MAX_BCC = API_MAX_RECIPIENTS // 4
 SUPPRESSION_STATUS = 422  # policies.spec: the http_status of a Verdict refusing a suppressed recipient
-SANDBOX_SCOPE = "sandbox"
 
 
 @dataclass(frozen=True)
@@ -45,6 +44,7 @@ class Submission:
     draft: Draft
     recipients: tuple[str, ...]  # to + cc + bcc, each once
     sandbox_requested: bool = False  # the X-Relay-Sandbox header
+    secure: bool = False  # came over HTTPS (the Received: field says so)
     alias_id: str | None = None
     idempotency_key: str | None = None
     tags: tuple[str, ...] = ()
@@ -112,7 +112,7 @@ class Sender:
                 return _replayed(original)
         sender = await self._sender_address(sub)
         raw = compose(sub.draft)
-        ctx = Context(listener="api", peer=sub.peer, identity=ident, sandbox=sandbox,
+        ctx = Context(listener="api", peer=sub.peer, identity=ident, sandbox=sandbox, tls=sub.secure,
                       idempotency_key=sub.idempotency_key, source="api",
                       max_recipients=max(self.pipeline.max_recipients, API_MAX_RECIPIENTS))
         await self.pipeline.mail(ctx, sender)

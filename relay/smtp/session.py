@@ -20,7 +20,7 @@ from relay.ops import metrics
 from relay.ops.config import SmtpSettings
 from relay.smtp.aiosmtpd_compat import RelaySMTPBase
 from relay.smtp.data import BlockData
-from relay.submission.pipeline import AUTH_FAILED, RELAY_DENIED, Pipeline
+from relay.submission.pipeline import AUTH_FAILED, RELAY_DENIED, SMTP_SCOPES, Pipeline
 from relay.vocab import Context, Identity, RelayError
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,8 @@ class RelaySMTP(BlockData, RelaySMTPBase):
                                                                      "listener": handler.listener})
             return await self._lockout()
         try:
-            ident = await handler.pipeline.authenticate(username, password.decode("utf-8", "replace"))
+            ident = await handler.pipeline.authenticate(username, password.decode("utf-8", "replace"),
+                                                        scopes=SMTP_SCOPES)
         except RelayError as exc:
             handler.failed_logins += 1
             metrics.auth_failed(handler.listener)
@@ -268,8 +269,10 @@ class SubmissionHandler:
         ident = await self._identity(session)
         if ident is None:
             return RELAY_DENIED.smtp_reply if self.trusted_only else "530 5.7.0 Authentication required"
+        transport = server.transport
         ctx = Context(listener=self.listener, peer=_peer_ip(session), identity=ident,
-                      smtputf8=any(o.upper() == "SMTPUTF8" for o in mail_options))
+                      smtputf8=any(o.upper() == "SMTPUTF8" for o in mail_options), helo=session.host_name,
+                      tls=transport is not None and transport.get_extra_info("ssl_object") is not None)
         try:
             await self.pipeline.mail(ctx, address)
         except RelayError as exc:

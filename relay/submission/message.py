@@ -32,6 +32,7 @@ class HeaderSummary:
     cc_count: int
     bcc_count: int
     idempotency_key: str | None = None  # the submitter's Idempotency-Key header (relay.submission.idempotency)
+    sandbox: bool = False  # X-Relay-Sandbox: true (or the seeds' X-MisarMail-Sandbox)
 
 
 def _addresses(values: list[str]) -> list[str]:
@@ -96,7 +97,17 @@ def _summarize_slow(raw: bytes) -> HeaderSummary:
         cc_count=len(_addresses(msg.get_all("Cc", []))),
         bcc_count=len(_addresses(msg.get_all("Bcc", []))),
         idempotency_key=(_text(msg, "Idempotency-Key") or "").strip() or None,
+        sandbox=any(_truthy(_text(msg, name)) for name in SANDBOX_FIELDS),
     )
+
+
+SANDBOX_FIELDS = ("X-Relay-Sandbox", "X-MisarMail-Sandbox")
+CONTROL_FIELDS = (b"bcc", b"idempotency-key", b"x-relay-sandbox", b"x-misarmail-sandbox")
+"""Fields that speak to Relay, not to the recipient: removed before signing and relaying."""
+
+
+def _truthy(value: str | None) -> bool:
+    return value is not None and value.strip().lower() in ("true", "1", "yes")
 
 
 def _text(msg: Message, name: str) -> str | None:
@@ -177,6 +188,7 @@ def _summarize_fast(raw: bytes) -> HeaderSummary | None:
         cc_count=len(cc),
         bcc_count=len(bcc),
         idempotency_key=first.get("idempotency-key", "").strip() or None,
+        sandbox=any(_truthy(first.get(name.lower())) for name in SANDBOX_FIELDS),
     )
 
 
@@ -184,32 +196,61 @@ def make_message_id(queue_id: str, hostname: str) -> str:
     return f"<{queue_id}@{hostname}>"
 
 
-def complete_headers(raw: bytes, summary: HeaderSummary, queue_id: str, hostname: str) -> tuple[bytes, str]:
-    """Add Message-ID and Date when missing (before signing). Returns (message, Message-ID)."""
+def complete_headers(raw: bytes, summary: HeaderSummary, queue_id: str, domain: str) -> tuple[bytes, str]:
+    """Add Message-ID (on ``domain``, the From domain) and Date (numeric zone) when missing, before
+    signing. Returns (message, Message-ID)."""
     extra = b""
     message_id = summary.message_id
     if not message_id:
-        message_id = make_message_id(queue_id, hostname)
+        message_id = make_message_id(queue_id, domain)
         extra += b"Message-ID: " + message_id.encode() + b"\r\n"
     if not summary.has_date:
-        extra += b"Date: " + email.utils.formatdate(time.time(), usegmt=True).encode() + b"\r\n"
+        extra += b"Date: " + rfc5322_date().encode() + b"\r\n"
     return (extra + raw if extra else raw), message_id
 
 
-def strip_bcc(raw: bytes) -> bytes:
-    """Drop Bcc header lines (with their continuation lines) from the header block."""
+def rfc5322_date(when: float | None = None) -> str:
+    """``Thu, 03 Dec 2026 14:00:00 +0000``: a numeric zone (RFC 5322 3.3; "GMT" is obsolete)."""
+    return email.utils.formatdate(time.time() if when is None else when, localtime=False).replace("-0000", "+0000")
+
+
+_HELO = re.compile(r"[A-Za-z0-9.:_\[\]-]{1,255}")
+
+
+def received_header(*, helo: str | None, client: str | None, hostname: str, protocol: str, queue_id: str,
+                    when: float | None = None) -> bytes:
+    """The trace field of RFC 5321 4.4 (``with`` as RFC 3848: ESMTPSA...). ``client`` None: the client's
+    address and name are left out (``smtp.hide_client_address``)."""
+    head = b"Received: "
+    if client is not None:
+        name = helo if helo and _HELO.fullmatch(helo) else None
+        head += (f"from {name} ([{client}])" if name else f"from [{client}]").encode() + b"\r\n\t"
+    return head + (f"by {hostname} (Relay) with {protocol} id {queue_id};\r\n\t"
+                   f"{rfc5322_date(when)}\r\n").encode()
+
+
+def strip_fields(raw: bytes, names: tuple[bytes, ...] = CONTROL_FIELDS) -> bytes:
+    """Drop the header fields named ``names`` (lower case; with their continuation lines)."""
     end = raw.find(b"\r\n\r\n")
-    if end < 0 or b"bcc:" not in raw[:end].lower():
+    if end < 0:
+        return raw
+    head = raw[: end + 2].lower()
+    if not any(n + b":" in head for n in names):
         return raw
     out, skipping = [], False
     lines = raw[: end + 2].split(b"\r\n")[:-1]
     for line in lines:
         if line[:1] in (b" ", b"\t") and skipping:
             continue
-        skipping = line.lower().startswith(b"bcc:")
+        skipping = line.split(b":", 1)[0].lower() in names
         if not skipping:
             out.append(line)
     return b"\r\n".join(out) + b"\r\n" + raw[end + 2:]
+
+
+def strip_bcc(raw: bytes) -> bytes:
+    """Drop Bcc header lines (with their continuation lines) from the header block."""
+    return strip_fields(raw, (b"bcc",))
 
 
 def to_wire(msg: EmailMessage) -> bytes:
@@ -224,7 +265,7 @@ def alias_verification_message(*, sender: str, alias: str, link: str, hostname: 
     msg["To"] = alias
     msg["Subject"] = "Verify your sending address"
     msg["Message-ID"] = make_message_id(queue_id, hostname)
-    msg["Date"] = email.utils.formatdate(usegmt=True)
+    msg["Date"] = rfc5322_date()
     msg["Auto-Submitted"] = "auto-generated"
     msg.set_content(
         f"Someone asked to send mail as {alias} through the Relay gateway at {hostname}.\n\n"

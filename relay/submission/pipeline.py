@@ -46,6 +46,9 @@ RELAY_DENIED = RelayError(554, "5.7.1", "Relay access denied", http_status=403)
 SENDER_DENIED = RelayError(553, "5.7.1", "Sender address not allowed for this login", http_status=403)
 FROM_DENIED = RelayError(550, "5.7.1", "From header not allowed for this login", http_status=403)
 SCOPE_DENIED = RelayError(550, "5.7.1", "This key may not send through that sender's pool", http_status=403)
+SANDBOX_DENIED = RelayError(550, "5.7.1", "Sandbox sends need an API key with the sandbox scope", http_status=403)
+SANDBOX_SCOPE = "sandbox"
+SMTP_SCOPES = SEND_SCOPES | {SANDBOX_SCOPE}  # the keys SMTP AUTH takes (a sandbox-only key sends to the sandbox)
 POOL_DENIED = RelayError(550, "5.7.1", "This account may not send through that sender's IP pool", http_status=403)
 BARE_NEWLINE = RelayError(550, "5.6.11", "Bare CR or LF in message data refused", http_status=400)
 TOO_MANY_RECIPIENTS = RelayError(452, "4.5.3", "Too many recipients", http_status=400)
@@ -89,7 +92,7 @@ class Pipeline:
                  trusted: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] | None = None,
                  cache_ttl: float = 5.0, clock: Callable[[], dt.datetime] = utcnow, max_recipients: int = 100,
                  auth_throttle: AuthThrottle | None = None, connections: ConnectionLimits | None = None,
-                 writer: StoreWriter | None = None,
+                 writer: StoreWriter | None = None, hide_client_address: bool = False,
                  on_queued: Callable[[QueuedMessage], None] = lambda _m: None) -> None:
         self.store = store
         self.runner = runner
@@ -101,6 +104,7 @@ class Pipeline:
         self.trusted = tuple(trusted or ())
         self.clock = clock
         self.max_recipients = max_recipients
+        self.hide_client_address = hide_client_address  # Received: without the client's name and address
         self.auth_throttle = auth_throttle or AuthThrottle(5, 900)
         self.connections = connections or ConnectionLimits(1000, 50)
         self.signers = SignerCache()
@@ -162,6 +166,7 @@ class Pipeline:
             self.trusted = trusted
             self.invalidate()
         self.max_recipients = smtp.max_recipients
+        self.hide_client_address = smtp.hide_client_address
         self.connections.max_total, self.connections.max_per_ip = smtp.max_connections, smtp.max_connections_per_ip
         self.max_age = settings.delivery.max_age
         self.auth_throttle.apply(smtp.auth_max_failures, smtp.auth_lockout)
@@ -199,6 +204,8 @@ class Pipeline:
         alias = await self._own_verified_alias(ident, sender)
         if alias is None:
             raise SENDER_DENIED
+        if not ident.scopes & SEND_SCOPES:
+            ctx.sandbox = True  # a key with only the sandbox scope: stored, never delivered
         if not ctx.sandbox and not may_use_pool(ident.scopes, alias.ip_pool):  # a sandbox send goes nowhere
             raise SCOPE_DENIED
         if not ctx.sandbox and not await self._pool_allows(alias.ip_pool, ident.account_id):
@@ -283,9 +290,15 @@ class Pipeline:
             verdict = await self.policies.run("on_data", ctx, msgs.parse(raw))
             if verdict:
                 raise verdict_error(verdict)
+        if summary.sandbox and not ctx.sandbox:
+            if SANDBOX_SCOPE not in ctx.identity.scopes:
+                raise SANDBOX_DENIED
+            ctx.sandbox = True  # X-Relay-Sandbox: stored, never delivered (as POST /send's header)
         queue_id = new_queue_id(ctx.sandbox)
-        raw, message_id = msgs.complete_headers(msgs.strip_bcc(raw), summary, queue_id, self.hostname)
-        raw = await self.sign(from_addr.rpartition("@")[2], raw)
+        domain = from_addr.rpartition("@")[2]
+        raw, message_id = msgs.complete_headers(msgs.strip_fields(raw), summary, queue_id, domain)
+        raw = self.received(ctx, queue_id) + raw
+        raw = await self.sign(domain, raw)
         queue_id = await self._commit_once(ctx, summary, NewMessage(
             id=queue_id, ip_pool=ctx.alias.ip_pool, mail_from=ctx.mail_from, body=raw,
             recipients=list(ctx.recipients), created_at=self.clock(), expires_at=self.clock(),
@@ -326,6 +339,15 @@ class Pipeline:
         finally:
             self.idempotency.finish(new.account_id, key)
         return new.id
+
+    def received(self, ctx: Context, queue_id: str) -> bytes:
+        """The Received: field of this submission (RFC 5321 4.4; ``with`` per RFC 3848)."""
+        if ctx.listener == "api":
+            protocol = "HTTPS" if ctx.tls else "HTTP"
+        else:
+            protocol = "ESMTP" + ("S" if ctx.tls else "") + ("A" if ctx.identity and ctx.identity.key_id else "")
+        return msgs.received_header(helo=ctx.helo, client=None if self.hide_client_address else ctx.peer,
+                                    hostname=self.hostname, protocol=protocol, queue_id=queue_id)
 
     async def sign(self, domain: str, raw: bytes) -> bytes:
         dom = await self._domains.get(domain, lambda: self.runner.read(self.store.directory.find_domain, domain))

@@ -29,6 +29,7 @@ RELOADABLE: frozenset[str] = frozenset(
         "smtp.auth_max_failures",
         "smtp.auth_lockout",
         "smtp.shutdown_timeout",
+        "smtp.hide_client_address",
         "api.public_url",
         "delivery.retry_base",
         "delivery.retry_max",

@@ -93,6 +93,7 @@ class SmtpSettings(_Model):
     auth_lockout: Float = Field(default=900.0, ge=0)
     workers: Int = Field(default=1, ge=1)
     shutdown_timeout: Float = Field(default=30.0, ge=0)
+    hide_client_address: bool = False  # the Received: field names no client name or address
 
     def listeners(self) -> dict[str, tuple[str, int]]:
         """The enabled listeners as ``{"submission"|"smtps"|"relay": (host, port)}``."""
