@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from relay.store import models as m
-from tests.conftest import port_of, provision, wait_for
+from tests.conftest import port_of, wait_for
 from tests.support.api import Api, send_body, start_api
 
 
