@@ -77,6 +77,7 @@ class Gateway:
             lease_seconds=d.lease, max_age=d.max_age, policies=self.policies,
             trusted=[(t.network, t.account) for t in settings.smtp.trusted],
             max_recipients=settings.smtp.max_recipients, hide_client_address=settings.smtp.hide_client_address,
+            scope_pools=settings.scopes.pools(), system_pool=settings.system.ip_pool,
             auth_throttle=AuthThrottle(settings.smtp.auth_max_failures, settings.smtp.auth_lockout),
             connections=ConnectionLimits(settings.smtp.max_connections, settings.smtp.max_connections_per_ip),
             on_queued=self.active.push)

@@ -76,6 +76,7 @@ class Context:
     # what a front door adds to the submission (stored with the message)
     source: str = "smtp"  # the kind of front door: "smtp" or "api"
     smtputf8: bool = False  # MAIL FROM ... SMTPUTF8: non-ASCII addresses allowed (RFC 6531)
+    route_pool: str | None = None  # the IP pool chosen for this message instead of the alias's (HTTP alias_id = smtp_...)
     helo: str | None = None  # the client's EHLO/HELO name (the Received: field)
     tls: bool = False  # the submission came over TLS (ESMTPS, HTTPS)
     max_recipients: int | None = None  # this transaction's envelope cap (None: the gateway's smtp.max_recipients)
@@ -89,8 +90,9 @@ class Context:
 
     @property
     def ip_pool(self) -> str | None:
-        """The IP pool of the sender's alias (None before MAIL)."""
-        return self.alias.ip_pool if self.alias else None
+        """The IP pool of this message: the sender's alias's, unless the submission chose another
+        (``route_pool``); None before MAIL."""
+        return self.route_pool or (self.alias.ip_pool if self.alias else None)
 
     @property
     def pool(self) -> str | None:

@@ -42,6 +42,7 @@ class AliasList(BaseModel):
 class AliasOne(BaseModel):
     success: bool
     alias: AliasOut
+    warning: str | None = Field(default=None, description="Why the verification email cannot go out yet")
 
 
 class AliasIn(Body):
@@ -73,9 +74,12 @@ async def list_aliases(ident: AliasesKey, directory: DirectoryDep) -> dict[str, 
 async def create_alias(body: AliasIn, ident: AliasesKey, directory: DirectoryDep) -> dict[str, Any]:
     """Create an alias on a verified domain of the account; its verification email goes out now."""
     with refusals():
-        alias = await directory.add_alias(ident, body.email, ip_pool=body.ip_pool, name=body.name,
-                                          is_default=body.is_default)
-    return {"success": True, "alias": alias_json(alias)}
+        alias, warning = await directory.add_alias(ident, body.email, ip_pool=body.ip_pool, name=body.name,
+                                                   is_default=body.is_default)
+    out: dict[str, Any] = {"success": True, "alias": alias_json(alias)}
+    if warning:
+        out["warning"] = warning
+    return out
 
 
 @router.get("/aliases/{alias_id}", response_model=AliasOne, responses=errors(404))

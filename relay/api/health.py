@@ -83,6 +83,8 @@ async def readiness(svc: ApiServices) -> tuple[bool, dict[str, Any]]:
     try:
         await svc.runner.read(svc.store.ping)
         in_use = await svc.runner.read(pools_in_use, svc.store)
+        if svc.settings.system.ip_pool:  # system mail's route must be served too
+            in_use = {*in_use, svc.settings.system.ip_pool}
         checks["store"] = {"ok": True}
     except Exception as exc:  # noqa: BLE001 - any failure is "not ready"; the detail names it, never a URL
         checks["store"] = {"ok": False, "error": type(exc).__name__}

@@ -21,7 +21,10 @@ def alias() -> None:
 def alias_add(ctx: Ctx, email: str, account: str, ip_pool: str, name: str | None, is_default: bool):
     """Create an alias; a verification email goes to the address."""
     rec, queue_id = ctx.admin.add_alias(email, account=account, ip_pool=ip_pool, name=name, is_default=is_default)
-    return ({"alias": rec, "verification_queue_id": queue_id},
+    warning = ctx.admin.system_route_gap(rec.ip_pool)
+    if warning and not ctx.as_json:
+        click.echo(f"relay: warning: {warning}", err=True)
+    return ({"alias": rec, "verification_queue_id": queue_id, "warning": warning},
             (f"alias {rec.email} ({rec.id}) created on IP pool {rec.ip_pool}; verification email queued as "
              f"{queue_id}.\nIt cannot send until the link in that email is opened "
              f"(or `relay alias verify {rec.email}`)."))

@@ -89,11 +89,14 @@ class Router:
             waits.append(max(0.0, b.open_until - now))
         return min(waits)
 
-    def success(self, up: DeliveryTarget) -> None:
+    def success(self, up: DeliveryTarget) -> bool:
+        """Close ``up``'s breaker; True when it was open (the upstream is back up)."""
         b = self.breakers[up.cfg.id]
-        if b.failures >= self.threshold:
+        was_open = b.failures >= self.threshold
+        if was_open:
             log.info("upstream back up", extra={"upstream": up.name})
         b.failures, b.open_until, b.probing = 0, 0.0, 0.0
+        return was_open
 
     def failure(self, up: DeliveryTarget) -> None:
         b = self.breakers[up.cfg.id]

@@ -70,6 +70,7 @@ class Scheduler:
         self._next_renewal = clock()
         self._busy = 0
         self._stopping = False
+        self._releasing: set[asyncio.Task[None]] = set()  # release_held updates under way
         self.policies = policies
 
     def apply(self, settings: Settings) -> None:
@@ -211,13 +212,31 @@ class Scheduler:
                 last_upstream = up.name
                 break
             metrics.upstream_transaction(msg.ip_pool, up.name, time.perf_counter() - started, "ok")
-            self.router.success(up)
+            if self.router.success(up):
+                self._release_held(msg.ip_pool)
             outcomes += [self._outcome(msg, rcpt, code, reply, up.name, now)
                          for rcpt, (code, reply) in result.results.items()]
             pending = []
             break
         outcomes += self._unsent(msg, pending, bool(upstreams), last, now)
         await self._finish(msg, outcomes, journaled, last_upstream)
+
+    def _release_held(self, pool: str) -> None:
+        """A breaker of ``pool`` closed: the mail held back while the pool was down is due at once
+        (one UPDATE; the poller then claims it in its usual batches)."""
+        async def release() -> None:
+            try:
+                n = await self.runner.write(self.store.queue.release_held, pool)
+            except Exception:  # noqa: BLE001 - the mail stays due at its own time: nothing is lost
+                log.exception("could not release the mail held back", extra={"pool": pool})
+                return
+            if n:
+                log.info("mail held back by a down pool is due again", extra={"pool": pool, "recipients": n})
+                self.wake()
+
+        task = asyncio.get_running_loop().create_task(release())
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
 
     async def _defer_after_fault(self, msg: QueuedMessage, exc: Exception) -> None:
         """An unexpected error around an attempt: its recipients are deferred with backoff (the

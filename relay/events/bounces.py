@@ -29,6 +29,7 @@ class Bouncer:
                              dsn_id=new_queue_id())
         try:
             await self.submit(sender=f"MAILER-DAEMON@{self.hostname}", mail_from="",
-                              recipients=[msg.mail_from], raw=body, source="dsn", account_id=msg.account_id)
+                              recipients=[msg.mail_from], raw=body, source="dsn", account_id=msg.account_id,
+                              ip_pool=msg.ip_pool)  # the pool of the message it reports on
         except Exception:
             log.exception("could not queue the DSN", extra={"queue_id": msg.id})

@@ -225,6 +225,15 @@ class Admin:
                                          is_default=is_default, token=token)
         return alias, self.queue_verification(alias, token)
 
+    def system_route_gap(self, pool: str) -> str | None:
+        """Why system mail for ``pool`` (``[system] ip_pool`` wins) cannot go out now, or None."""
+        route = self.settings.system.ip_pool or pool
+        if any(u.is_active for u in self.directory.list_upstreams(route)):
+            return None
+        return (f"IP pool {route!r} has no active upstream: the verification email waits in the queue until one "
+                f"is added (relay upstream add NAME --ip-pool {route} ...) or [system] ip_pool names a pool "
+                "that has one")
+
     def verification_link(self, token: str) -> str:
         return f"{self.settings.public_url}/api/v1/aliases/verify/{token}"
 
@@ -236,7 +245,8 @@ class Admin:
                                                  link=self.verification_link(token), queue_id=queue_id)
         now = utcnow()
         self.store.queue.enqueue([NewMessage(
-            id=queue_id, ip_pool=DEFAULT_IP_POOL, mail_from=sender, body=raw, recipients=[alias.email],
+            id=queue_id, ip_pool=self.settings.system.ip_pool or alias.ip_pool, mail_from=sender, body=raw,
+            recipients=[alias.email],
             created_at=now, expires_at=now + dt.timedelta(seconds=self.settings.delivery.max_age),
             account_id=alias.account_id, source="system", subject="Verify your sending address")])
         return queue_id

@@ -42,12 +42,13 @@ class AccountDirectory:
         return alias
 
     async def add_alias(self, ident: Identity, email: str, *, ip_pool: str, name: str | None,
-                        is_default: bool) -> AliasRec:
-        """An alias on a verified domain of the account; its verification email goes out now."""
+                        is_default: bool) -> tuple[AliasRec, str | None]:
+        """An alias on a verified domain of the account; its verification email goes out now. The
+        second value says why that email cannot go out yet (no upstream to carry it), or None."""
         alias, _ = await self.runner.write(self.admin.add_alias, email, account=ident.account_name, ip_pool=ip_pool,
                                            name=name, is_default=is_default)
         self.invalidate()
-        return alias
+        return alias, await self.runner.read(self.admin.system_route_gap, alias.ip_pool)
 
     async def update_alias(self, ident: Identity, alias_id: str, changes: dict[str, Any],
                            unknown: Sequence[str] = ()) -> AliasRec:

@@ -19,7 +19,7 @@ front doors; the pipeline knows no HTTP.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from relay.delivery.router import Router
 from relay.events.webhooks import WebhookService
@@ -110,12 +110,19 @@ class Sender:
             original = await self.pipeline.idempotency.lookup(ident.account_id, key) if key else None
             if original is not None:
                 return _replayed(original)
-        sender = await self._sender_address(sub)
-        raw = compose(sub.draft)
+        sender, route = await self._route(sub)
         ctx = Context(listener="api", peer=sub.peer, identity=ident, sandbox=sandbox, tls=sub.secure,
                       idempotency_key=sub.idempotency_key, source="api",
                       max_recipients=max(self.pipeline.max_recipients, API_MAX_RECIPIENTS))
-        await self.pipeline.mail(ctx, sender)
+        alias = await self.pipeline.mail(ctx, sender, ip_pool=route)
+        draft = sub.draft
+        if draft.sender.name is None and alias.name:  # the alias's display name, as the SMTP door keeps From
+            draft = replace(draft, sender=replace(draft.sender, name=alias.name))
+        try:
+            raw = compose(draft)
+        except Exception:
+            await self.pipeline.abort(ctx)
+            raise
         suppressed = await self._recipients(ctx, sub.recipients)
         if not ctx.recipients:
             await self.pipeline.abort(ctx)
@@ -132,17 +139,36 @@ class Sender:
         return Sent(message_id, "sandbox" if sandbox else "smtp", queued, ctx.accepted_at or utcnow(),
                     suppressed=suppressed)
 
-    async def _sender_address(self, sub: Submission) -> str:
-        """The envelope sender: the ``alias_id``'s address (an alias of the account), else From."""
+    async def _route(self, sub: Submission) -> tuple[str, str | None]:
+        """The envelope sender and the IP pool chosen instead of the alias's (None: the alias's).
+
+        ``alias_id`` names an alias of the account (its address is the sender), or, as seed 001 does,
+        an SMTP pool (``smtp_...``: an upstream the account may use): the message goes through that
+        upstream's IP pool, from the From address."""
         if not sub.alias_id:
-            return sub.draft.sender.email
+            return sub.draft.sender.email, None
+        if sub.alias_id.startswith("smtp_"):
+            return sub.draft.sender.email, await self._upstream_pool(sub)
         try:
             alias = await self.pipeline.runner.read(self.pipeline.store.directory.get_alias, sub.alias_id)
         except NotFound:
             alias = None
         if alias is None or alias.id != sub.alias_id or alias.account_id != sub.identity.account_id:
             raise Invalid("Unknown alias", "alias_id")
-        return alias.email
+        return alias.email, None
+
+    async def _upstream_pool(self, sub: Submission) -> str:
+        """The IP pool of upstream ``sub.alias_id``, when the account may use it (its own upstream, or
+        one in an operator pool open or granted to it); else the same answer as an unknown alias."""
+        store = self.pipeline.store
+        try:
+            up = await self.pipeline.runner.read(store.directory.get_upstream, sub.alias_id)
+        except NotFound:
+            raise Invalid("Unknown alias", "alias_id") from None
+        pool = await self.pipeline.runner.read(store.pools.get, up.ip_pool)
+        if up.id != sub.alias_id or not up.is_active or pool is None or not pool.allows(sub.identity.account_id):
+            raise Invalid("Unknown alias", "alias_id")
+        return up.ip_pool
 
     async def _recipients(self, ctx: Context, recipients: tuple[str, ...]) -> tuple[str, ...]:
         """RCPT for each; the suppressed ones are held back (returned), any other refusal aborts."""

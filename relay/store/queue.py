@@ -375,6 +375,17 @@ class Queue:
                 q = q.where(m.Recipient.message_id == message_id)
             return s.execute(q.values(next_attempt_at=now), execution_options={"synchronize_session": False}).rowcount
 
+    def release_held(self, ip_pool: str, now: dt.datetime | None = None) -> int:
+        """Deferred recipients of ``ip_pool`` that no upstream has tried since (held back while every
+        upstream of the pool was marked down) become due now: the pool is back. Returns how many."""
+        now = now or utcnow()
+        held = sa.select(m.Message.id).where(m.Message.ip_pool == ip_pool)
+        with self._sessions.begin() as s:
+            return s.execute(sa.update(m.Recipient)
+                             .where(m.Recipient.state == "deferred", m.Recipient.upstream.is_(None),
+                                    m.Recipient.next_attempt_at > now, m.Recipient.message_id.in_(held))
+                             .values(next_attempt_at=now), execution_options={"synchronize_session": False}).rowcount
+
     def delete(self, message_id: str) -> None:
         with self._sessions.begin() as s:
             msg = s.get(m.Message, message_id)

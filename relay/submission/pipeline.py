@@ -15,15 +15,17 @@ import functools
 import ipaddress
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any, Callable
 
 from policies.spec import SIZE, Verdict
 from relay.submission import message as msgs
 from relay.ops import metrics
 from relay.ops.config import Settings
+from relay.ops.config.schema import ScopesSettings
 from relay.cache import TTLCache
 from relay.submission.dkim import DkimKey, SignerCache
-from relay.vocab import (DEFAULT_IP_POOL, POOL_SCOPES, SEND_SCOPES, Context, Identity, RelayError, StoreError,
+from relay.vocab import (DEFAULT_IP_POOL, SEND_SCOPES, Context, Identity, RelayError, StoreError,
                          new_queue_id)
 from relay.submission.idempotency import Idempotency
 from relay.submission.policyset import PolicySet
@@ -80,10 +82,12 @@ def idempotency_scope(key: str | None, sandbox: bool) -> str | None:
     return None if not key else ("sandbox:" + key if sandbox else key)
 
 
-def may_use_pool(scopes: frozenset[str], pool: str) -> bool:
+def may_use_pool(scopes: frozenset[str], pool: str, scope_pools: Mapping[str, frozenset[str]]) -> bool:
+    """``send`` (and ``admin``) may use any pool; ``send:transactional`` / ``send:marketing`` only the
+    pools ``[scopes]`` gives them."""
     if scopes & {"send", "admin"}:
         return True
-    return any(POOL_SCOPES.get(s) == pool for s in scopes)
+    return any(pool in scope_pools.get(s, ()) for s in scopes)
 
 
 class Pipeline:
@@ -93,6 +97,7 @@ class Pipeline:
                  cache_ttl: float = 5.0, clock: Callable[[], dt.datetime] = utcnow, max_recipients: int = 100,
                  auth_throttle: AuthThrottle | None = None, connections: ConnectionLimits | None = None,
                  writer: StoreWriter | None = None, hide_client_address: bool = False,
+                 scope_pools: Mapping[str, frozenset[str]] | None = None, system_pool: str | None = None,
                  on_queued: Callable[[QueuedMessage], None] = lambda _m: None) -> None:
         self.store = store
         self.runner = runner
@@ -105,6 +110,8 @@ class Pipeline:
         self.clock = clock
         self.max_recipients = max_recipients
         self.hide_client_address = hide_client_address  # Received: without the client's name and address
+        self.scope_pools = scope_pools if scope_pools is not None else ScopesSettings().pools()  # [scopes]
+        self.system_pool = system_pool  # [system] ip_pool: every system mail's pool (None: the caller's choice)
         self.auth_throttle = auth_throttle or AuthThrottle(5, 900)
         self.connections = connections or ConnectionLimits(1000, 50)
         self.signers = SignerCache()
@@ -167,6 +174,8 @@ class Pipeline:
             self.invalidate()
         self.max_recipients = smtp.max_recipients
         self.hide_client_address = smtp.hide_client_address
+        self.scope_pools = settings.scopes.pools()
+        self.system_pool = settings.system.ip_pool
         self.connections.max_total, self.connections.max_per_ip = smtp.max_connections, smtp.max_connections_per_ip
         self.max_age = settings.delivery.max_age
         self.auth_throttle.apply(smtp.auth_max_failures, smtp.auth_lockout)
@@ -194,8 +203,9 @@ class Pipeline:
         rec = await self._pools.get(pool, lambda: self.runner.read(self.store.pools.get, pool))
         return rec is None or rec.allows(account_id)
 
-    async def mail(self, ctx: Context, sender: str) -> AliasRec:
-        """MAIL FROM: the sender must be a verified alias of the account; it picks the pool."""
+    async def mail(self, ctx: Context, sender: str, *, ip_pool: str | None = None) -> AliasRec:
+        """MAIL FROM: the sender must be a verified alias of the account; it picks the pool (unless
+        ``ip_pool``, which the account must be allowed to use as well)."""
         ident = ctx.identity
         if ident is None:
             raise AUTH_REQUIRED
@@ -206,11 +216,12 @@ class Pipeline:
             raise SENDER_DENIED
         if not ident.scopes & SEND_SCOPES:
             ctx.sandbox = True  # a key with only the sandbox scope: stored, never delivered
-        if not ctx.sandbox and not may_use_pool(ident.scopes, alias.ip_pool):  # a sandbox send goes nowhere
+        pool = ip_pool or alias.ip_pool
+        if not ctx.sandbox and not may_use_pool(ident.scopes, pool, self.scope_pools):  # a sandbox send goes nowhere
             raise SCOPE_DENIED
-        if not ctx.sandbox and not await self._pool_allows(alias.ip_pool, ident.account_id):
+        if not ctx.sandbox and not await self._pool_allows(pool, ident.account_id):
             raise POOL_DENIED  # restricted since the alias chose it, or a grant revoked (seen within cache_ttl)
-        ctx.alias, ctx.mail_from, ctx.recipients = alias, sender, []
+        ctx.alias, ctx.mail_from, ctx.recipients, ctx.route_pool = alias, sender, [], ip_pool
         ctx.extra[_OPEN] = True
         verdict = await self.policies.run("on_mail", ctx, sender)
         if verdict:
@@ -300,16 +311,16 @@ class Pipeline:
         raw = self.received(ctx, queue_id) + raw
         raw = await self.sign(domain, raw)
         queue_id = await self._commit_once(ctx, summary, NewMessage(
-            id=queue_id, ip_pool=ctx.alias.ip_pool, mail_from=ctx.mail_from, body=raw,
+            id=queue_id, ip_pool=ctx.ip_pool or ctx.alias.ip_pool, mail_from=ctx.mail_from, body=raw,
             recipients=list(ctx.recipients), created_at=self.clock(), expires_at=self.clock(),
             account_id=ctx.identity.account_id, api_key_id=ctx.identity.key_id, alias_id=ctx.alias.id,
             header_message_id=message_id, subject=summary.subject, source=ctx.source,
             sandbox=ctx.sandbox, idempotency_key=ctx.idempotency_key))
         if ctx.replayed is not None:
             return queue_id  # a duplicate: the original's id, nothing committed
-        metrics.message_accepted(ctx.listener, ctx.alias.ip_pool)
+        metrics.message_accepted(ctx.listener, ctx.ip_pool or "")
         log.info("message queued", extra={"queue_id": queue_id, "account": ctx.identity.account_name,
-                                          "alias": ctx.alias.email, "pool": ctx.alias.ip_pool, "upstream": None,
+                                          "alias": ctx.alias.email, "pool": ctx.ip_pool, "upstream": None,
                                           "reply": None, "recipients": len(ctx.recipients), "size": len(raw)})
         return queue_id
 
@@ -387,11 +398,14 @@ class Pipeline:
                 account_id=new.account_id, expires_at=new.expires_at, created_at=now, source=new.source))
 
     async def submit_system(self, *, sender: str, recipients: list[str], raw: bytes, source: str = "system",
-                            mail_from: str | None = None, account_id: str | None = None) -> str:
-        """System mail (alias verification, DSNs): default pool, no alias, no policies."""
+                            mail_from: str | None = None, account_id: str | None = None,
+                            ip_pool: str | None = None) -> str:
+        """System mail (alias verification, DSNs): no alias, no policies; through ``[system] ip_pool``
+        when set, else ``ip_pool`` (a DSN: the pool of the message it reports on), else ``default``."""
         queue_id = new_queue_id(False)
         await self.commit(NewMessage(
-            id=queue_id, ip_pool=DEFAULT_IP_POOL, mail_from=sender if mail_from is None else mail_from, body=raw,
+            id=queue_id, ip_pool=self.system_pool or ip_pool or DEFAULT_IP_POOL,
+            mail_from=sender if mail_from is None else mail_from, body=raw,
             recipients=recipients, created_at=self.clock(), expires_at=self.clock(), account_id=account_id,
             source=source))
         return queue_id

@@ -450,6 +450,34 @@ async def test_mail_waits_for_an_open_breaker_without_using_up_attempts(gateway_
     assert all(counts[mid] == 1 for _, mid in batch)
 
 
+async def test_mail_held_back_by_a_down_pool_is_due_when_its_breaker_closes(gateway_factory, sink_factory):
+    """Mail deferred while the breaker's probe was in flight waits (tens of seconds here); when the
+    probe succeeds, that mail is due at once, not at the end of its backoff."""
+    port = free_port()
+    gw = await new_gw(gateway_factory, retry_base=30, retry_max=60)
+    p = provision(gw, port)
+    up = gw.router.all_upstreams()[0]
+    for _ in range(gw.router.threshold):
+        gw.router.failure(up)
+    breaker = gw.router.breakers[up.cfg.id]
+    gw.router.cooldown = 60
+    breaker.open_until = gw.router.clock()
+    breaker.probing = gw.router.clock()  # another delivery is probing it: this mail is held back
+    batch = [make_msg([f"h{i}@dest.org"], f"held {i}") for i in range(3)]
+    qids = await submit(gw, p.key, [([f"h{i}@dest.org"], raw) for i, (raw, _) in enumerate(batch)])
+    await wait_for(lambda: all(gw.store.queue.show(q).recipients[0].state == "deferred" for q in qids), 5)
+    for q in qids:
+        assert gw.store.queue.show(q).recipients[0].next_attempt_at > utcnow() + dt.timedelta(seconds=10)
+    sink = await sink_factory(port)
+    breaker.probing = 0.0  # the probe: the next delivery tries the upstream, and it answers
+    probe_raw, probe_mid = make_msg(["probe@dest.org"], "probe")
+    await submit(gw, p.key, [(["probe@dest.org"], probe_raw)])
+    views = await wait_final(gw, *qids, timeout=10)
+    assert [v.recipients[0].state for v in views] == ["delivered"] * 3
+    counts = by_message_id(sink)
+    assert all(counts[mid] == 1 for _, mid in batch) and counts[probe_mid] == 1
+
+
 # -- sessions -------------------------------------------------------------------------------------------
 async def test_421_in_a_reused_session_is_retried_and_delivered_once(gateway_factory, sink_factory):
     sink = await sink_factory()

@@ -216,6 +216,24 @@ class DnsSettings(_Model):
         return value
 
 
+class SystemSettings(_Model):
+    """``[system]``: the gateway's own mail (alias verification emails, DSN bounces)."""
+
+    # the IP pool all system mail goes through; unset: a verification email goes through the alias's
+    # own IP pool, a DSN through the IP pool of the message it reports on
+    ip_pool: str | None = None
+
+
+class ScopesSettings(_Model):
+    """``[scopes]``: the IP pools a ``send:transactional`` / ``send:marketing`` key may send through."""
+
+    transactional: list[str] = Field(default_factory=lambda: ["transactional", "default"])
+    marketing: list[str] = Field(default_factory=lambda: ["marketing", "default"])
+
+    def pools(self) -> dict[str, frozenset[str]]:
+        return {"send:transactional": frozenset(self.transactional), "send:marketing": frozenset(self.marketing)}
+
+
 class SecuritySettings(_Model):
     """``[security]``: what the operator allows beyond the defaults."""
 
@@ -257,6 +275,9 @@ class LogSettings(_Model):
         return value
 
 
+DEFAULT_POLICIES = ("limits", "suppression", "quota")
+
+
 class PoliciesSettings(_Model):
     """``[policies]``: ``enabled`` policies in order; ``options`` = each ``[policies.<name>]`` table.
 
@@ -264,7 +285,9 @@ class PoliciesSettings(_Model):
     moves every key other than ``enabled`` into ``options``. The policy validates its own table.
     """
 
-    enabled: list[str] = Field(default_factory=list)
+    # on by default: the seeds' per-message limits, the suppression list, quotas (an empty quota table
+    # limits nothing); ``enabled = []`` turns them all off
+    enabled: list[str] = Field(default_factory=lambda: list(DEFAULT_POLICIES))
     options: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @field_validator("enabled")
@@ -300,6 +323,8 @@ class Settings(_Model):
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     webhooks: WebhooksSettings = Field(default_factory=WebhooksSettings)
     policies: PoliciesSettings = Field(default_factory=PoliciesSettings)
+    system: SystemSettings = Field(default_factory=SystemSettings)
+    scopes: ScopesSettings = Field(default_factory=ScopesSettings)
 
     _source: Path | None = PrivateAttr(default=None)
 
