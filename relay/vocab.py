@@ -148,6 +148,10 @@ class NotFound(LookupError):
     """An admin lookup found nothing (CLI exit 1, HTTP 404)."""
 
 
+class Expired(LookupError):
+    """A link or token that existed but is past its lifetime (HTTP 410), e.g. an old verification link."""
+
+
 class Conflict(ValueError):
     """An admin change collides with existing state (CLI exit 1, HTTP 409)."""
 

@@ -7,6 +7,7 @@ still using one, tenancy) are in :class:`relay.services.directory_api.AccountDir
 from __future__ import annotations
 
 import html
+from collections.abc import Awaitable
 from typing import Any
 
 from fastapi import APIRouter
@@ -17,7 +18,7 @@ from relay.api.common import PREFIX, Body, Ok, check_id, errors, iso, line, refu
 from relay.api.deps import AliasesKey, DirectoryDep
 from relay.store.directory import AliasRec
 from relay.vocab import DEFAULT_IP_POOL
-from relay.vocab import NotFound
+from relay.vocab import Expired, NotFound
 
 router = APIRouter(prefix=PREFIX, tags=["aliases"])
 verify_router = APIRouter(prefix=PREFIX)  # the HTML link in the verification email, outside the JSON API
@@ -108,10 +109,51 @@ async def delete_alias(alias_id: str, ident: AliasesKey, directory: DirectoryDep
     return {"success": True}
 
 
-@verify_router.get("/aliases/verify/{token}", response_class=HTMLResponse)
-async def verify_alias(token: str, directory: DirectoryDep) -> HTMLResponse:
+# -- the verification link: a GET shows a page (mail scanners open links), its button POSTs ------------------
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
+<meta name="robots" content="noindex"><title>{title}</title>
+<style>body{{font:16px/1.5 system-ui,sans-serif;max-width:34em;margin:4em auto;padding:0 1em}}
+button{{font:inherit;padding:.5em 1.5em}}</style></head>
+<body><h1>{title}</h1>{body}</body></html>
+"""
+# no script, no outside resource; the form posts to this very URL (no action attribute)
+_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'"}
+NOT_VALID = ("This verification link is not valid", "<p>It may have been used already. Links work once.</p>")
+EXPIRED = ("This verification link has expired",
+           "<p>Nothing was verified. Ask for a new verification email (or ask the gateway's operator).</p>")
+
+
+def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
+    return HTMLResponse(_PAGE.format(title=html.escape(title), body=body), status, headers=_HEADERS)
+
+
+async def _refused(call: Awaitable[AliasRec]) -> AliasRec | HTMLResponse:
     try:
-        alias = await directory.verify_alias(token)
+        return await call
     except NotFound:
-        return HTMLResponse("<h1>This verification link is not valid (or was already used).</h1>", 404)
-    return HTMLResponse(f"<h1>{html.escape(alias.email)} is verified.</h1><p>It can now send through Relay.</p>")
+        return _page(*NOT_VALID, status=404)
+    except Expired:
+        return _page(*EXPIRED, status=410)
+
+
+@verify_router.get("/aliases/verify/{token}", response_class=HTMLResponse)
+async def verification_page(token: str, directory: DirectoryDep) -> HTMLResponse:
+    """The link in the verification email: a page whose button verifies. Opening it changes nothing."""
+    alias = await _refused(directory.verification_link(token))
+    if isinstance(alias, HTMLResponse):
+        return alias
+    email = html.escape(alias.email)
+    return _page(f"Verify {alias.email}",
+                 f"<p>Confirm that <strong>{email}</strong> may send mail through Relay.</p>"
+                 f'<form method="post"><button type="submit">Verify {email}</button></form>')
+
+
+@verify_router.post("/aliases/verify/{token}", response_class=HTMLResponse)
+async def verify_alias(token: str, directory: DirectoryDep) -> HTMLResponse:
+    """The page's button: verifies the alias (once, within ``aliases.verify_link_ttl`` of sending)."""
+    alias = await _refused(directory.verify_alias(token))
+    if isinstance(alias, HTMLResponse):
+        return alias
+    return _page(f"{alias.email} is verified", "<p>It can now send through Relay.</p>")

@@ -77,7 +77,9 @@ async def list_domains(ident: AdminKey, directory: DirectoryDep) -> dict[str, An
 
 @router.post("/domains", response_model=DomainOne, responses=errors(409))
 async def create_domain(body: DomainIn, ident: AdminKey, directory: DirectoryDep) -> dict[str, Any]:
-    """Register a domain with fresh RSA-2048 and Ed25519 DKIM keys; publish the records, then verify."""
+    """Claim a domain, with fresh RSA-2048 and Ed25519 DKIM keys; publish the records, then verify.
+    Several accounts may claim one domain: the first to verify it owns it. 409 for a domain the
+    account claimed already, or one another account verified."""
     with refusals():
         return _one(await directory.add_domain(ident, body.domain))
 
@@ -98,10 +100,10 @@ async def delete_domain(domain_id: str, ident: AdminKey, directory: DirectoryDep
     return {"success": True}
 
 
-@router.post("/domains/{domain_id}/verify", response_model=DomainOne, responses=errors(404))
+@router.post("/domains/{domain_id}/verify", response_model=DomainOne, responses=errors(404, 409))
 async def verify_domain(domain_id: str, ident: AdminKey, directory: DirectoryDep) -> dict[str, Any]:
     """Check the verification TXT record (400 naming what was found when it is not there yet);
-    a pending DKIM rotation is checked too."""
+    a pending DKIM rotation is checked too. 409 when another account verified the domain first."""
     check_id(domain_id, NOT_FOUND)
     with refusals(NOT_FOUND):
         return _one(await directory.verify_domain(ident, domain_id))

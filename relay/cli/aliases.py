@@ -26,7 +26,7 @@ def alias_add(ctx: Ctx, email: str, account: str, ip_pool: str, name: str | None
         click.echo(f"relay: warning: {warning}", err=True)
     return ({"alias": rec, "verification_queue_id": queue_id, "warning": warning},
             (f"alias {rec.email} ({rec.id}) created on IP pool {rec.ip_pool}; verification email queued as "
-             f"{queue_id}.\nIt cannot send until the link in that email is opened "
+             f"{queue_id}.\nIt cannot send until the link in that email is confirmed "
              f"(or `relay alias verify {rec.email}`)."))
 
 
@@ -36,6 +36,15 @@ def alias_verify(ctx: Ctx, email: str):
     """Mark an alias verified without the emailed link (sysadmin override)."""
     rec = ctx.admin.verify_alias(email=email)
     return rec, f"alias {rec.email} verified"
+
+
+@command(alias, "resend")
+@click.argument("email")
+def alias_resend(ctx: Ctx, email: str):
+    """Send a new verification link to an unverified alias (the previous link stops working)."""
+    rec, queue_id = ctx.admin.resend_verification(email)
+    return ({"alias": rec, "verification_queue_id": queue_id},
+            f"verification email for {rec.email} queued as {queue_id}")
 
 
 @command(alias, "list")

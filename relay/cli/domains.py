@@ -26,19 +26,26 @@ def domain_add(ctx: Ctx, name: str, account: str):
              f"`relay domain verify {rec.name}`:\n\n{records_text(records)}"))
 
 
+ACCOUNT_HELP = ("The account whose claim on the domain is meant (needed when several accounts claim it "
+                "and none verified it; default: the verified claim).")
+
+
 @command(domain, "records")
 @click.argument("name")
-def domain_records(ctx: Ctx, name: str):
-    records = ctx.admin.dns_records(ctx.store.directory.get_domain(name.lower()))
+@click.option("--account", default=None, help=ACCOUNT_HELP)
+def domain_records(ctx: Ctx, name: str, account: str | None):
+    records = ctx.admin.dns_records(ctx.admin.claim(name, account))
     return records, records_text(records)
 
 
 @command(domain, "verify")
 @click.argument("name")
+@click.option("--account", default=None, help=ACCOUNT_HELP)
 @click.option("--trust", is_flag=True, help="Mark verified without a DNS check (the sysadmin vouches).")
-def domain_verify(ctx: Ctx, name: str, trust: bool):
-    """Check the verification TXT record (and a pending DKIM rotation's records)."""
-    rec = ctx.admin.verify_domain_and_keys(name, trust=trust)
+def domain_verify(ctx: Ctx, name: str, account: str | None, trust: bool):
+    """Check the verification TXT record (and a pending DKIM rotation's records). The first claim
+    verified owns the domain: another account's claim is then refused."""
+    rec = ctx.admin.verify_domain_and_keys(name, trust=trust, account=account)
     return rec, f"domain {rec.name} verified"
 
 
@@ -46,12 +53,15 @@ def domain_verify(ctx: Ctx, name: str, trust: bool):
 @click.option("--account", default=None)
 def domain_list(ctx: Ctx, account: str | None):
     recs = ctx.store.directory.list_domains(account)
-    return recs, table([[r.name, r.id, "verified" if r.verified else "unverified",
-                         " ".join(k.selector for k in r.keys)] for r in recs], ["DOMAIN", "ID", "STATE", "SELECTORS"])
+    owners = {a.id: a.name for a in ctx.store.directory.list_accounts()}
+    return recs, table([[r.name, r.id, owners.get(r.account_id, r.account_id), "verified" if r.verified else "unverified",
+                         " ".join(k.selector for k in r.keys)] for r in recs],
+                       ["DOMAIN", "ID", "ACCOUNT", "STATE", "SELECTORS"])
 
 
 @command(domain, "remove")
 @click.argument("name")
-def domain_remove(ctx: Ctx, name: str):
-    ctx.admin.remove_domain(name)
+@click.option("--account", default=None, help=ACCOUNT_HELP)
+def domain_remove(ctx: Ctx, name: str, account: str | None):
+    ctx.admin.remove_domain(name, account)
     return {"success": True, "removed": name}, f"domain {name} removed"

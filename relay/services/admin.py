@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from relay.ops.config import Settings
 from relay.secrets import MasterKey, generate_api_key
 from relay.store import Store, utcnow
-from relay.store.directory import AliasRec, DomainRec, KeyRec, UpstreamRec
+from relay.store.directory import DOMAIN_TAKEN, AliasRec, DomainRec, KeyRec, UpstreamRec
 from relay.store.records import PoolRec
 from relay.store.queue import NewMessage
 from relay.submission import dkim, message
 from relay.vocab import DEFAULT_IP_POOL, new_queue_id
-from relay.vocab import Conflict, Forbidden, Invalid, NotFound
+from relay.vocab import Conflict, Expired, Forbidden, Invalid, NotFound
 
 SCOPES = ("send", "send:transactional", "send:marketing", "sandbox", "aliases", "admin", "operator")
 CLI_ONLY_SCOPES = frozenset({"operator"})  # the gateway's administrator: never granted through the API
@@ -126,29 +126,46 @@ class Admin:
                              "SPF hint: authorize the upstream relays of your IP pools"))
         return out
 
-    def verify_domain(self, domain: str, *, trust: bool = False) -> DomainRec:
+    def claim(self, domain: str, account: str | None = None) -> DomainRec:
+        """One claim on ``domain``: ``account``'s; without one, the verified claim, else the only claim
+        (several unverified claims: Invalid, name the account)."""
+        return self.directory.get_domain(check_domain(domain), account)
+
+    def verify_domain(self, domain: str, *, trust: bool = False, account: str | None = None) -> DomainRec:
         """Check the verification TXT in DNS (``trust``: the sysadmin vouches for it)."""
-        domain = check_domain(domain)
-        rec = self.directory.get_domain(domain)
+        return self.verify_claim(self.claim(domain, account), trust=trust)
+
+    def verify_claim(self, rec: DomainRec, *, trust: bool = False) -> DomainRec:
+        """The first claim verified owns the domain: a claim on a domain another account verified
+        already is Conflict (checked before DNS, and again atomically when marking it)."""
+        rec = self.directory.get_domain_by_id(rec.id)
         if rec.verified:
             return rec
+        owner = self.directory.find_domain(rec.name)
+        if owner is not None and owner.id != rec.id:
+            raise Conflict(DOMAIN_TAKEN)
         if not trust:
             expected = f"relay-verification={rec.verification_token}"
-            found = self._txt(f"{VERIFY_PREFIX}.{domain}")
+            found = self._txt(f"{VERIFY_PREFIX}.{rec.name}")
             if expected not in found:
-                raise Invalid(f"TXT {VERIFY_PREFIX}.{domain} does not hold {expected!r} (found {found!r})",
+                raise Invalid(f"TXT {VERIFY_PREFIX}.{rec.name} does not hold {expected!r} (found {found!r})",
                               field="domain")
-        return self.directory.mark_domain_verified(domain)
+        return self.directory.mark_domain_verified(rec.id)
 
-    def verify_domain_and_keys(self, domain: str, *, trust: bool = False) -> DomainRec:
+    def verify_domain_and_keys(self, domain: str, *, trust: bool = False, account: str | None = None) -> DomainRec:
         """What "verify" means at every front door: :meth:`verify_domain`, then a pending DKIM
         rotation is checked too (:meth:`check_dkim_rotation`)."""
-        self.verify_domain(domain, trust=trust)
-        return self.check_dkim_rotation(domain)
+        return self.verify_claim_and_keys(self.claim(domain, account), trust=trust)
 
-    def remove_domain(self, domain: str) -> None:
-        """The domain and its DKIM keys; Conflict while aliases of the domain exist."""
-        self.directory.remove_domain(domain.strip().lower())
+    def verify_claim_and_keys(self, rec: DomainRec, *, trust: bool = False) -> DomainRec:
+        return self.check_claim_rotation(self.verify_claim(rec, trust=trust))
+
+    def remove_domain(self, domain: str, account: str | None = None) -> None:
+        """The claim and its DKIM keys; Conflict while aliases of the domain exist."""
+        self.remove_claim(self.claim(domain.strip().lower(), account))
+
+    def remove_claim(self, rec: DomainRec) -> None:
+        self.directory.remove_domain(rec.id)
 
     def _txt(self, name: str) -> list[str]:
         import dns.exception
@@ -251,10 +268,36 @@ class Admin:
             account_id=alias.account_id, source="system", subject="Verify your sending address")])
         return queue_id
 
-    def verify_alias(self, email: str | None = None, token: str | None = None) -> AliasRec:
+    def verify_alias(self, email: str | None = None, token: str | None = None,
+                     now: dt.datetime | None = None) -> AliasRec:
+        """By address (the operator's override, no expiry) or by the emailed token, which works once and
+        only within ``aliases.verify_link_ttl`` of being sent (else Expired, and nothing changes)."""
         if not email and not token:
             raise NotFound("no such alias or verification link")
-        return self.directory.verify_alias(email=email, token=token)
+        if email:
+            return self.directory.verify_alias(email=email)
+        return self.directory.verify_alias(token=token, issued_after=self._links_issued_after(now))
+
+    def verification_link_alias(self, token: str, now: dt.datetime | None = None) -> AliasRec:
+        """The alias a verification link is for, changing nothing (what the link's page shows):
+        NotFound for an unknown or used token, Expired past ``aliases.verify_link_ttl``."""
+        found = self.directory.alias_by_token(token)
+        if found is None:
+            raise NotFound("no such alias or verification link")
+        alias, sent_at = found
+        if link_expired(sent_at, self._links_issued_after(now)):
+            raise Expired("this verification link has expired")
+        return alias
+
+    def _links_issued_after(self, now: dt.datetime | None) -> dt.datetime:
+        return (now or utcnow()) - dt.timedelta(seconds=self.settings.aliases.verify_link_ttl)
+
+    def resend_verification(self, email_or_id: str) -> tuple[AliasRec, str]:
+        """A new link (issued now; the old one stops working) for an unverified alias. Returns (alias, queue id)."""
+        alias = self.directory.get_alias(email_or_id)
+        token = pysecrets.token_urlsafe(32)
+        alias = self.directory.renew_alias_token(alias.id, token)
+        return alias, self.queue_verification(alias, token)
 
     # -- for the HTTP API ---------------------------------------------------------------------
     def create_key_for(self, account: str, scopes: list[str], granted_by: frozenset[str],
@@ -326,10 +369,14 @@ class Admin:
             values["password_enc"] = self.master_key.encrypt_str(secret, aad=str(merged["name"])) if secret else None
         return self.directory.update_upstream(rec.id, **values)
 
-    def rotate_dkim(self, domain: str) -> DomainRec:
+    def rotate_dkim(self, domain: str, account: str | None = None) -> DomainRec:
+        """:meth:`rotate_claim` of the claim :meth:`claim` finds."""
+        return self.rotate_claim(self.claim(domain, account))
+
+    def rotate_claim(self, rec: DomainRec) -> DomainRec:
         """New RSA-2048 and Ed25519 keys under new selectors, published but not signing: they take over
         when :meth:`check_dkim_rotation` sees their DNS records. A rotation already pending is returned as is."""
-        rec = self.directory.get_domain(check_domain(domain))
+        rec = self.directory.get_domain_by_id(rec.id)
         if any(k.status == "pending" for k in rec.keys):
             return rec
         stamp = utcnow().strftime("%Y%m%d") + pysecrets.token_hex(2)
@@ -338,24 +385,34 @@ class Admin:
             pem, txt = dkim.generate_key(algorithm)
             enc = self.master_key.encrypt_str(pem.decode(), aad=rec.name)
             keys.append((f"relay-{prefix}-{stamp}", algorithm, enc, txt))
-        return self.directory.add_dkim_keys(rec.name, keys, status="pending")
+        return self.directory.add_dkim_keys(rec.id, keys, status="pending")
 
-    def check_dkim_rotation(self, domain: str, now: dt.datetime | None = None) -> DomainRec:
+    def check_dkim_rotation(self, domain: str, now: dt.datetime | None = None, *,
+                            account: str | None = None) -> DomainRec:
+        """:meth:`check_claim_rotation` of the claim :meth:`claim` finds."""
+        return self.check_claim_rotation(self.claim(domain, account), now)
+
+    def check_claim_rotation(self, rec: DomainRec, now: dt.datetime | None = None) -> DomainRec:
         """Switch signing to the pending keys once every one of their TXT records is in DNS (the keys
         that signed until then stay published for :attr:`dkim_grace`); drop keys whose grace is over."""
         now = now or utcnow()
         self.directory.drop_retired_dkim(now)
-        rec = self.directory.get_domain(check_domain(domain))
+        rec = self.directory.get_domain_by_id(rec.id)
         pending = [k for k in rec.keys if k.status == "pending"]
         if pending and all(_dkim_published(k.public_txt, self._txt(f"{k.selector}._domainkey.{rec.name}"))
                            for k in pending):
-            rec = self.directory.activate_dkim(rec.name, [k.selector for k in pending], now + self.dkim_grace)
+            rec = self.directory.activate_dkim(rec.id, [k.selector for k in pending], now + self.dkim_grace)
         return rec
 
     dkim_grace = dt.timedelta(days=7)
 
 
 _LINE = re.compile(r"^[^\r\n\x00]{1,200}$")
+
+
+def link_expired(sent_at: dt.datetime | None, issued_after: dt.datetime) -> bool:
+    """A verification link sent before ``issued_after`` (or at an unknown time) no longer works."""
+    return sent_at is None or sent_at < issued_after
 
 
 def _dkim_p(txt: str) -> str:
@@ -368,4 +425,5 @@ def _dkim_published(expected: str, found: list[str]) -> bool:
     return bool(want) and any(_dkim_p(f) == want for f in found)
 
 
-__all__ = ["CLI_ONLY_SCOPES", "SCOPES", "Admin", "Conflict", "DnsRecord", "Forbidden", "Invalid", "NotFound"]
+__all__ = ["CLI_ONLY_SCOPES", "SCOPES", "Admin", "Conflict", "DnsRecord", "Expired", "Forbidden", "Invalid",
+           "NotFound"]

@@ -65,8 +65,14 @@ class AccountDirectory:
         await self.runner.write(self.admin.remove_alias_checked, alias)
         self.invalidate()
 
+    async def verification_link(self, token: str) -> AliasRec:
+        """What the link's page shows (a GET changes nothing): NotFound for an unknown (or used)
+        token, Expired past ``aliases.verify_link_ttl``."""
+        alias: AliasRec = await self.runner.read(self.admin.verification_link_alias, token)
+        return alias
+
     async def verify_alias(self, token: str) -> AliasRec:
-        """The verification link: NotFound for an unknown (or used) token."""
+        """The verification link's POST: NotFound for an unknown (or used) token, Expired for an old one."""
         alias: AliasRec = await self.runner.write(self.admin.verify_alias, None, token)
         self.invalidate()
         return alias
@@ -88,26 +94,28 @@ class AccountDirectory:
         return self._view(await self._own_domain(ident, domain_id))
 
     async def add_domain(self, ident: Identity, name: str) -> DomainView:
-        """Registered with fresh RSA-2048 and Ed25519 DKIM keys."""
+        """The account's claim, with fresh RSA-2048 and Ed25519 DKIM keys. Another account's unverified
+        claim blocks nothing; a domain another account verified is Conflict (naming no account)."""
         rec, _ = await asyncio.to_thread(self.admin.add_domain, name, ident.account_name)
         return self._view(rec)
 
     async def remove_domain(self, ident: Identity, domain_id: str) -> None:
         """Conflict while aliases of the domain exist."""
         rec = await self._own_domain(ident, domain_id)
-        await self.runner.write(self.admin.remove_domain, rec.name)
+        await self.runner.write(self.admin.remove_claim, rec)
         self.invalidate()
 
     async def verify_domain(self, ident: Identity, domain_id: str) -> DomainView:
-        """The verification TXT record (Invalid naming what was found), and a pending DKIM rotation."""
+        """The verification TXT record (Invalid naming what was found), and a pending DKIM rotation;
+        Conflict when another account verified the domain first."""
         rec = await self._own_domain(ident, domain_id)
-        rec = await asyncio.to_thread(self.admin.verify_domain_and_keys, rec.name)
+        rec = await asyncio.to_thread(self.admin.verify_claim_and_keys, rec)
         self.invalidate()
         return self._view(rec)
 
     async def rotate_dkim(self, ident: Identity, domain_id: str) -> DomainView:
         rec = await self._own_domain(ident, domain_id)
-        return self._view(await asyncio.to_thread(self.admin.rotate_dkim, rec.name))
+        return self._view(await asyncio.to_thread(self.admin.rotate_claim, rec))
 
     # -- API keys -----------------------------------------------------------------------------------
     async def keys(self, ident: Identity) -> list[KeyRec]:

@@ -49,7 +49,7 @@ async def check_rotations(gateway: TaskParts) -> int:
     changed = 0
     for rec in recs:
         try:
-            after = await asyncio.to_thread(gateway.admin.check_dkim_rotation, rec.name)
+            after = await asyncio.to_thread(gateway.admin.check_claim_rotation, rec)
         except Exception:
             log.exception("DKIM rotation check failed", extra={"domain": rec.name})
             continue

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from relay.vocab import Conflict, NotFound
+from relay.vocab import Conflict, Expired, Invalid, NotFound
 from relay.store import aware, new_id, utcnow
 from relay.store import models as m
 from relay.store import pools
@@ -29,6 +29,9 @@ from relay.store.records import (  # the records are the directory's vocabulary:
     _key,
     _upstream,
 )
+
+
+DOMAIN_TAKEN = "domain is already verified by another account"
 
 
 def _owned(s: Session, rows: list[m.Upstream]) -> list[UpstreamRec]:
@@ -126,59 +129,97 @@ class Directory:
 
     def add_domain(self, account: str, name: str, token: str,
                    keys: list[tuple[str, str, str, str]]) -> DomainRec:
-        """``keys``: (selector, algorithm, encrypted private key, public TXT value)."""
+        """The account's claim on ``name``. ``keys``: (selector, algorithm, encrypted private key, TXT).
+
+        Another account's unverified claim does not matter (nor is it revealed); a name verified by
+        another account is Conflict(:data:`DOMAIN_TAKEN`), which names no account."""
         with self._sessions.begin() as s:
             acc = self._account_row(s, account)
-            if s.scalar(sa.select(m.Domain.id).where(m.Domain.name == name)):
+            claims = s.execute(sa.select(m.Domain.account_id, m.Domain.verified_at).where(m.Domain.name == name)).all()
+            if any(a == acc.id for a, _ in claims):
                 raise Conflict(f"domain {name!r} exists already")
+            if any(v is not None for _, v in claims):
+                raise Conflict(DOMAIN_TAKEN)
             now = utcnow()
             row = m.Domain(id=new_id("dom"), account_id=acc.id, name=name, verification_token=token,
                            created_at=now)
             s.add(row)
-            s.flush()
+            try:
+                s.flush()
+            except IntegrityError:  # the same account, concurrently
+                raise Conflict(f"domain {name!r} exists already") from None
             for selector, algorithm, enc, txt in keys:
                 s.add(m.DkimKey(id=new_id("dkim"), domain_id=row.id, selector=selector, algorithm=algorithm,
                                 private_key_enc=enc, public_txt=txt, active=True, created_at=now))
             s.flush()
             return self._domain(s, row)
 
-    def get_domain(self, name: str) -> DomainRec:
+    def get_domain(self, name: str, account: str | None = None, *, account_id: str | None = None) -> DomainRec:
+        """One claim on ``name``: the account's (by name or id) if given; else the verified claim,
+        else the only claim. Several unverified claims and no account: Invalid (name the account)."""
         with self._reads() as s:
-            row = s.scalar(sa.select(m.Domain).where(m.Domain.name == name))
-            if row is None:
-                raise NotFound(f"no domain {name!r}")
-            return self._domain(s, row)
+            q = sa.select(m.Domain).where(m.Domain.name == name).order_by(m.Domain.created_at)
+            if account is not None:
+                acc = self._account_row(s, account)
+                q = q.where(m.Domain.account_id == acc.id)
+            elif account_id is not None:
+                q = q.where(m.Domain.account_id == account_id)
+            rows = s.scalars(q).all()
+            verified = [r for r in rows if r.verified_at is not None]
+            if verified or len(rows) == 1:
+                return self._domain(s, (verified or rows)[0])
+            if not rows:
+                raise NotFound(f"no domain {name!r}" + (f" for account {account!r}" if account else ""))
+            names = sorted(a.name for a in s.scalars(sa.select(m.Account).where(
+                m.Account.id.in_([r.account_id for r in rows]))))
+            raise Invalid(f"domain {name!r} is claimed by several accounts ({', '.join(names)}): name one "
+                          "with --account", field="account")
 
     def find_domain(self, name: str) -> DomainRec | None:
-        try:
-            return self.get_domain(name)
-        except NotFound:
-            return None
+        """The verified claim on ``name`` (its owner's), or None: what signing and alias checks use.
+        An unverified claim is never returned here."""
+        with self._reads() as s:
+            row = s.scalar(sa.select(m.Domain).where(m.Domain.name == name, m.Domain.verified_at.is_not(None)))
+            return self._domain(s, row) if row is not None else None
 
     def list_domains(self, account: str | None = None) -> list[DomainRec]:
         with self._reads() as s:
-            q = sa.select(m.Domain).order_by(m.Domain.name)
+            q = sa.select(m.Domain).order_by(m.Domain.name, m.Domain.created_at)
             if account:
                 q = q.join(m.Account).where(m.Account.name == account)
             return [self._domain(s, r) for r in s.scalars(q)]
 
-    def mark_domain_verified(self, name: str) -> DomainRec:
+    def _domain_row(self, s: Session, domain_id: str) -> m.Domain:
+        row = s.get(m.Domain, domain_id)
+        if row is None:
+            raise NotFound(f"no domain {domain_id!r}")
+        return row
+
+    def mark_domain_verified(self, domain_id: str) -> DomainRec:
+        """The claim ``domain_id`` owns its name from now on; Conflict(:data:`DOMAIN_TAKEN`) when another
+        account's claim was verified first (its ownership never moves)."""
         with self._sessions.begin() as s:
-            row = s.scalar(sa.select(m.Domain).where(m.Domain.name == name))
-            if row is None:
-                raise NotFound(f"no domain {name!r}")
-            row.verified_at = row.verified_at or utcnow()
+            row = self._domain_row(s, domain_id)
+            if row.verified_at is None:
+                owner = s.scalar(sa.select(m.Domain.id).where(m.Domain.name == row.name, m.Domain.id != row.id,
+                                                              m.Domain.verified_at.is_not(None)))
+                if owner is not None:
+                    raise Conflict(DOMAIN_TAKEN)
+                row.verified_at = utcnow()
+                try:
+                    s.flush()
+                except IntegrityError:  # another account verified it concurrently (uq_domains_verified_name)
+                    raise Conflict(DOMAIN_TAKEN) from None
             return self._domain(s, row)
 
-    def remove_domain(self, name: str) -> None:
+    def remove_domain(self, domain_id: str) -> None:
+        """One claim and its DKIM keys; Conflict while the claim's account has aliases on the domain."""
         with self._sessions.begin() as s:
-            row = s.scalar(sa.select(m.Domain).where(m.Domain.name == name))
-            if row is None:
-                raise NotFound(f"no domain {name!r}")
+            row = self._domain_row(s, domain_id)
             used = s.scalar(sa.select(sa.func.count()).select_from(m.Alias)
-                            .where(m.Alias.email.like(f"%@{name}")))
+                            .where(m.Alias.account_id == row.account_id, m.Alias.email.like(f"%@{row.name}")))
             if used:
-                raise Conflict(f"domain {name!r} still has {used} alias(es); remove them first")
+                raise Conflict(f"domain {row.name!r} still has {used} alias(es); remove them first")
             s.execute(sa.delete(m.DkimKey).where(m.DkimKey.domain_id == row.id))
             s.delete(row)
 
@@ -244,8 +285,9 @@ class Directory:
             pools.check_usable(s, ip_pool, acc.id)
             if is_default:
                 s.execute(sa.update(m.Alias).where(m.Alias.account_id == acc.id).values(is_default=False))
+            now = utcnow()
             row = m.Alias(id=new_id("ali"), account_id=acc.id, email=email, name=name, ip_pool=ip_pool,
-                          is_default=is_default, verification_token=token, created_at=utcnow())
+                          is_default=is_default, verification_token=token, verification_sent_at=now, created_at=now)
             s.add(row)
             return _alias(row)
 
@@ -269,16 +311,40 @@ class Directory:
                 q = q.join(m.Account).where(m.Account.name == account)
             return [_alias(r) for r in s.scalars(q)]
 
-    def verify_alias(self, *, email: str | None = None, token: str | None = None) -> AliasRec:
-        """Mark an alias verified, by address (sysadmin override) or by its emailed token."""
+    def verify_alias(self, *, email: str | None = None, token: str | None = None,
+                     issued_after: dt.datetime | None = None) -> AliasRec:
+        """Mark an alias verified, by address (sysadmin override) or by its emailed token. A token
+        issued before ``issued_after`` is Expired (and stays unused); an unknown one NotFound."""
         with self._sessions.begin() as s:
             q = sa.select(m.Alias)
             q = q.where(m.Alias.email == email.lower()) if email else q.where(m.Alias.verification_token == token)
             row = s.scalar(q) if (email or token) else None
             if row is None:
                 raise NotFound("no such alias or verification link")
+            if token and not email and issued_after is not None and \
+                    (row.verification_sent_at is None or aware(row.verification_sent_at) < issued_after):
+                raise Expired("this verification link has expired")
             row.verified_at = row.verified_at or utcnow()
             row.verification_token = None
+            return _alias(row)
+
+    def alias_by_token(self, token: str) -> tuple[AliasRec, dt.datetime | None] | None:
+        """The unverified alias a verification token was sent for, and when it was sent (None: unknown)."""
+        if not token:
+            return None
+        with self._reads() as s:
+            row = s.scalar(sa.select(m.Alias).where(m.Alias.verification_token == token))
+            return (_alias(row), aware(row.verification_sent_at)) if row is not None else None
+
+    def renew_alias_token(self, alias_id: str, token: str) -> AliasRec:
+        """A new verification token for an unverified alias, issued now (the old link stops working)."""
+        with self._sessions.begin() as s:
+            row = s.get(m.Alias, alias_id)
+            if row is None:
+                raise NotFound(f"no alias {alias_id!r}")
+            if row.verified_at is not None:
+                raise Conflict(f"alias {row.email!r} is verified already")
+            row.verification_token, row.verification_sent_at = token, utcnow()
             return _alias(row)
 
     def remove_alias(self, email_or_id: str) -> None:
@@ -297,12 +363,11 @@ class Directory:
                 raise NotFound(f"no domain {domain_id!r}")
             return self._domain(s, row)
 
-    def add_dkim_keys(self, domain: str, keys: list[tuple[str, str, str, str]], status: str = "pending") -> DomainRec:
-        """New keys (selector, algorithm, encrypted private key, TXT) that do not sign yet."""
+    def add_dkim_keys(self, domain_id: str, keys: list[tuple[str, str, str, str]],
+                      status: str = "pending") -> DomainRec:
+        """New keys (selector, algorithm, encrypted private key, TXT) of one claim that do not sign yet."""
         with self._sessions.begin() as s:
-            row = s.scalar(sa.select(m.Domain).where(m.Domain.name == domain))
-            if row is None:
-                raise NotFound(f"no domain {domain!r}")
+            row = self._domain_row(s, domain_id)
             now = utcnow()
             for selector, algorithm, enc, txt in keys:
                 s.add(m.DkimKey(id=new_id("dkim"), domain_id=row.id, selector=selector, algorithm=algorithm,
@@ -311,15 +376,13 @@ class Directory:
             try:
                 s.flush()
             except IntegrityError:
-                raise Conflict(f"DKIM selector exists already for {domain!r}") from None
+                raise Conflict(f"DKIM selector exists already for {row.name!r}") from None
             return self._domain(s, row)
 
-    def activate_dkim(self, domain: str, selectors: list[str], retire_at: dt.datetime) -> DomainRec:
+    def activate_dkim(self, domain_id: str, selectors: list[str], retire_at: dt.datetime) -> DomainRec:
         """The pending ``selectors`` sign from now on; the keys that signed until now retire at ``retire_at``."""
         with self._sessions.begin() as s:
-            row = s.scalar(sa.select(m.Domain).where(m.Domain.name == domain))
-            if row is None:
-                raise NotFound(f"no domain {domain!r}")
+            row = self._domain_row(s, domain_id)
             keys = s.scalars(sa.select(m.DkimKey).where(m.DkimKey.domain_id == row.id)).all()
             for k in keys:
                 if k.selector in selectors and k.status == "pending":

@@ -23,6 +23,7 @@ from sqlalchemy import (
     JSON,
     false as sa_false,
     func,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -54,13 +55,22 @@ class ApiKey(Base):
 
 
 class Domain(Base):
+    """An account's claim on a domain (0005): several accounts may claim one name, each with its own
+    verification token and DKIM keys; the first claim verified owns the name (at most one verified
+    claim per name, enforced by a partial unique index). Only the verified claim signs and carries aliases."""
+
     __tablename__ = "domains"
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
-    name: Mapped[str] = mapped_column(String(253), unique=True, nullable=False)
+    name: Mapped[str] = mapped_column(String(253), nullable=False, index=True)
     verification_token: Mapped[str] = mapped_column(String(80), nullable=False)
     verified_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[dt.datetime] = _ts()
+    __table_args__ = (
+        UniqueConstraint("account_id", "name", name="uq_domains_account_name"),
+        Index("uq_domains_verified_name", "name", unique=True,
+              sqlite_where=text("verified_at IS NOT NULL"), postgresql_where=text("verified_at IS NOT NULL")),
+    )
 
 
 class DkimKey(Base):
@@ -88,7 +98,7 @@ class IpPool(Base):
     __tablename__ = "ip_pools"
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     created_at: Mapped[dt.datetime] = _ts()
-    account_id: Mapped[str | None] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    account_id: Mapped[str | None] = mapped_column(ForeignKey("accounts.id"), index=True)
     restricted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False, server_default=sa_false())
 
 
@@ -130,6 +140,8 @@ class Alias(Base):
     ip_pool: Mapped[str] = mapped_column(ForeignKey("ip_pools.name"), nullable=False)
     is_default: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     verification_token: Mapped[str | None] = mapped_column(String(80), index=True)
+    # when the token was issued (0005): the link expires aliases.verify_link_ttl later
+    verification_sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     verified_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[dt.datetime] = _ts()
 

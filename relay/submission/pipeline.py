@@ -191,9 +191,18 @@ class Pipeline:
         address = address.lower()
         return await self._aliases.get(address, lambda: self.runner.read(self.store.directory.find_alias, address))
 
+    async def _owned_domain(self, domain: str) -> DomainRec | None:
+        """The verified claim on ``domain`` (its owner's); another account's unverified claim never counts."""
+        domain = domain.lower()
+        return await self._domains.get(domain, lambda: self.runner.read(self.store.directory.find_domain, domain))
+
     async def _own_verified_alias(self, ident: Identity, address: str) -> AliasRec | None:
+        """A verified alias of the account, on a domain the account owns (its verified claim)."""
         alias = await self._alias(address)
         if alias is None or alias.account_id != ident.account_id or not alias.verified:
+            return None
+        dom = await self._owned_domain(alias.email.rpartition("@")[2])
+        if dom is None or dom.account_id != ident.account_id:
             return None
         return alias
 
@@ -309,7 +318,7 @@ class Pipeline:
         domain = from_addr.rpartition("@")[2]
         raw, message_id = msgs.complete_headers(msgs.strip_fields(raw), summary, queue_id, domain)
         raw = self.received(ctx, queue_id) + raw
-        raw = await self.sign(domain, raw)
+        raw = await self.sign(domain, raw, ctx.identity.account_id)
         queue_id = await self._commit_once(ctx, summary, NewMessage(
             id=queue_id, ip_pool=ctx.ip_pool or ctx.alias.ip_pool, mail_from=ctx.mail_from, body=raw,
             recipients=list(ctx.recipients), created_at=self.clock(), expires_at=self.clock(),
@@ -360,9 +369,11 @@ class Pipeline:
         return msgs.received_header(helo=ctx.helo, client=None if self.hide_client_address else ctx.peer,
                                     hostname=self.hostname, protocol=protocol, queue_id=queue_id)
 
-    async def sign(self, domain: str, raw: bytes) -> bytes:
-        dom = await self._domains.get(domain, lambda: self.runner.read(self.store.directory.find_domain, domain))
-        if dom is None or not dom.verified:
+    async def sign(self, domain: str, raw: bytes, account_id: str | None = None) -> bytes:
+        """DKIM-sign with the keys of the domain's verified claim, and only for its owner ``account_id``."""
+        domain = domain.lower()
+        dom = await self._owned_domain(domain)
+        if dom is None or not dom.verified or (account_id is not None and dom.account_id != account_id):
             return raw
         cached = self._signer_of.get(domain)
         if cached is None or cached[0] is not dom:  # keys are decrypted once per directory refresh

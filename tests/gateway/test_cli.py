@@ -26,11 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from relay.ops.config import load_settings
 from relay.secrets import hash_api_key, load_or_create_master_key, verify_api_key
 from relay.services.admin import Admin
 from relay.store import Store, utcnow
+from relay.store import models as m
 from relay.store.queue import NewMessage, Outcome
 from relay.submission import dkim as rdkim
 from relay.vocab import NotFound
@@ -180,8 +182,18 @@ def cli_domains(cli: Cli) -> None:
     assert "relay domain verify example.com" in added.out
     assert rec.verified is False
 
-    verified = cli.run("domain", "verify", "example.com", "--trust", "--json")
+    # a second account's claim blocks nobody; with two unverified claims the operator names the account
+    admin.create_account("other")
+    assert cli.run("domain", "add", "example.com", "--account", "other").code == 0
+    ambiguous = cli.run("domain", "verify", "example.com", "--trust")
+    assert (ambiguous.code, ambiguous.err) == (
+        2, "relay: domain 'example.com' is claimed by several accounts (acme, other): name one with --account\n")
+    verified = cli.run("domain", "verify", "example.com", "--account", "acme", "--trust", "--json")
     assert verified.code == 0, verified
+    late = cli.run("domain", "verify", "example.com", "--account", "other", "--trust")
+    assert (late.code, late.err) == (1, "relay: domain is already verified by another account\n")
+    listed = cli.run("domain", "list", "--json").json()
+    assert sorted((d["account_id"] == rec.account_id, d["verified"]) for d in listed) == [(False, False), (True, True)]
     data = verified.json()
     assert (data["name"], data["verified"]) == ("example.com", True)
     assert [(k["selector"], k["algorithm"], k["active"]) for k in data["keys"]] == [
@@ -258,6 +270,17 @@ def cli_aliases(cli: Cli) -> None:
     text = email.message_from_bytes(store.queue.body(qid), policy=email.policy.default).get_content()
     assert re.search(r"http://127\.0\.0\.1:8025/api/v1/aliases/verify/[A-Za-z0-9_-]{43}\b", text)
 
+    # an expired link: `relay alias resend` sends a new one (the old one stops working)
+    old_token = store.directory.alias_by_token(_link_token(store, qid))
+    assert old_token is not None
+    with store.sessions.begin() as s:
+        s.execute(sa.update(m.Alias).values(verification_sent_at=utcnow() - dt.timedelta(days=8)))
+    resent = cli.run("alias", "resend", "app@example.com", "--json")
+    assert resent.code == 0, resent
+    new_qid = resent.json()["verification_queue_id"]
+    assert new_qid != qid and store.directory.alias_by_token(_link_token(store, qid)) is None
+    assert store.directory.alias_by_token(_link_token(store, new_qid))[0].email == "app@example.com"
+
     verified = cli.run("alias", "verify", "app@example.com", "--json")
     assert verified.code == 0 and (verified.json()["email"], verified.json()["verified"]) == ("app@example.com", True)
     listed = cli.run("alias", "list", "--json")
@@ -273,6 +296,13 @@ def cli_aliases(cli: Cli) -> None:
     removed = cli.run("alias", "remove", "News@example.com", "--json")
     assert removed.code == 0 and removed.json() == {"success": True, "removed": "News@example.com"}
     assert [a.email for a in store.directory.list_aliases()] == ["app@example.com"]
+
+
+def _link_token(store: Store, qid: str) -> str:
+    text = email.message_from_bytes(store.queue.body(qid), policy=email.policy.default).get_content()
+    found = re.search(r"/api/v1/aliases/verify/([A-Za-z0-9_-]{43})\b", text)
+    assert found, text
+    return found.group(1)
 
 
 def cli_queue(cli: Cli) -> None:

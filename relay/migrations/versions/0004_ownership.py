@@ -15,13 +15,24 @@ branch_labels = None
 depends_on = None
 
 
+def _sqlite() -> bool:
+    return op.get_bind().dialect.name == "sqlite"
+
+
 def upgrade() -> None:
-    with op.batch_alter_table('ip_pools', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('account_id', sa.String(length=40), nullable=True))
-        batch_op.add_column(sa.Column('restricted', sa.Boolean(), nullable=False, server_default=sa.false()))
-        batch_op.create_foreign_key('fk_ip_pools_account_id', 'accounts', ['account_id'], ['id'],
-                                    ondelete='CASCADE')
-        batch_op.create_index('ix_ip_pools_account_id', ['account_id'], unique=False)
+    # Plain ADD COLUMN: a batch rebuild of ip_pools would DROP the table that aliases and upstreams
+    # reference, which SQLite refuses (or cascades) with foreign keys on. SQLite takes the reference
+    # inline (a column whose default is NULL may carry one). No ON DELETE: removing an account deletes
+    # its pools (and their upstreams) first (relay.store.directory.remove_account).
+    if _sqlite():
+        if 'account_id' not in {c['name'] for c in sa.inspect(op.get_bind()).get_columns('ip_pools')}:
+            op.execute('ALTER TABLE ip_pools ADD COLUMN account_id VARCHAR(40) '  # (a downgrade leaves it)
+                       'REFERENCES accounts (id)')
+    else:
+        op.add_column('ip_pools', sa.Column('account_id', sa.String(length=40), nullable=True))
+        op.create_foreign_key('fk_ip_pools_account_id', 'ip_pools', 'accounts', ['account_id'], ['id'])
+    op.add_column('ip_pools', sa.Column('restricted', sa.Boolean(), nullable=False, server_default=sa.false()))
+    op.create_index('ix_ip_pools_account_id', 'ip_pools', ['account_id'], unique=False)
     op.create_table('ip_pool_grants',
     sa.Column('ip_pool', sa.String(length=100), nullable=False),
     sa.Column('account_id', sa.String(length=40), nullable=False),
@@ -34,8 +45,11 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table('ip_pool_grants')
-    with op.batch_alter_table('ip_pools', schema=None) as batch_op:
-        batch_op.drop_index('ix_ip_pools_account_id')
-        batch_op.drop_constraint('fk_ip_pools_account_id', type_='foreignkey')
-        batch_op.drop_column('restricted')
-        batch_op.drop_column('account_id')
+    op.drop_index('ix_ip_pools_account_id', table_name='ip_pools')
+    if _sqlite():  # no table rebuild (see upgrade); SQLite cannot drop a column that holds a reference
+        op.execute('ALTER TABLE ip_pools DROP COLUMN restricted')
+        op.execute('UPDATE ip_pools SET account_id = NULL')  # (left in place, unused by 0003)
+        return
+    op.drop_constraint('fk_ip_pools_account_id', 'ip_pools', type_='foreignkey')
+    op.drop_column('ip_pools', 'restricted')
+    op.drop_column('ip_pools', 'account_id')

@@ -40,6 +40,7 @@ RELOADABLE: frozenset[str] = frozenset(
         "delivery.verify_certificates",
         "dns.nameservers",
         "dns.port",
+        "aliases.verify_link_ttl",
     }
 )
 

@@ -37,6 +37,7 @@ from relay.ops.config.values import (
 )
 
 __all__ = [
+    "AliasesSettings",
     "ApiSettings",
     "DatabaseSettings",
     "DeliverySettings",
@@ -247,6 +248,13 @@ class WebhooksSettings(_Model):
     max_per_account: Int = Field(default=10, ge=0)
 
 
+class AliasesSettings(_Model):
+    """``[aliases]``: sending aliases' verification links."""
+
+    # seconds a verification link works after it is sent (default 7 days); then it is refused (410)
+    verify_link_ttl: Float = Field(default=604_800.0, gt=0)
+
+
 class LogSettings(_Model):
     """``[log]``: level DEBUG/INFO/WARNING/ERROR (any case), format text/json."""
 
@@ -322,6 +330,7 @@ class Settings(_Model):
     log: LogSettings = Field(default_factory=LogSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     webhooks: WebhooksSettings = Field(default_factory=WebhooksSettings)
+    aliases: AliasesSettings = Field(default_factory=AliasesSettings)
     policies: PoliciesSettings = Field(default_factory=PoliciesSettings)
     system: SystemSettings = Field(default_factory=SystemSettings)
     scopes: ScopesSettings = Field(default_factory=ScopesSettings)
