@@ -38,7 +38,7 @@ async def test_send_is_delivered_dkim_signed_as_multipart_alternative(api: Api):
     assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
     assert msg["From"] == f"App <{api.p.alias}>" and msg["Reply-To"] == "help@example.com"
     assert msg["Cc"] == "cc@dest.org" and msg["Bcc"] is None and b"hidden@dest.org" not in got.data
-    assert msg["Message-ID"] == f"<{body['message_id']}@relay.test>"
+    assert msg["Message-ID"] == f"<{body['message_id']}@example.com>"  # on the From domain
 
     def dnsfunc(name: bytes, timeout: int = 5) -> bytes | None:
         value = api.p.records.get(name.decode().rstrip("."))

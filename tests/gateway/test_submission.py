@@ -209,7 +209,7 @@ async def test_authenticated_submission_is_queued_and_delivered(env, listener, m
     # exactly what was committed goes out (dot-stuffing undone on both hops)
     assert got.data == gw.store.queue.body(qid)
     h = headers(got.data)
-    assert h.get_all("Message-ID") == [f"<{qid}@relay.test>"]
+    assert h.get_all("Message-ID") == [f"<{qid}@example.com>"]  # on the From domain
     assert len(h.get_all("Date")) == 1 and email.utils.parsedate_to_datetime(h["Date"]) is not None
     assert h.get_all("Bcc") is None
     assert b"hidden@dest.org" not in got.data.lower()
@@ -219,7 +219,7 @@ async def test_authenticated_submission_is_queued_and_delivered(env, listener, m
     await wait_for(lambda: gw.store.queue.show(qid).state == "delivered")
     view = gw.store.queue.show(qid)
     assert (view.mail_from, view.ip_pool, view.source, view.subject) == (p.alias, "default", "smtp", "hi")
-    assert view.header_message_id == f"<{qid}@relay.test>"
+    assert view.header_message_id == f"<{qid}@example.com>"
     assert [(r.address, r.state, r.attempts, r.upstream, r.last_code) for r in view.recipients] == [
         ("r@dest.org", "delivered", 1, "sink", 250), ("hidden@dest.org", "delivered", 1, "sink", 250)]
     assert sorted((e.type, e.recipient) for e in view.events) == [

@@ -49,7 +49,7 @@ def test_no_file_gives_defaults(tmp_path, monkeypatch):
     assert s.hostname
     assert s.delivery.retry_base == 60 and s.delivery.verify_certificates is True
     assert s.log.level == "INFO" and s.log.format == "text"
-    assert s.policies.enabled == [] and s.policies.options == {}
+    assert s.policies.enabled == ["limits", "suppression", "quota"] and s.policies.options == {}
     assert s.source_path is None
 
 
