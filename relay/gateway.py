@@ -156,9 +156,12 @@ class Gateway:
             proxies = [str(n) for n in s.api.trusted_proxies]
             # the client address (lockouts, /metrics from loopback) comes from X-Forwarded-For only
             # when the peer is a configured proxy; uvicorn alone would believe any loopback peer
+            # bounded: connections (503 over it), a request's headers (size: 400; time: closed)
             config = uvicorn.Config(create_app(from_gateway(self)), host=host, port=port, log_level="warning",
                                     lifespan="off", access_log=False, proxy_headers=bool(proxies),
-                                    forwarded_allow_ips=proxies or None)
+                                    forwarded_allow_ips=proxies or None, limit_concurrency=s.api.max_connections,
+                                    http=uvicorn_compat.header_timeout_protocol(s.api.header_timeout),
+                                    h11_max_incomplete_event_size=uvicorn_compat.MAX_HEADER_BYTES)
             self._api = uvicorn_compat.Server(config)  # the gateway owns the signals
             self._tasks.append(asyncio.create_task(self._api.serve(), name="api"))
             while not self._api.started:

@@ -118,6 +118,10 @@ class ApiSettings(_Model):
     public_url: str | None = None
     # peers whose X-Forwarded-For / X-Forwarded-Proto are believed (a reverse proxy); none by default
     trusted_proxies: list[Network] = Field(default_factory=list)
+    # simultaneous connections; a request over it is answered 503 (uvicorn's limit_concurrency)
+    max_connections: Int = Field(default=100, gt=1)
+    # seconds a client has to send a request line and headers (slow loris), from the connection or the first byte
+    header_timeout: Float = Field(default=20.0, gt=0)
 
     @field_validator("public_url", mode="before")
     @classmethod
