@@ -41,7 +41,7 @@ from relay.store.runner import DbRunner
 from relay.submission import dkimpy_compat
 from relay.submission.pipeline import Pipeline
 from relay.submission.policyset import load as load_policies
-from relay.throttle import AuthThrottle, ConnectionLimits
+from relay.throttle import AuthThrottle, ConnectionLimits, MemoryBudget
 from relay.vocab import ConfigError
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,7 @@ class Gateway:
             max_recipients=settings.smtp.max_recipients,
             auth_throttle=AuthThrottle(settings.smtp.auth_max_failures, settings.smtp.auth_lockout),
             connections=ConnectionLimits(settings.smtp.max_connections, settings.smtp.max_connections_per_ip),
+            data_budget=MemoryBudget(settings.smtp.data_memory_budget),
             on_queued=self.active.push)
         self.router = Router(threshold=d.breaker_threshold, cooldown=d.breaker_cooldown)
         self.scheduler = Scheduler(

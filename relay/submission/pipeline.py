@@ -33,7 +33,7 @@ from relay.store.directory import AliasRec, DomainRec
 from relay.store.idempotency import IdempotencyStore
 from relay.store.queue import NewMessage, QueuedMessage
 from relay.store.runner import DbRunner, StoreWriter
-from relay.throttle import AuthThrottle, ConnectionLimits
+from relay.throttle import AuthThrottle, ConnectionLimits, MemoryBudget
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class Pipeline:
                  trusted: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] | None = None,
                  cache_ttl: float = 5.0, clock: Callable[[], dt.datetime] = utcnow, max_recipients: int = 100,
                  auth_throttle: AuthThrottle | None = None, connections: ConnectionLimits | None = None,
-                 writer: StoreWriter | None = None,
+                 data_budget: MemoryBudget | None = None, writer: StoreWriter | None = None,
                  on_queued: Callable[[QueuedMessage], None] = lambda _m: None) -> None:
         self.store = store
         self.runner = runner
@@ -101,6 +101,7 @@ class Pipeline:
         self.max_recipients = max_recipients
         self.auth_throttle = auth_throttle or AuthThrottle(5, 900)
         self.connections = connections or ConnectionLimits(1000, 50)
+        self.data_budget = data_budget or MemoryBudget(256 << 20)  # bytes DATA transfers in flight may hold
         self.signers = SignerCache()
         self._signer_of: dict[str, tuple[DomainRec, Any]] = {}
         self._keys: TTLCache[Any] = TTLCache(cache_ttl)
@@ -152,7 +153,7 @@ class Pipeline:
         return Identity(acc.id, acc.name, None, frozenset({"send"}))
 
     def apply(self, settings: Settings) -> None:
-        """A reload: trusted networks, recipient and connection limits, AUTH throttling, max_age."""
+        """A reload: trusted networks, recipient and connection limits, the DATA budget, AUTH throttling, max_age."""
         smtp = settings.smtp
         trusted = tuple((t.network, t.account) for t in smtp.trusted)
         if trusted != self.trusted:
@@ -160,6 +161,7 @@ class Pipeline:
             self.invalidate()
         self.max_recipients = smtp.max_recipients
         self.connections.max_total, self.connections.max_per_ip = smtp.max_connections, smtp.max_connections_per_ip
+        self.data_budget.total = smtp.data_memory_budget  # reservations in flight keep their bytes
         self.max_age = settings.delivery.max_age
         self.auth_throttle.apply(smtp.auth_max_failures, smtp.auth_lockout)
 

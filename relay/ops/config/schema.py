@@ -83,6 +83,8 @@ class SmtpSettings(_Model):
     relay: Listener = None
     trusted: list[Trusted] = Field(default_factory=list)
     max_message_size: Int = Field(default=26_214_400, gt=0)
+    # bytes all DATA transfers in flight may hold together: each reserves max_message_size
+    data_memory_budget: Int = Field(default=268_435_456, gt=0)
     max_recipients: Int = Field(default=100, gt=0)
     max_connections: Int = Field(default=1000, gt=0)
     max_connections_per_ip: Int = Field(default=50, gt=0)
@@ -93,6 +95,13 @@ class SmtpSettings(_Model):
     auth_lockout: Float = Field(default=900.0, ge=0)
     workers: Int = Field(default=1, ge=1)
     shutdown_timeout: Float = Field(default=30.0, ge=0)
+
+    @model_validator(mode="after")
+    def _budget_holds_a_message(self) -> SmtpSettings:
+        if self.data_memory_budget < self.max_message_size:
+            raise ValueError(f"smtp.data_memory_budget ({self.data_memory_budget}) must be >= smtp.max_message_size "
+                             f"({self.max_message_size}): every DATA reserves max_message_size")
+        return self
 
     def listeners(self) -> dict[str, tuple[str, int]]:
         """The enabled listeners as ``{"submission"|"smtps"|"relay": (host, port)}``."""

@@ -311,3 +311,10 @@ def test_sample_documents_every_key_with_its_default():
             data[dotted] = value
         parsed = settings_from_dict(data)
         assert parsed == defaults, f"relay.toml: documented default of {dotted} is not the default"
+
+
+def test_data_memory_budget_holds_at_least_one_message(tmp_path):
+    path = write(tmp_path, "[smtp]\nmax_message_size = 1000\ndata_memory_budget = 999\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, env={})
+    assert "smtp.data_memory_budget (999) must be >= smtp.max_message_size (1000)" in str(info.value)
