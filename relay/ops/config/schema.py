@@ -131,6 +131,8 @@ class ApiSettings(_Model):
     max_connections: Int = Field(default=100, gt=1)
     # seconds a client has to send a request line and headers (slow loris), from the connection or the first byte
     header_timeout: Float = Field(default=20.0, gt=0)
+    # bytes the request bodies being read and handled may hold together: each reserves its length
+    body_memory_budget: Int = Field(default=134_217_728, gt=0)
 
     @field_validator("public_url", mode="before")
     @classmethod
@@ -329,6 +331,14 @@ class Settings(_Model):
                 raise ValueError("expected a host name such as mail.example.com")
             return name
         return value
+
+    @model_validator(mode="after")
+    def _body_budget_holds_a_request(self) -> Settings:
+        cap = self.smtp.max_message_size * 4 // 3 + (1 << 20)  # relay.api.limits.body_cap: the largest body
+        if self.api.body_memory_budget < cap:
+            raise ValueError(f"api.body_memory_budget ({self.api.body_memory_budget}) must be >= the largest request "
+                             f"body, smtp.max_message_size x 4/3 + 1 MiB ({cap})")
+        return self
 
     # -- effective values derived from data_dir / other keys
 
