@@ -41,7 +41,7 @@ from relay.store.runner import DbRunner
 from relay.submission import dkimpy_compat
 from relay.submission.pipeline import Pipeline
 from relay.submission.policyset import load as load_policies
-from relay.throttle import AuthThrottle, ConnectionLimits
+from relay.throttle import AuthThrottle, ConnectionLimits, MemoryBudget
 from relay.vocab import ConfigError
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,7 @@ class Gateway:
             scope_pools=settings.scopes.pools(), system_pool=settings.system.ip_pool,
             auth_throttle=AuthThrottle(settings.smtp.auth_max_failures, settings.smtp.auth_lockout),
             connections=ConnectionLimits(settings.smtp.max_connections, settings.smtp.max_connections_per_ip),
+            data_budget=MemoryBudget(settings.smtp.data_memory_budget),
             on_queued=self.active.push)
         self.router = Router(threshold=d.breaker_threshold, cooldown=d.breaker_cooldown)
         self.scheduler = Scheduler(
@@ -159,9 +160,12 @@ class Gateway:
             proxies = [str(n) for n in s.api.trusted_proxies]
             # the client address (lockouts, /metrics from loopback) comes from X-Forwarded-For only
             # when the peer is a configured proxy; uvicorn alone would believe any loopback peer
+            # bounded: connections (503 over it), a request's headers (size: 400; time: closed)
             config = uvicorn.Config(create_app(from_gateway(self)), host=host, port=port, log_level="warning",
                                     lifespan="off", access_log=False, proxy_headers=bool(proxies),
-                                    forwarded_allow_ips=proxies or None)
+                                    forwarded_allow_ips=proxies or None, limit_concurrency=s.api.max_connections,
+                                    http=uvicorn_compat.header_timeout_protocol(s.api.header_timeout),
+                                    h11_max_incomplete_event_size=uvicorn_compat.MAX_HEADER_BYTES)
             self._api = uvicorn_compat.Server(config)  # the gateway owns the signals
             self._tasks.append(asyncio.create_task(self._api.serve(), name="api"))
             while not self._api.started:

@@ -88,3 +88,23 @@ class ConnectionLimits:
         else:
             self._per_ip[ip] = n
         self.total -= 1
+
+
+class MemoryBudget:
+    """Bytes that transfers in flight may hold, across the listeners of one process: each SMTP DATA
+    reserves what its message may grow to (``smtp.max_message_size``) before its 354 and gives it
+    back when the transaction ends, however it ends. Over the budget, a new DATA is refused (452)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.used = 0
+
+    def reserve(self, size: int) -> bool:
+        """Take *size* bytes; False (and nothing taken) when fewer are left."""
+        if self.used + size > self.total:
+            return False
+        self.used += size
+        return True
+
+    def release(self, size: int) -> None:
+        self.used -= size

@@ -23,6 +23,7 @@ from relay.api import (
 )
 from relay.api.deps import ApiServices, GatewayParts, from_gateway
 from relay.api.limits import BodyLimit, body_cap
+from relay.throttle import MemoryBudget
 
 ROUTERS = (health.router, aliases.verify_router, send.router, aliases.router, upstreams.router, domains.router,
            suppressions.router, keys.router, usage.router, messages.router, webhooks.router)
@@ -36,7 +37,8 @@ def create_app(services: ApiServices | GatewayParts) -> FastAPI:
     app = FastAPI(title="Relay", version="0.1.0", openapi_url="/api/v1/openapi.json", docs_url=None, redoc_url=None)
     app.state.services = services
     cap = body_cap(services.settings.smtp.max_message_size)
-    app.add_middleware(BodyLimit, limit=lambda: cap)
+    app.state.body_budget = MemoryBudget(services.settings.api.body_memory_budget)
+    app.add_middleware(BodyLimit, limit=lambda: cap, budget=app.state.body_budget)
     common.install(app)  # the seeds' error format, 400 for bad input, the OpenAPI document
     for router in ROUTERS:
         app.include_router(router)

@@ -1,13 +1,17 @@
 """Request bodies are bounded before they are read (:func:`body_cap`: the largest message as base64
 JSON, plus room): a declared length over the cap is 413 at once, a body that grows past it (chunked)
 is cut off with 413, and a state-changing /api/ request without credentials is 401 before a byte of
-its body is read (no unauthenticated upload costs memory)."""
+its body is read (no unauthenticated upload costs memory). Bodies being read and handled draw on one
+budget (``api.body_memory_budget``): a request reserves its declared length (the cap when chunked)
+before its body is read and gives it back once answered; one that does not fit is 503."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+
+from relay.throttle import MemoryBudget
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -24,19 +28,20 @@ def body_cap(max_message_size: int) -> int:
     return max_message_size * 4 // 3 + (1 << 20)
 
 
-async def _answer(send: Send, status: int, message: str) -> None:
+async def _answer(send: Send, status: int, message: str, *extra: tuple[bytes, bytes]) -> None:
     body = json.dumps({"success": False, "error": message}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+                            (b"connection", b"close"), *extra]})
     await send({"type": "http.response.body", "body": body})
 
 
 class BodyLimit:
-    """ASGI middleware: ``limit()`` is the current cap in bytes (it follows a reload)."""
+    """ASGI middleware: ``limit()`` is the current cap in bytes (it follows a reload); the bodies in
+    flight reserve from *budget*."""
 
-    def __init__(self, app: ASGIApp, limit: Callable[[], int]) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, limit: Callable[[], int], budget: MemoryBudget) -> None:
+        self.app, self.limit, self.budget = app, limit, budget
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -50,6 +55,15 @@ class BodyLimit:
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             return await _answer(send, 413, f"Request body too large (at most {limit} bytes)")
+        size = int(declared) if declared is not None else limit if b"transfer-encoding" in headers else 0
+        if not self.budget.reserve(size):
+            return await _answer(send, 503, "Too many request bodies in flight, try again later", (b"retry-after", b"1"))
+        try:
+            await self._bounded(scope, receive, send, limit)
+        finally:
+            self.budget.release(size)
+
+    async def _bounded(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         state = {"over": False, "answered": False}
         seen = 0
 

@@ -28,6 +28,7 @@ _END = b"\r\n.\r\n"
 _LINE_START = b"\r\n."
 _TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"  # aiosmtpd's wording (relay.smtp.session adds the codes)
 _TOO_MUCH = "552 Error: Too much mail data"
+_DISCARD = 1 << 16  # the stream's limit while the excess of a message over the limit is discarded
 
 
 class BlockData(SMTPCompat):
@@ -88,6 +89,7 @@ async def _read_block(reader: asyncio.StreamReader, limit: int, line_limit: int)
             data += await reader.read(exc.consumed)
             error = _TOO_LONG if _too_long(data[2:limit + 2], line_limit) else _TOO_MUCH
             del data
+        set_stream_limit(reader, _DISCARD)  # what is thrown away is held in small pieces
         while True:  # read on to the terminator; the last bytes of each piece stay in the buffer
             try:
                 await reader.readuntil(_END)

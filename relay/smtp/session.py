@@ -122,7 +122,23 @@ class RelaySMTP(BlockData, RelaySMTPBase):
     async def smtp_DATA(self, arg: str) -> None:
         # the whole transfer is bounded by smtp.data_timeout (aiosmtpd resets the timer per command only)
         self.reset_timeout(self.event_handler.data_timeout)
-        await super().smtp_DATA(arg)
+        if arg or self.envelope is None or not self.envelope.rcpt_tos:
+            await super().smtp_DATA(arg)  # 501/503: nothing will be read
+            return
+        # What the message may grow to is reserved from the process's DATA budget before the 354, and
+        # given back when the transaction ends: answered, refused, lost, timed out or cancelled.
+        handler: SubmissionHandler = self.event_handler
+        size = self.data_size_limit or handler.pipeline.data_budget.total
+        if not handler.pipeline.data_budget.reserve(size):
+            metrics.rejected(handler.listener, "data", 452, "4.3.1")
+            log.warning("DATA refused: the DATA memory budget is spent", extra={
+                "listener": handler.listener, "peer": _peer_ip(self.session) if self.session else None})
+            await self.push("452 4.3.1 Insufficient system storage, try again later")
+            return
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            handler.pipeline.data_budget.release(size)
 
     def on_post_data_state(self) -> None:
         # The transaction on the old envelope ends (DATA answered, RSET, EHLO, too much data): unless

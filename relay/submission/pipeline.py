@@ -36,7 +36,7 @@ from relay.store.records import PoolRec
 from relay.store.idempotency import IdempotencyStore
 from relay.store.queue import NewMessage, QueuedMessage
 from relay.store.runner import DbRunner, StoreWriter
-from relay.throttle import AuthThrottle, ConnectionLimits
+from relay.throttle import AuthThrottle, ConnectionLimits, MemoryBudget
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,8 @@ class Pipeline:
                  trusted: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] | None = None,
                  cache_ttl: float = 5.0, clock: Callable[[], dt.datetime] = utcnow, max_recipients: int = 100,
                  auth_throttle: AuthThrottle | None = None, connections: ConnectionLimits | None = None,
-                 writer: StoreWriter | None = None, hide_client_address: bool = False,
+                 data_budget: MemoryBudget | None = None, writer: StoreWriter | None = None,
+                 hide_client_address: bool = False,
                  scope_pools: Mapping[str, frozenset[str]] | None = None, system_pool: str | None = None,
                  on_queued: Callable[[QueuedMessage], None] = lambda _m: None) -> None:
         self.store = store
@@ -114,6 +115,7 @@ class Pipeline:
         self.system_pool = system_pool  # [system] ip_pool: every system mail's pool (None: the caller's choice)
         self.auth_throttle = auth_throttle or AuthThrottle(5, 900)
         self.connections = connections or ConnectionLimits(1000, 50)
+        self.data_budget = data_budget or MemoryBudget(256 << 20)  # bytes DATA transfers in flight may hold
         self.signers = SignerCache()
         self._signer_of: dict[str, tuple[DomainRec, Any]] = {}
         self._keys: TTLCache[Any] = TTLCache(cache_ttl)
@@ -166,7 +168,7 @@ class Pipeline:
         return Identity(acc.id, acc.name, None, frozenset({"send"}))
 
     def apply(self, settings: Settings) -> None:
-        """A reload: trusted networks, recipient and connection limits, AUTH throttling, max_age."""
+        """A reload: trusted networks, recipient and connection limits, the DATA budget, AUTH throttling, max_age."""
         smtp = settings.smtp
         trusted = tuple((t.network, t.account) for t in smtp.trusted)
         if trusted != self.trusted:
@@ -177,6 +179,7 @@ class Pipeline:
         self.scope_pools = settings.scopes.pools()
         self.system_pool = settings.system.ip_pool
         self.connections.max_total, self.connections.max_per_ip = smtp.max_connections, smtp.max_connections_per_ip
+        self.data_budget.total = smtp.data_memory_budget  # reservations in flight keep their bytes
         self.max_age = settings.delivery.max_age
         self.auth_throttle.apply(smtp.auth_max_failures, smtp.auth_lockout)
 

@@ -1,5 +1,6 @@
 """HTTP bodies are bounded before they are read: an attacker's 50 MB upload is refused from its
-headers (401 without a key, 413 over the cap), and a chunked body is cut off at the cap."""
+headers (401 without a key, 413 over the cap), a chunked body is cut off at the cap, and the bodies in flight share
+``api.body_memory_budget`` (503 when it is spent)."""
 
 from __future__ import annotations
 
@@ -58,3 +59,38 @@ async def test_a_chunked_body_is_cut_off_at_the_cap(gateway_factory, sink_factor
                                                                     "Content-Type": "application/json"})
     assert (r.status_code, r.json()["error"]) == (TOO_LARGE, f"Request body too large (at most {cap} bytes)")
     assert [m for m in gw.store.queue.list_messages() if m.source == "api"] == []
+
+
+async def test_bodies_in_flight_share_a_budget_503_when_spent_and_it_comes_back(gateway_factory, sink_factory):
+    sink = await sink_factory()
+    cap = body_cap(100_000)
+    gw = await gateway_factory(smtp={"max_message_size": 100_000}, api={"body_memory_budget": 2 * cap})
+    p = provision(gw, sink.port)
+    host, port = gw.settings.api.listen.rsplit(":", 1)
+    head = (f"POST /api/v1/send HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {p.key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {cap}\r\n\r\n").encode()
+
+    async def holding() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(head + b"{")  # the rest of the body is owed
+        await writer.drain()
+        return reader, writer
+
+    holders = [await holding() for _ in range(2)]
+    async with httpx.AsyncClient(base_url=f"http://{gw.settings.api.listen}", timeout=10) as c:
+        auth = {"Authorization": f"Bearer {p.key}"}
+        for _ in range(500):  # until both bodies are being read
+            r = await c.post("/api/v1/send", content=b"{}", headers=auth)
+            if r.status_code == 503:
+                break
+            await asyncio.sleep(0.01)
+        assert (r.status_code, r.headers["retry-after"], r.json()["error"]) == (
+            503, "1", "Too many request bodies in flight, try again later")
+        assert (await c.get("/api/v1/usage", headers=auth)).status_code == 200  # no body, nothing reserved
+        reader, writer = holders[0]
+        writer.write(b" " * (cap - 1))  # the whole body, not JSON: answered, its reservation comes back
+        await writer.drain()
+        assert (await asyncio.wait_for(reader.readline(), 10)).split(b" ")[1] == b"400"
+        writer.close()
+        assert (await c.post("/api/v1/send", content=b"{}", headers=auth)).status_code == 400  # admitted again
+    holders[1][1].close()

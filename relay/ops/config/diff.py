@@ -20,6 +20,7 @@ RELOADABLE: frozenset[str] = frozenset(
         "tls.key",
         "smtp.trusted",
         "smtp.max_message_size",
+        "smtp.data_memory_budget",
         "smtp.max_recipients",
         "smtp.max_connections_per_ip",
         "smtp.command_timeout",

@@ -84,6 +84,8 @@ class SmtpSettings(_Model):
     relay: Listener = None
     trusted: list[Trusted] = Field(default_factory=list)
     max_message_size: Int = Field(default=26_214_400, gt=0)
+    # bytes all DATA transfers in flight may hold together: each reserves max_message_size
+    data_memory_budget: Int = Field(default=268_435_456, gt=0)
     max_recipients: Int = Field(default=100, gt=0)
     max_connections: Int = Field(default=1000, gt=0)
     max_connections_per_ip: Int = Field(default=50, gt=0)
@@ -95,6 +97,13 @@ class SmtpSettings(_Model):
     workers: Int = Field(default=1, ge=1)
     shutdown_timeout: Float = Field(default=30.0, ge=0)
     hide_client_address: bool = False  # the Received: field names no client name or address
+
+    @model_validator(mode="after")
+    def _budget_holds_a_message(self) -> SmtpSettings:
+        if self.data_memory_budget < self.max_message_size:
+            raise ValueError(f"smtp.data_memory_budget ({self.data_memory_budget}) must be >= smtp.max_message_size "
+                             f"({self.max_message_size}): every DATA reserves max_message_size")
+        return self
 
     def listeners(self) -> dict[str, tuple[str, int]]:
         """The enabled listeners as ``{"submission"|"smtps"|"relay": (host, port)}``."""
@@ -120,6 +129,12 @@ class ApiSettings(_Model):
     public_url: str | None = None
     # peers whose X-Forwarded-For / X-Forwarded-Proto are believed (a reverse proxy); none by default
     trusted_proxies: list[Network] = Field(default_factory=list)
+    # simultaneous connections; a request over it is answered 503 (uvicorn's limit_concurrency)
+    max_connections: Int = Field(default=100, gt=1)
+    # seconds a client has to send a request line and headers (slow loris), from the connection or the first byte
+    header_timeout: Float = Field(default=20.0, gt=0)
+    # bytes the request bodies being read and handled may hold together: each reserves its length
+    body_memory_budget: Int = Field(default=134_217_728, gt=0)
 
     @field_validator("public_url", mode="before")
     @classmethod
@@ -351,6 +366,14 @@ class Settings(_Model):
                 raise ValueError("expected a host name such as mail.example.com")
             return name
         return value
+
+    @model_validator(mode="after")
+    def _body_budget_holds_a_request(self) -> Settings:
+        cap = self.smtp.max_message_size * 4 // 3 + (1 << 20)  # relay.api.limits.body_cap: the largest body
+        if self.api.body_memory_budget < cap:
+            raise ValueError(f"api.body_memory_budget ({self.api.body_memory_budget}) must be >= the largest request "
+                             f"body, smtp.max_message_size x 4/3 + 1 MiB ({cap})")
+        return self
 
     # -- effective values derived from data_dir / other keys
 

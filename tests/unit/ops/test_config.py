@@ -311,3 +311,22 @@ def test_sample_documents_every_key_with_its_default():
             data[dotted] = value
         parsed = settings_from_dict(data)
         assert parsed == defaults, f"relay.toml: documented default of {dotted} is not the default"
+
+
+def test_data_memory_budget_holds_at_least_one_message(tmp_path):
+    path = write(tmp_path, "[smtp]\nmax_message_size = 1000\ndata_memory_budget = 999\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, env={})
+    assert "smtp.data_memory_budget (999) must be >= smtp.max_message_size (1000)" in str(info.value)
+
+
+def test_body_memory_budget_holds_the_largest_request_body(tmp_path):
+    from relay.api.limits import body_cap
+
+    cap = body_cap(1_000_000)
+    ok = write(tmp_path, f"[smtp]\nmax_message_size = 1000000\n[api]\nbody_memory_budget = {cap}\n")
+    assert load_settings(ok, env={}).api.body_memory_budget == cap
+    path = write(tmp_path, f"[smtp]\nmax_message_size = 1000000\n[api]\nbody_memory_budget = {cap - 1}\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, env={})
+    assert f"must be >= the largest request body, smtp.max_message_size x 4/3 + 1 MiB ({cap})" in str(info.value)
