@@ -152,6 +152,11 @@ class Expired(LookupError):
     """A link or token that existed but is past its lifetime (HTTP 410), e.g. an old verification link."""
 
 
+class Unavailable(RuntimeError):
+    """A service the operation needs did not answer (a DNS resolver timed out): nothing was decided,
+    try again (CLI exit 1, HTTP 503)."""
+
+
 class Conflict(ValueError):
     """An admin change collides with existing state (CLI exit 1, HTTP 409)."""
 

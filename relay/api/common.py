@@ -25,14 +25,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from relay.services.send import SUPPRESSION_STATUS
 from relay.submission.compose import ComposeError
-from relay.vocab import Conflict, Forbidden, Invalid, NotFound, RelayError
+from relay.vocab import Conflict, Forbidden, Invalid, NotFound, RelayError, Unavailable
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/api/v1"
 SUPPRESSED_MESSAGE = "Send suppressed — recipient unsubscribed or bounced"
 _ID = re.compile(r"^[A-Za-z0-9_.@+-]{1,320}$")
-ADMIN_ERRORS = (Conflict, Forbidden, Invalid, NotFound)  # the refusals of relay.services
+ADMIN_ERRORS = (Conflict, Forbidden, Invalid, NotFound, Unavailable)  # the refusals of relay.services
 
 
 # -- errors -------------------------------------------------------------------------------------------
@@ -80,6 +80,8 @@ def admin_error(exc: Exception, not_found: str = "Not found") -> ApiError:
         return ApiError(409, str(exc))
     if isinstance(exc, Forbidden):
         return ApiError(403, str(exc))
+    if isinstance(exc, Unavailable):
+        return ApiError(503, str(exc))
     if isinstance(exc, Invalid):
         return field_error(exc.field or "body", str(exc))
     if isinstance(exc, RelayError):

@@ -17,11 +17,11 @@ from typing import Any
 import click
 
 from relay.ops.files import private_dir, private_process
-from relay.vocab import ConfigError, Conflict, Forbidden, Invalid, NotFound
+from relay.vocab import ConfigError, Conflict, Forbidden, Invalid, NotFound, Unavailable
 
 # refusals of the services -> exit code (2: the input is wrong; 1: the state does not allow it)
 EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
-    (Invalid, 2), (ConfigError, 2), (NotFound, 1), (Conflict, 1), (Forbidden, 1))
+    (Invalid, 2), (ConfigError, 2), (NotFound, 1), (Conflict, 1), (Forbidden, 1), (Unavailable, 1))
 REFUSALS = tuple(cls for cls, _ in EXIT_CODES)
 
 

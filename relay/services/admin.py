@@ -20,7 +20,7 @@ from relay.store.records import PoolRec
 from relay.store.queue import NewMessage
 from relay.submission import dkim, message
 from relay.vocab import DEFAULT_IP_POOL, new_queue_id
-from relay.vocab import Conflict, Expired, Forbidden, Invalid, NotFound
+from relay.vocab import Conflict, Expired, Forbidden, Invalid, NotFound, Unavailable
 
 SCOPES = ("send", "send:transactional", "send:marketing", "sandbox", "aliases", "admin", "operator")
 CLI_ONLY_SCOPES = frozenset({"operator"})  # the gateway's administrator: never granted through the API
@@ -175,12 +175,22 @@ class Admin:
         if self.settings.dns.nameservers:
             resolver.nameservers = list(self.settings.dns.nameservers)
         resolver.port = self.settings.dns.port
-        resolver.lifetime = 5.0
+        resolver.lifetime = self.settings.dns.timeout
         try:
             answer = resolver.resolve(name, "TXT")
-        except (dns.exception.DNSException, OSError):
-            return []
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            return []  # the name or the record is not there: an answer, not a failure
+        except dns.exception.Timeout:
+            raise Unavailable(f"the DNS lookup of {name} TXT timed out ({self._resolvers()}): nothing was "
+                              "decided, try again") from None
+        except (dns.exception.DNSException, OSError) as exc:  # SERVFAIL, no nameserver answered, network
+            raise Unavailable(f"the DNS lookup of {name} TXT failed ({type(exc).__name__}, {self._resolvers()}): "
+                              "nothing was decided, try again") from None
         return [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
+
+    def _resolvers(self) -> str:
+        d = self.settings.dns
+        return f"resolver {', '.join(d.nameservers)} port {d.port}" if d.nameservers else "the system resolver"
 
     # -- upstreams ----------------------------------------------------------------------------
     def add_upstream(self, *, name: str, ip_pool: str, host: str, port: int, encryption: str,

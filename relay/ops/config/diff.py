@@ -41,6 +41,10 @@ RELOADABLE: frozenset[str] = frozenset(
         "delivery.verify_certificates",
         "dns.nameservers",
         "dns.port",
+        "dns.timeout",
+        "system.ip_pool",
+        "scopes.transactional",
+        "scopes.marketing",
         "aliases.verify_link_ttl",
     }
 )

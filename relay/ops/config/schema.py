@@ -220,6 +220,7 @@ class DnsSettings(_Model):
 
     nameservers: list[str] = Field(default_factory=list)
     port: Int = Field(default=53, ge=1, le=65535)
+    timeout: Float = Field(default=5.0, gt=0)  # seconds for one lookup; past it: "timed out", not "missing"
 
     @field_validator("nameservers")
     @classmethod
