@@ -85,6 +85,10 @@ class Scheduler:
         self.active.push(msg)
 
     @property
+    def running(self) -> bool:
+        return bool(self._tasks) and not self._stopping
+
+    @property
     def inflight(self) -> set[str]:
         return self.active.inflight
 
@@ -213,7 +217,7 @@ class Scheduler:
                 break
             metrics.upstream_transaction(msg.ip_pool, up.name, time.perf_counter() - started, "ok")
             if self.router.success(up):
-                self._release_held(msg.ip_pool)
+                self.release_held(msg.ip_pool)
             outcomes += [self._outcome(msg, rcpt, code, reply, up.name, now)
                          for rcpt, (code, reply) in result.results.items()]
             pending = []
@@ -221,9 +225,9 @@ class Scheduler:
         outcomes += self._unsent(msg, pending, bool(upstreams), last, now)
         await self._finish(msg, outcomes, journaled, last_upstream)
 
-    def _release_held(self, pool: str) -> None:
-        """A breaker of ``pool`` closed: the mail held back while the pool was down is due at once
-        (one UPDATE; the poller then claims it in its usual batches)."""
+    def release_held(self, pool: str) -> None:
+        """``pool`` is back (a breaker closed, or it got its first upstream): the mail held back while
+        nothing could carry it is due at once (one UPDATE; the poller then claims it in its usual batches)."""
         async def release() -> None:
             try:
                 n = await self.runner.write(self.store.queue.release_held, pool)

@@ -29,6 +29,12 @@ async def test_alias_lifecycle(api: Api):
         "email": "marketing@example.com", "name": "Acme Marketing", "is_default": True, "is_verified": False,
         "ip_pool": "marketing"}
     assert alias["id"].startswith("ali_")
+    # the verification email goes through the alias's own pool, which has no upstream yet: said so
+    assert r.json()["warning"].startswith("IP pool 'marketing' has no active upstream")
+    api.gw.admin.add_upstream(name="mk", ip_pool="marketing", host="127.0.0.1", port=api.sink.port,
+                              encryption="none")
+    api.gw.load_upstreams()
+    api.gw.scheduler.wake()
     await wait_for(lambda: any("marketing@example.com" in x.rcpt_tos for x in api.sink.received))  # verification
 
     r = await c.post("/api/v1/aliases", json={"email": "marketing@example.com"})

@@ -101,3 +101,22 @@ def start_client(gw, key: str):
 
     return httpx.AsyncClient(base_url="http://" + gw.settings.api.listen,
                              headers={"Authorization": f"Bearer {key}"}, timeout=30)
+
+
+async def test_a_pool_that_gets_its_first_upstream_delivers_what_waited(gateway_factory, sink_factory):
+    """The verification email waited (no upstream in the alias's pool, backoff 30 s); adding the
+    pool's first upstream makes it due at once."""
+    a = await start_api(gateway_factory, sink_factory, delivery={"retry_base": 30, "retry_max": 60})
+    async with a.client:
+        r = await a.client.post("/api/v1/aliases", json={"email": "late@example.com", "ip_pool": "fresh"})
+        assert r.status_code == 200 and r.json()["warning"], r.text
+        def state() -> str | None:
+            with a.gw.store.sessions() as s:
+                return s.scalar(sa.select(m.Recipient.state).where(m.Recipient.address == "late@example.com"))
+
+        await wait_for(lambda: state() == "deferred")
+        r = await a.client.post("/api/v1/smtp-pools", json={"name": "fresh relay", "host": "127.0.0.1",
+                                                            "port": a.sink.port, "encryption": "none",
+                                                            "ip_pool": "fresh"})
+        assert r.status_code == 200, r.text
+        await wait_for(lambda: any(x.rcpt_tos == ["late@example.com"] for x in a.sink.received), timeout=5)
