@@ -18,8 +18,9 @@ def records_text(records) -> str:
 
 @command(domain, "add")
 @click.argument("name")
-@click.option("--account", required=True)
+@click.option("--account", required=True, metavar="NAME", help="The account that sends from the domain.")
 def domain_add(ctx: Ctx, name: str, account: str):
+    """Add the sending domain NAME with new DKIM keys (RSA-2048 and Ed25519); prints the DNS records to publish."""
     rec, records = ctx.admin.add_domain(name, account)
     return ({"domain": rec, "records": records},
             (f"domain {rec.name} added for {account}. Publish these DNS records, then run "
@@ -29,6 +30,7 @@ def domain_add(ctx: Ctx, name: str, account: str):
 @command(domain, "records")
 @click.argument("name")
 def domain_records(ctx: Ctx, name: str):
+    """The DNS records of domain NAME again: DKIM TXT per selector, verification TXT, SPF hint."""
     records = ctx.admin.dns_records(ctx.store.directory.get_domain(name.lower()))
     return records, records_text(records)
 
@@ -43,8 +45,9 @@ def domain_verify(ctx: Ctx, name: str, trust: bool):
 
 
 @command(domain, "list")
-@click.option("--account", default=None)
+@click.option("--account", default=None, metavar="NAME", help="Only this account's domains.")
 def domain_list(ctx: Ctx, account: str | None):
+    """Sending domains: id, verified or not, DKIM selectors."""
     recs = ctx.store.directory.list_domains(account)
     return recs, table([[r.name, r.id, "verified" if r.verified else "unverified",
                          " ".join(k.selector for k in r.keys)] for r in recs], ["DOMAIN", "ID", "STATE", "SELECTORS"])
@@ -53,5 +56,6 @@ def domain_list(ctx: Ctx, account: str | None):
 @command(domain, "remove")
 @click.argument("name")
 def domain_remove(ctx: Ctx, name: str):
+    """Remove the sending domain NAME and its DKIM keys."""
     ctx.admin.remove_domain(name)
     return {"success": True, "removed": name}, f"domain {name} removed"
