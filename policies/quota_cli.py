@@ -50,10 +50,10 @@ def quota_set(ctx: Ctx, account: str | None, key_id: str | None, alias: str | No
 
 
 @command(quota, "remove")
-@click.option("--account", default=None)
-@click.option("--key", "key_id", default=None)
-@click.option("--alias", default=None)
-@click.option("--pool", "ip_pool", default=None)
+@click.option("--account", default=None, help="The account (required unless --pool alone: a pool-wide limit).")
+@click.option("--key", "key_id", default=None, help="An API key id (rk_...) of the account.")
+@click.option("--alias", default=None, help="A sender alias of the account.")
+@click.option("--pool", "ip_pool", default=None, help="An IP pool: its pool-wide limits, or with --account that account's share.")
 def quota_remove(ctx: Ctx, account: str | None, key_id: str | None, alias: str | None, ip_pool: str | None):
     """Remove a target's own limits (the [policies.quota] defaults, if any, apply again)."""
     t = svc.remove_quota(ctx.store, account=account, key_id=key_id, alias=alias, ip_pool=ip_pool)

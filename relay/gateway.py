@@ -47,11 +47,30 @@ from relay.vocab import ConfigError
 log = logging.getLogger(__name__)
 
 
+class ListenerBindError(OSError):
+    """A listener's address cannot be bound (in use, not ours, no such address): names both."""
+
+    def __init__(self, listener: str, address: str, exc: OSError) -> None:
+        super().__init__(exc.errno, exc.strerror or str(exc))
+        self.listener, self.address = listener, address
+
+    def __str__(self) -> str:
+        return f"the {self.listener} listener cannot listen on {self.address}: {self.strerror}"
+
+
+def _bind_one(listener: str, hostport: tuple[str, int], reuse_port: bool) -> socket.socket:
+    try:
+        return smtp._bind(hostport, reuse_port)
+    except OSError as exc:
+        host, port = hostport
+        raise ListenerBindError(listener, f"[{host}]:{port}" if ":" in host else f"{host}:{port}", exc) from exc
+
+
 class Gateway:
     """Everything ``relay serve`` runs, wired once from the settings."""
 
     def __init__(self, settings: Settings, env: dict[str, str] | None = None, *, worker: int = 0,
-                 sockets: dict[str, socket.socket] | None = None,
+                 sockets: dict[str, socket.socket] | None = None, api_socket: socket.socket | None = None,
                  clock: Callable[[], dt.datetime] = utcnow) -> None:
         self.settings = settings
         self.env = env  # None: os.environ (read again only by a reload, for the same overrides)
@@ -99,6 +118,7 @@ class Gateway:
         self.servers: dict[str, asyncio.AbstractServer] = {}
         self.handlers: dict[str, smtp.SubmissionHandler] = {}
         self.sockets: dict[str, socket.socket] = dict(sockets or {})
+        self.api_socket: socket.socket | None = api_socket
         self._upstreams: dict[str, Upstream] = {}
         self._api: uvicorn_compat.Server | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -143,15 +163,23 @@ class Gateway:
 
     # -- lifecycle --------------------------------------------------------------------------
     def bind(self) -> None:
-        self.sockets = bind_listeners(self.settings)
+        """Bind every listener of this process (the API on worker 0) before anything starts: an address
+        in use fails here with a :class:`ListenerBindError` naming the listener and the address."""
+        if not self.sockets:
+            self.sockets = bind_listeners(self.settings)
+        if self.api_socket is None and self.worker == 0:
+            self.api_socket = bind_api(self.settings)
 
     async def start(self) -> None:
+        try:
+            self.bind()
+        except ListenerBindError:
+            self._close_sockets()
+            raise
         self.load_upstreams()
         self.pipeline.start()
         self._tasks += housekeeping.start(self)  # webhook deliveries, DKIM rotation (before outcomes flow)
         await self.scheduler.start()
-        if not self.sockets:
-            self.bind()
         s = self.settings
         for name, sock in self.sockets.items():
             self.servers[name], self.handlers[name] = await smtp.serve_listener(
@@ -159,8 +187,8 @@ class Gateway:
                 max_message_size=s.smtp.max_message_size, timeout=s.smtp.command_timeout,
                 data_timeout=s.smtp.data_timeout, max_errors=s.smtp.max_errors)
             log.info("listening", extra={"listener": name, "address": "%s:%d" % sock.getsockname()[:2]})
-        if s.api.listen and self.worker == 0:
-            host, port = parse_hostport(s.api.listen)
+        if self.api_socket is not None:
+            host, port = parse_hostport(s.api.listen or "")
             proxies = [str(n) for n in s.api.trusted_proxies]
             # the client address (lockouts, /metrics from loopback) comes from X-Forwarded-For only
             # when the peer is a configured proxy; uvicorn alone would believe any loopback peer
@@ -171,12 +199,17 @@ class Gateway:
                                     http=uvicorn_compat.header_timeout_protocol(s.api.header_timeout),
                                     h11_max_incomplete_event_size=uvicorn_compat.MAX_HEADER_BYTES)
             self._api = uvicorn_compat.Server(config)  # the gateway owns the signals
-            self._tasks.append(asyncio.create_task(self._api.serve(), name="api"))
+            self._tasks.append(asyncio.create_task(self._api.serve(sockets=[self.api_socket]), name="api"))
             while not self._api.started:
                 await asyncio.sleep(0.01)
                 if self._tasks[-1].done():
                     self._tasks[-1].result()
         self._tasks.append(asyncio.create_task(self._refresh_upstreams(), name="upstream-refresh"))
+
+    def _close_sockets(self) -> None:
+        for sock in [*self.sockets.values(), self.api_socket]:
+            if sock is not None:
+                sock.close()
 
     def apply(self, settings: Settings) -> None:
         """A reload: every component takes the reloadable values it uses."""
@@ -238,19 +271,34 @@ class Gateway:
 
 
 def bind_listeners(settings: Settings) -> dict[str, socket.socket]:
-    return {name: smtp._bind(hostport, settings.smtp.workers > 1)
-            for name, hostport in settings.smtp.listeners().items()}
+    """The SMTP listeners' sockets; :class:`ListenerBindError` for the first that cannot be bound
+    (those bound before it are closed again)."""
+    sockets: dict[str, socket.socket] = {}
+    try:
+        for name, hostport in settings.smtp.listeners().items():
+            sockets[name] = _bind_one(name, hostport, settings.smtp.workers > 1)
+    except ListenerBindError:
+        for sock in sockets.values():
+            sock.close()
+        raise
+    return sockets
+
+
+def bind_api(settings: Settings) -> socket.socket | None:
+    """The HTTP API's socket (None when ``api.listen`` is off), bound here so that a failure reads as
+    the SMTP listeners' do; uvicorn serves on it."""
+    return _bind_one("api", parse_hostport(settings.api.listen), False) if settings.api.listen else None
 
 
 async def serve(settings: Settings, *, worker: int = 0, sockets: dict[str, socket.socket] | None = None,
-                link: WorkerLink | None = None) -> None:
+                api_socket: socket.socket | None = None, link: WorkerLink | None = None) -> None:
     """Run one gateway process until SIGTERM/SIGINT (graceful; a second one exits at once).
 
     Alone (no *link*), the process speaks systemd's notify protocol itself: READY=1 once every
     listener is bound and the store migrated, watchdog pings from the event loop, RELOADING=1 /
     READY=1 around a SIGHUP reload, STOPPING=1. As a forked worker it reports to the parent instead.
     """
-    gw = Gateway(settings, worker=worker, sockets=sockets)
+    gw = Gateway(settings, worker=worker, sockets=sockets, api_socket=api_socket)
     await gw.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -351,6 +399,12 @@ def run(settings: Settings) -> int:
     store.migrate()
     store.close()
     sockets = bind_listeners(settings)
+    try:
+        api_socket = bind_api(settings)  # served by worker 0
+    except ListenerBindError:
+        for sock in sockets.values():
+            sock.close()
+        raise
     beat = beat_interval()
     read_fd, write_fd = os.pipe()
     children: dict[int, int] = {}
@@ -358,9 +412,12 @@ def run(settings: Settings) -> int:
         pid = os.fork()
         if pid == 0:
             os.close(read_fd)
+            if i and api_socket is not None:
+                api_socket.close()
             code = 0
             try:
-                asyncio.run(serve(settings, worker=i, sockets=sockets, link=WorkerLink(write_fd, i, beat)))
+                asyncio.run(serve(settings, worker=i, sockets=sockets, api_socket=api_socket if i == 0 else None,
+                                  link=WorkerLink(write_fd, i, beat)))
             except BaseException:
                 log.exception("worker failed", extra={"worker": i})
                 code = 1
@@ -368,4 +425,6 @@ def run(settings: Settings) -> int:
             os._exit(code)
         children[pid] = i
     os.close(write_fd)
+    if api_socket is not None:
+        api_socket.close()  # worker 0 holds it
     return supervise(children, read_fd, beat=beat)

@@ -14,8 +14,9 @@ def alias() -> None:
 
 @command(alias, "add")
 @click.argument("email")
-@click.option("--account", required=True)
-@click.option("--ip-pool", default="default", show_default=True)
+@click.option("--account", required=True, metavar="NAME", help="The account that sends as this address.")
+@click.option("--ip-pool", default="default", show_default=True,
+              help="IP pool its mail goes through (the account's own, or an operator pool open or granted to it).")
 @click.option("--name", default=None, help="Display name.")
 @click.option("--default", "is_default", is_flag=True, help="Make it the account's default alias.")
 def alias_add(ctx: Ctx, email: str, account: str, ip_pool: str, name: str | None, is_default: bool):
@@ -48,8 +49,9 @@ def alias_resend(ctx: Ctx, email: str):
 
 
 @command(alias, "list")
-@click.option("--account", default=None)
+@click.option("--account", default=None, metavar="NAME", help="Only this account's aliases.")
 def alias_list(ctx: Ctx, account: str | None):
+    """Sending aliases: IP pool, display name, default, verified or not."""
     recs = ctx.store.directory.list_aliases(account)
     return recs, table([[r.email, r.id, r.ip_pool, r.name, "yes" if r.is_default else "",
                          "verified" if r.verified else "unverified"] for r in recs],

@@ -18,8 +18,9 @@ def records_text(records) -> str:
 
 @command(domain, "add")
 @click.argument("name")
-@click.option("--account", required=True)
+@click.option("--account", required=True, metavar="NAME", help="The account that sends from the domain.")
 def domain_add(ctx: Ctx, name: str, account: str):
+    """Add the sending domain NAME with new DKIM keys (RSA-2048 and Ed25519); prints the DNS records to publish."""
     rec, records = ctx.admin.add_domain(name, account)
     return ({"domain": rec, "records": records},
             (f"domain {rec.name} added for {account}. Publish these DNS records, then run "
@@ -34,6 +35,7 @@ ACCOUNT_HELP = ("The account whose claim on the domain is meant (needed when sev
 @click.argument("name")
 @click.option("--account", default=None, help=ACCOUNT_HELP)
 def domain_records(ctx: Ctx, name: str, account: str | None):
+    """The DNS records of domain NAME again: DKIM TXT per selector, verification TXT, SPF hint."""
     records = ctx.admin.dns_records(ctx.admin.claim(name, account))
     return records, records_text(records)
 
@@ -50,8 +52,9 @@ def domain_verify(ctx: Ctx, name: str, account: str | None, trust: bool):
 
 
 @command(domain, "list")
-@click.option("--account", default=None)
+@click.option("--account", default=None, metavar="NAME", help="Only this account's domains.")
 def domain_list(ctx: Ctx, account: str | None):
+    """Sending domains: id, verified or not, DKIM selectors."""
     recs = ctx.store.directory.list_domains(account)
     owners = {a.id: a.name for a in ctx.store.directory.list_accounts()}
     return recs, table([[r.name, r.id, owners.get(r.account_id, r.account_id), "verified" if r.verified else "unverified",
@@ -63,5 +66,6 @@ def domain_list(ctx: Ctx, account: str | None):
 @click.argument("name")
 @click.option("--account", default=None, help=ACCOUNT_HELP)
 def domain_remove(ctx: Ctx, name: str, account: str | None):
+    """Remove the sending domain NAME (the account's claim) and its DKIM keys."""
     ctx.admin.remove_domain(name, account)
     return {"success": True, "removed": name}, f"domain {name} removed"

@@ -19,14 +19,18 @@ def key() -> None:
                                               "(the gateway's: every upstream, /metrics; only this command gives it).")
 @click.option("--name", default=None, help="A label for the key.")
 def key_create(ctx: Ctx, account: str, scopes: str, name: str | None):
+    """Create an API key: the key alone on stdout (so `KEY=$(relay key create ...)` works), the note on stderr."""
     full, rec = ctx.admin.create_key(account, scopes.split(","), name)
     data = {"id": rec.id, "key": full, "account": rec.account_name, "scopes": sorted(rec.scopes)}
-    return data, f"{full}\n(key {rec.id} for account {rec.account_name}; shown once, store it now)"
+    if not ctx.as_json:
+        click.echo(f"relay: key {rec.id} for account {rec.account_name}; shown once, store it now", err=True)
+    return data, full
 
 
 @command(key, "list")
-@click.option("--account", default=None)
+@click.option("--account", default=None, metavar="NAME", help="Only this account's keys.")
 def key_list(ctx: Ctx, account: str | None):
+    """API keys (ids, scopes, state; never the key itself)."""
     recs = ctx.store.directory.list_api_keys(account)
     return recs, table([[r.id, r.account_name, ",".join(sorted(r.scopes)), r.name, "revoked" if r.revoked else "active"]
                         for r in recs], ["ID", "ACCOUNT", "SCOPES", "NAME", "STATE"])
@@ -35,5 +39,6 @@ def key_list(ctx: Ctx, account: str | None):
 @command(key, "remove")
 @click.argument("key_id")
 def key_remove(ctx: Ctx, key_id: str):
+    """Revoke the key KEY_ID (rk_xxxxxxxx): it stops working at once."""
     ctx.admin.revoke_key(key_id)
     return {"success": True, "revoked": key_id}, f"key {key_id} revoked"

@@ -1,4 +1,4 @@
-"""The ``relay`` command: serve, and the sysadmin's verbs. Every verb takes ``--json``.
+"""The ``relay`` command: serve, and the sysadmin's verbs. Every verb that prints data takes ``--json``.
 
 This module only assembles the command groups (one module each) onto the root group of
 :mod:`relay.cli.base`; each command translates its options into one service call.

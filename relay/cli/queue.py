@@ -8,7 +8,7 @@ import click
 
 from relay.cli.base import Ctx, command, table
 from relay.cli.progress import progress
-from relay.vocab import Invalid
+from relay.vocab import STATES, Invalid
 
 
 @click.group("queue")
@@ -17,10 +17,11 @@ def queue() -> None:
 
 
 @command(queue, "list")
-@click.option("--state", type=click.Choice(["queued", "deferred", "delivering", "delivered", "bounced",
-                                            "suppressed", "expired", "sandbox"]), default=None)
-@click.option("--limit", default=100, show_default=True)
+@click.option("--state", type=click.Choice(STATES), default=None,
+              help="Only messages with a recipient in this state.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1), help="At most this many, newest first.")
 def queue_list(ctx: Ctx, state: str | None, limit: int):
+    """Messages in the store, newest first, with their recipients."""
     msgs = ctx.store.queue.list_messages(state, limit)
     data = [{"id": m.id, "state": m.state, "mail_from": m.mail_from, "subject": m.subject, "ip_pool": m.ip_pool,
              "created_at": m.created_at,
@@ -34,6 +35,7 @@ def queue_list(ctx: Ctx, state: str | None, limit: int):
 @command(queue, "show")
 @click.argument("queue_id")
 def queue_show(ctx: Ctx, queue_id: str):
+    """One message: its recipients' states and attempts, and its events."""
     m = ctx.store.queue.show(queue_id)
     lines = [f"{m.id}  from <{m.mail_from}>  pool {m.ip_pool}  size {m.size}  created {m.created_at:%Y-%m-%d %H:%M:%S}",
              f"  subject: {m.subject}", "  recipients:"]
@@ -64,8 +66,8 @@ def queue_retry(ctx: Ctx, queue_ids: tuple[str, ...], all_: bool):
 
 @command(queue, "delete")
 @click.argument("queue_ids", nargs=-1)
-@click.option("--state", type=click.Choice(["queued", "deferred", "delivered", "bounced", "suppressed", "expired"]),
-              default=None, help="Every message with a recipient in this state (instead of queue ids).")
+@click.option("--state", type=click.Choice(STATES), default=None,
+              help="Every message with a recipient in this state (instead of queue ids).")
 def queue_delete(ctx: Ctx, queue_ids: tuple[str, ...], state: str | None):
     """Delete messages (body, recipients and events) from the store."""
     if bool(queue_ids) == bool(state):

@@ -1,66 +1,136 @@
-"""``relay serve`` and ``relay health``: run the gateway, and ask a running one how it is."""
+"""``relay serve``, ``relay init`` and ``relay health``: run the gateway, make its data directory,
+and ask a running one how it is."""
 
 from __future__ import annotations
 
+import json
 import sys
 
 import click
 
-from relay.cli.base import Ctx
+from relay.cli.base import EXIT_REFUSED, EXIT_USAGE, Ctx, command
 from relay.vocab import ConfigError
+
+JSON_DEPRECATED = "relay: `relay serve --json` is deprecated; use `relay serve --log-json` (JSON log lines)"
 
 
 @click.command("serve")
-@click.option("--json", "as_json", is_flag=True, help="Log as JSON lines (same as [log] format = \"json\").")
+@click.option("--log-json", "log_json", is_flag=True, help="Log as JSON lines (same as [log] format = \"json\").")
+@click.option("--json", "old_json", is_flag=True, hidden=True, help="Deprecated: the former name of --log-json.")
 @click.pass_obj
-def serve(ctx: Ctx, as_json: bool) -> None:
-    """Run the gateway: SMTP listeners, HTTP API and delivery, in one process."""
-    from relay.gateway import check_libraries, run
+def serve(ctx: Ctx, log_json: bool, old_json: bool) -> None:
+    """Run the gateway: SMTP listeners, HTTP API and delivery, in one process.
+
+    On first start it creates the data directory (0700) with the master key, the self-signed
+    certificate and the SQLite database. Exit 1 when a listener's address is in use, 2 on a bad
+    configuration."""
+    from relay.gateway import ListenerBindError, check_libraries, run
     from relay.ops.logs import setup_logging
 
+    if old_json:
+        click.echo(JSON_DEPRECATED, err=True)
     try:
         check_libraries()  # before anything is set up: a library version we were not written for
         settings = ctx.settings
     except ConfigError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(2)
-    setup_logging(settings.log.level, "json" if as_json else settings.log.format)
+        click.echo(f"relay: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    setup_logging(settings.log.level, "json" if log_json or old_json else settings.log.format)
     try:
         sys.exit(run(settings))
     except ConfigError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(2)
+        click.echo(f"relay: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    except ListenerBindError as exc:
+        click.echo(f"relay: cannot start: {exc}", err=True)
+        sys.exit(EXIT_REFUSED)
     except OSError as exc:
         click.echo(f"relay: cannot start: {exc}", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_REFUSED)
+
+
+@command(None, "init")
+def init(ctx: Ctx):
+    """Create the data directory (0700) with the master key, the self-signed certificate and the store,
+    as the first `relay serve` does, and print what it made. What exists already is kept."""
+    from relay.ops.files import private_dir
+    from relay.ops.tls import ensure_certificate
+    from relay.secrets import load_or_create_master_key
+
+    ctx.may_create = True
+    s = ctx.settings
+    made = {"data_dir": not s.data_dir.is_dir(), "master_key": not s.master_key_path.exists(),
+            "certificate": s.tls.cert is None and not (s.data_dir / "tls" / "cert.pem").exists()}
+    private_dir(s.data_dir)
+    load_or_create_master_key(s.master_key_path)
+    cert, key = ensure_certificate(s.tls.cert, s.tls.key, s.data_dir, s.hostname)
+    ctx.store  # noqa: B018 - opens the store: creates (or upgrades) the schema
+    from relay.ops.config import mask_url
+
+    master = "env RELAY_MASTER_KEY" if "RELAY_MASTER_KEY" in ctx.env else str(s.master_key_path)
+    data = {"data_dir": str(s.data_dir), "master_key": master, "certificate": str(cert), "certificate_key": str(key),
+            "database": mask_url(s.database_url), "created": sorted(k for k, v in made.items() if v)}
+
+    def line(what: str, value: str, key_: str) -> str:
+        return f"{what:12} {value}" + ("  (created)" if made.get(key_) else "  (exists)" if key_ in made else "")
+
+    text = "\n".join([line("data dir", data["data_dir"], "data_dir"), line("master key", master, "master_key"),
+                      line("certificate", str(cert), "certificate"), line("database", data["database"], "")])
+    if made["master_key"] and master != "env RELAY_MASTER_KEY":
+        text += "\nBack up the master key: the secrets in the database cannot be read without it."
+    return data, text
 
 
 @click.command("health")
 @click.option("--ready", is_flag=True, help="Ask /readyz (listeners, store, upstreams) instead of /healthz.")
+@click.option("--json", "as_json", is_flag=True, help="Print the gateway's JSON answer (or the error as JSON).")
 @click.pass_obj
-def health(ctx: Ctx, ready: bool) -> None:
-    """Ask the running gateway's API whether it is alive (exit 0) or not (exit 1): the HEALTHCHECK."""
+def health(ctx: Ctx, ready: bool, as_json: bool) -> None:
+    """Ask the running gateway's API whether it is alive (exit 0) or not (exit 1): the HEALTHCHECK.
+
+    Only 0 and 1, as Docker's HEALTHCHECK expects (a disabled API or a bad configuration is 1 too)."""
     import urllib.error
     import urllib.request
 
     from relay.ops.config import parse_hostport
 
-    listen = ctx.settings.api.listen
+    def fail(message: str, body: object = None) -> None:
+        if as_json:
+            click.echo(json.dumps(body if isinstance(body, dict) else {"success": False, "error": message}, indent=2))
+        else:
+            click.echo(f"relay: {message}", err=True)
+        sys.exit(EXIT_REFUSED)
+
+    try:
+        listen = ctx.settings.api.listen
+    except ConfigError as exc:
+        fail(str(exc))
     if not listen:
-        click.echo("relay: the API listener is disabled (api.listen)", err=True)
-        sys.exit(2)
+        fail("the API listener is disabled (api.listen)")
     host, port = parse_hostport(listen)
     host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}/{'readyz' if ready else 'healthz'}"
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:
-            click.echo(resp.read().decode())
-            sys.exit(0)
+            raw = resp.read().decode()
     except urllib.error.HTTPError as exc:
-        click.echo(exc.read().decode() or str(exc), err=True)
+        raw = exc.read().decode()
+        fail(f"{url}: HTTP {exc.code} {raw.strip()}".strip(), _parse(raw))
     except OSError as exc:
-        click.echo(f"relay: {url}: {exc}", err=True)
-    sys.exit(1)
+        fail(f"{url}: {getattr(exc, 'reason', exc)}")
+    body = _parse(raw)
+    if as_json:
+        click.echo(json.dumps(body if body is not None else {"status": raw.strip()}, indent=2))
+    else:
+        click.echo(f"{body.get('status', 'ok') if isinstance(body, dict) else raw.strip()} ({url})")
+    sys.exit(0)
 
 
-COMMANDS = (serve, health)
+def _parse(raw: str) -> object:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+COMMANDS = (serve, init, health)

@@ -24,8 +24,9 @@ def _changed(c: svc.Changed) -> str:
 
 @command(suppression, "add")
 @click.argument("emails", nargs=-1, required=True)
-@click.option("--account", required=True)
-@click.option("--reason", type=click.Choice(REASONS), default="manual", show_default=True)
+@click.option("--account", required=True, metavar="NAME", help="Whose suppression list.")
+@click.option("--reason", type=click.Choice(REASONS), default="manual", show_default=True,
+              help="Why the addresses are suppressed.")
 @click.option("--expires", default=None, help="When the entry lapses: a duration (30d, 12h, 90m, 2w) or an ISO "
                                               "date/time (UTC). Default: never.")
 @click.option("--detail", default=None, help="A note kept with the entry.")
@@ -38,11 +39,12 @@ def suppression_add(ctx: Ctx, emails: tuple[str, ...], account: str, reason: str
 
 
 @command(suppression, "list")
-@click.option("--account", required=True)
-@click.option("--reason", type=click.Choice(REASONS), default=None)
+@click.option("--account", required=True, metavar="NAME", help="Whose suppression list.")
+@click.option("--reason", type=click.Choice(REASONS), default=None, help="Only entries with this reason.")
 @click.option("--all", "include_expired", is_flag=True, help="Include expired entries.")
-@click.option("--limit", default=1000, show_default=True, type=click.IntRange(min=1))
+@click.option("--limit", default=1000, show_default=True, type=click.IntRange(min=1), help="At most this many entries.")
 def suppression_list(ctx: Ctx, account: str, reason: str | None, include_expired: bool, limit: int):
+    """The account's suppressed addresses, with reason, dates and detail."""
     recs = svc.listing(ctx.store, account, reason=reason, include_expired=include_expired, limit=limit)
     return ([svc.entry_dict(r) for r in recs],
             table([[r.address, r.reason, r.created_at.strftime("%Y-%m-%d %H:%M"),
@@ -52,7 +54,7 @@ def suppression_list(ctx: Ctx, account: str, reason: str | None, include_expired
 
 @command(suppression, "remove")
 @click.argument("emails", nargs=-1, required=True)
-@click.option("--account", required=True)
+@click.option("--account", required=True, metavar="NAME", help="Whose suppression list.")
 def suppression_remove(ctx: Ctx, emails: tuple[str, ...], account: str):
     """Take addresses off the list: mail to them is accepted again."""
     name, n, addrs = svc.remove(ctx.store, account, emails)
@@ -62,11 +64,11 @@ def suppression_remove(ctx: Ctx, emails: tuple[str, ...], account: str):
 
 @command(suppression, "import")
 @click.argument("file", type=click.File("r", encoding="utf-8"))
-@click.option("--account", required=True)
+@click.option("--account", required=True, metavar="NAME", help="Whose suppression list.")
 @click.option("--reason", type=click.Choice(REASONS), default="manual", show_default=True,
               help="Reason for rows that give none.")
 def suppression_import(ctx: Ctx, file: Any, account: str, reason: str):
-    """Import a CSV file (``-`` for stdin): email[,reason[,expires_at[,detail]]], header row optional.
+    """Import the CSV file FILE ("-" for stdin): email[,reason[,expires_at[,detail]]], header row optional.
 
     All rows or none: a bad row stops the import and names the row."""
     c = svc.import_csv(ctx.store, account, file.read(), default_reason=reason)
@@ -74,12 +76,12 @@ def suppression_import(ctx: Ctx, file: Any, account: str, reason: str):
 
 
 @command(suppression, "export")
-@click.option("--account", required=True)
+@click.option("--account", required=True, metavar="NAME", help="Whose suppression list.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write the CSV here (default: standard output).")
 @click.option("--all", "include_expired", is_flag=True, help="Include expired entries.")
 def suppression_export(ctx: Ctx, account: str, output: str | None, include_expired: bool):
-    """CSV (email,reason,expires_at,detail,created_at), as ``import`` reads it back."""
+    """Export the list as CSV (email,reason,expires_at,detail,created_at), as "relay suppression import" reads it back."""
     name, recs = svc.export(ctx.store, account, include_expired=include_expired)
     # a bar on a terminal; nothing under --json or in a pipe
     text = "".join(progress(svc.csv_lines(recs), label="exporting", length=len(recs) + 1, as_json=ctx.as_json))

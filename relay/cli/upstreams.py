@@ -32,10 +32,14 @@ def read_password(*, stdin: TextIO | None, env_var: str | None, environ: Mapping
     password = None
     if stdin is not None:
         password = stdin.readline().rstrip("\r\n")
+        if not password:
+            raise Invalid("--password-stdin: the password read from stdin is empty", field="password")
     elif env_var:
         if env_var not in environ:
             raise Invalid(f"environment variable {env_var} is not set", field="password")
         password = environ[env_var]
+        if not password:
+            raise Invalid(f"--password-env: environment variable {env_var} is empty", field="password")
     elif environ.get(PASSWORD_ENV):
         password = environ[PASSWORD_ENV]
     if username and not password:
@@ -46,17 +50,18 @@ def read_password(*, stdin: TextIO | None, env_var: str | None, environ: Mapping
 @command(upstream, "add")
 @click.argument("name")
 @click.option("--ip-pool", required=True, help="IP pool this upstream serves (e.g. default, transactional).")
-@click.option("--host", required=True)
-@click.option("--port", required=True, type=int)
+@click.option("--host", required=True, help="Host name or address of the upstream relay.")
+@click.option("--port", required=True, type=int, help="Its port (587 STARTTLS, 465 implicit TLS, 25...).")
 @click.option("--encryption", required=True, type=click.Choice(["tls", "ssl", "none"]),
               help="tls = STARTTLS, ssl = implicit TLS, none = plain.")
-@click.option("--username", default=None)
+@click.option("--username", default=None, help="AUTH user name (then a password is needed: see --password-stdin).")
 @click.option("--password-env", default=None, metavar="VAR",
               help=f"Read the password from this environment variable (default: {PASSWORD_ENV}).")
 @click.option("--password-stdin", is_flag=True, help="Read the password from the first line of stdin.")
 @click.option("--priority", default=0, type=int, help="Lower is tried first.")
 @click.option("--weight", default=1, type=int, help="Share of load among upstreams of one priority.")
-@click.option("--max-connections", default=None, type=int)
+@click.option("--max-connections", default=None, type=int,
+              help="Open sessions to this upstream at most (default: [delivery] max_connections).")
 @click.option("--no-verify-tls", is_flag=True, help="Do not verify the upstream's certificate.")
 @click.option("--account", default=None, metavar="NAME",
               help="The account that owns it (in one of that account's own IP pools, which carry only its "
@@ -81,7 +86,7 @@ def upstream_add(ctx: Ctx, name: str, ip_pool: str, host: str, port: int, encryp
 
 
 @command(upstream, "list")
-@click.option("--ip-pool", default=None)
+@click.option("--ip-pool", default=None, help="Only the upstreams of this IP pool.")
 @click.option("--account", default=None, metavar="NAME", help="Only the upstreams of this account's IP pools.")
 def upstream_list(ctx: Ctx, ip_pool: str | None, account: str | None):
     """Upstreams with their IP pool and owner (operator, or the account whose pool it serves)."""
@@ -98,6 +103,7 @@ def upstream_list(ctx: Ctx, ip_pool: str | None, account: str | None):
 @command(upstream, "remove")
 @click.argument("name")
 def upstream_remove(ctx: Ctx, name: str):
+    """Remove the upstream NAME (its IP pool's mail goes through the pool's other upstreams)."""
     ctx.admin.remove_upstream(name)
     return {"success": True, "removed": name}, f"upstream {name} removed"
 

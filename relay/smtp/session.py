@@ -13,9 +13,9 @@ import socket
 import ssl
 from typing import Any, cast
 
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session, TLSSetupException
 
-from relay.asyncio_compat import waiting_for_data
+from relay.asyncio_compat import tls_server_protocol, waiting_for_data
 from relay.ops import metrics
 from relay.ops.config import SmtpSettings
 from relay.smtp.aiosmtpd_compat import RelaySMTPBase
@@ -57,6 +57,12 @@ class RelaySMTP(BlockData, RelaySMTPBase):
     _ehlo_buffer: list[bytes] | None = None
     _errors = 0  # 5xx replies so far
     counted_ip: str | None = None  # the address counted against the connection limits
+
+    async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, TLSSetupException):  # STARTTLS: aiosmtpd closes the connection, sends nothing
+            tls_failed(self.event_handler.listener, self.session.peer if self.session else None, error.__cause__)
+            return "454 4.7.0 TLS not available due to temporary reason"
+        return await super().handle_exception(error)
 
     # every reply carries an enhanced status code, except the greeting and EHLO/HELO (RFC 2034)
     async def push(self, status: Any) -> None:
@@ -330,6 +336,32 @@ class SubmissionHandler:
         return "451 4.3.0 Temporary local problem, try again later"
 
 
+def tls_failed(listener: str, peer: Any, exc: BaseException | None) -> None:
+    """A TLS handshake that failed (a client that does not trust the certificate, a scanner, a plain
+    client on 465): one INFO line with the peer and the reason, never a traceback."""
+    reason = getattr(exc, "reason", None) or (str(exc) or type(exc).__name__ if exc else "connection closed")
+    hint = " (the client does not trust the certificate)" if reason in ("TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_BAD_CERTIFICATE",
+                                                                        "SSLV3_ALERT_CERTIFICATE_UNKNOWN") else ""
+    ip = peer[0] if isinstance(peer, tuple) and peer else peer
+    log.info("TLS handshake failed: %s%s", reason, hint, extra={"peer": ip, "listener": listener})
+
+
+class ImplicitTLS(asyncio.Protocol):
+    """465: stands in for the session until the TLS handshake is done (see
+    :func:`relay.asyncio_compat.tls_server_protocol`), then hands it the TLS transport. A failed
+    handshake is logged as on 587 (:func:`tls_failed`); the session never hears of it."""
+
+    def __init__(self, session: RelaySMTP) -> None:
+        self.session = session
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.set_protocol(self.session)
+        self.session.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pass  # the handshake failed (logged by the failure callback)
+
+
 def _bind(hostport: tuple[str, int], reuse_port: bool) -> socket.socket:
     host, port = hostport
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -365,12 +397,15 @@ async def serve_listener(pipeline: Pipeline, *, name: str, sock: socket.socket, 
     if name not in listener_options:
         raise ValueError(name)
     options = listener_options[name]
-    server_ssl = tls_context if name == "smtps" else None
 
     def factory() -> RelaySMTP:
         return RelaySMTP(handler, **options, **common)  # common read per connection (reload)
 
-    server = await loop.create_server(factory, sock=sock, ssl=server_ssl)
+    def implicit_tls() -> asyncio.BaseProtocol:
+        return tls_server_protocol(ImplicitTLS(factory()), tls_context, timeout=common["timeout"],
+                                   on_failure=lambda peer, exc: tls_failed(name, peer, exc))
+
+    server = await loop.create_server(implicit_tls if name == "smtps" else factory, sock=sock)
     return server, handler
 
 

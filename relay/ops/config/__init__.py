@@ -11,8 +11,10 @@ Sources, weakest first:
 The names of the environment variables are built from the models' fields, so keys containing
 underscores are matched exactly, never split. An env value is parsed as a TOML value when it is one
 (``1``, ``true``, ``["a", "b"]``, ``[{network="10.0.0.0/8", account="acme"}]``), else taken as the raw
-string; list-of-string keys also accept ``a,b,c``. ``RELAY_*`` variables that name no key are
-ignored (other tools use the prefix; ``RELAY_CONFIG`` and ``RELAY_MASTER_KEY`` are read elsewhere).
+string; list-of-string keys also accept ``a,b,c``. A ``RELAY_*`` variable that names no key stops
+start-up (a ConfigError naming it and the closest known name) when it is under a section's prefix
+(``RELAY_SMTP_...``) or a near miss of a key (``RELAY_DATADIR``); other names are ignored (other tools
+use the prefix; ``RELAY_CONFIG``, ``RELAY_MASTER_KEY`` and ``RELAY_UPSTREAM_PASSWORD`` are read elsewhere).
 
 Policy settings: under ``[policies]`` the only fixed key is ``enabled``. Every other key must be a
 table holding one policy's own settings (``[policies.quota]``); these are collected, unvalidated,

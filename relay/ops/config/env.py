@@ -8,7 +8,7 @@ file are overridable as ``RELAY_POLICIES_<POLICY>_<KEY>``.
 
 from __future__ import annotations
 
-import logging
+import difflib
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -18,15 +18,17 @@ from typing import Annotated, Any
 from pydantic import BaseModel
 
 from relay.ops.config.schema import Settings
+from relay.vocab import ConfigError
 
 __all__ = ["ENV_CONFIG", "ENV_MASTER_KEY", "ENV_PREFIX", "apply_env", "env_names"]
-
-# the name the whole configuration logged under before it was split into modules
-log = logging.getLogger("relay.ops.config")
 
 ENV_PREFIX = "RELAY_"
 ENV_CONFIG = "RELAY_CONFIG"
 ENV_MASTER_KEY = "RELAY_MASTER_KEY"
+#: RELAY_* variables that are not settings keys but are read by Relay elsewhere (not refused).
+ENV_OTHERS = frozenset({ENV_CONFIG, ENV_MASTER_KEY, "RELAY_UPSTREAM_PASSWORD"})
+#: A variable this close to a settings key's name (difflib ratio) is taken for a typo of it.
+TYPO_CUTOFF = 0.85
 
 
 def _section_models() -> dict[str, type[BaseModel]]:
@@ -134,21 +136,43 @@ def _set(raw: dict[str, Any], path: tuple[str, ...], value: Any) -> bool:
     return True
 
 
+def unknown_env_error(name: str, env_map: Mapping[str, object]) -> ConfigError | None:
+    """The error for a ``RELAY_*`` variable that names no settings key, or None when it is left alone.
+
+    Refused: a name under a section's prefix (``RELAY_SMTP_...``) and a near miss of a key's name
+    (``RELAY_DATADIR``). Left alone: Relay's other variables (:data:`ENV_OTHERS`) and names far from
+    every key (``RELAY_TEST_PG``: other tools share the prefix)."""
+    if name in ENV_OTHERS:
+        return None
+    section = next((f"{ENV_PREFIX}{s.upper()}_" for s in _SECTIONS if name.startswith(f"{ENV_PREFIX}{s.upper()}_")), None)
+    close = difflib.get_close_matches(name, list(env_map), n=1, cutoff=TYPO_CUTOFF)
+    if section is None and not close:
+        return None
+    if not close:
+        close = difflib.get_close_matches(name, [n for n in env_map if n.startswith(section or "")] or list(env_map),
+                                          n=1, cutoff=0.0)
+    hint = f"; the closest known is {close[0]}" if close else ""
+    if section == f"{ENV_PREFIX}POLICIES_":
+        hint += " (a policy's settings are overridable from env when its [policies.<name>] table in the file has the key)"
+    return ConfigError(f"config: unknown environment variable {name}: it names no settings key{hint}")
+
+
 def apply_env(raw: dict[str, Any], env: Mapping[str, str], sources: dict[tuple[str, ...], str]) -> None:
     """Write the ``RELAY_*`` overrides in *env* into *raw* (the file's shape), recording each in *sources*.
 
-    Variables that name no key are ignored; under a known section's prefix a warning is logged.
+    A variable that names no key but looks meant for one (see :func:`unknown_env_error`) raises
+    :class:`ConfigError` naming it and the closest known name; other ``RELAY_*`` names are ignored.
     """
     env_map = dict(_ENV_MAP)
     env_map.update(_policy_env_map(raw))
-    known_sections = {f"{ENV_PREFIX}{s.upper()}_" for s in _SECTIONS}
     for name in sorted(env):
         if not name.startswith(ENV_PREFIX) or name in (ENV_CONFIG, ENV_MASTER_KEY):
             continue
         entry = env_map.get(name)
         if entry is None:
-            if any(name.startswith(p) for p in known_sections):
-                log.warning("config: ignoring env %s: it names no settings key", name)
+            error = unknown_env_error(name, env_map)
+            if error is not None:
+                raise error
             continue
         path, kind = entry
         if _set(raw, path, _parse_env_value(env[name], kind)):

@@ -111,8 +111,8 @@ messages_per_day = 100
         "RELAY_DNS_NAMESERVERS": "1.1.1.1,9.9.9.9",
         "RELAY_POLICIES_QUOTA_MESSAGES_PER_DAY": "7",
         "RELAY_MASTER_KEY": "ignored-here",
-        "RELAY_SOMETHING_ELSE": "ignored",
-        "RELAY_SMTP_NO_SUCH_KEY": "ignored",
+        "RELAY_SOMETHING_ELSE": "ignored",  # far from every key: another tool's
+        "RELAY_UPSTREAM_PASSWORD": "read by the CLI",
         "PATH": "/bin",
     }
     s = load_settings(path, env=env)

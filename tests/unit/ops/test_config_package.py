@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import ast
-import logging
 from pathlib import Path
 
 import pytest
 
 from relay.ops import config
 from relay.ops.config import Settings, env_names, settings_from_dict
+from relay.vocab import ConfigError
 
 PACKAGE = Path(config.__file__).resolve().parent
 
@@ -91,8 +91,23 @@ def test_schema_reads_no_file_and_no_environment(module):
     assert not names & {"environ", "getenv", "open", "read_text", "read_bytes"}
 
 
-def test_unknown_env_key_warns_under_the_config_logger(caplog):
-    with caplog.at_level(logging.WARNING, logger="relay.ops.config"):
-        settings_from_dict({}, {"RELAY_SMTP_BOGUS": "1", "RELAY_SOMETHING_ELSE": "2"})
-    warnings = [(r.name, r.getMessage()) for r in caplog.records]
-    assert warnings == [("relay.ops.config", "config: ignoring env RELAY_SMTP_BOGUS: it names no settings key")]
+@pytest.mark.parametrize("name,closest", [
+    ("RELAY_SMTP_BOGUS", "RELAY_SMTP_"),  # under a section's prefix: some key of that section
+    ("RELAY_SMTP_SUBMISION", "RELAY_SMTP_SUBMISSION"),
+    ("RELAY_DATADIR", "RELAY_DATA_DIR"),  # a near miss of a top-level key
+    ("RELAY_HOST_NAME", "RELAY_HOSTNAME"),
+    ("RELAY_POLICIES_QUOTA_KEY_DAILY", "RELAY_POLICIES_ENABLED"),  # no [policies.quota] table in the file
+])
+def test_an_unknown_env_key_stops_start_up_naming_it_and_the_closest_known(name, closest):
+    with pytest.raises(ConfigError) as err:
+        settings_from_dict({}, {name: "1", "RELAY_SOMETHING_ELSE": "2"})
+    message = str(err.value)
+    assert message.startswith(f"config: unknown environment variable {name}: it names no settings key; "
+                              f"the closest known is {closest}")
+    assert "RELAY_SOMETHING_ELSE" not in message
+
+
+def test_other_tools_relay_variables_are_left_alone():
+    s = settings_from_dict({}, {"RELAY_TEST_PG": "postgresql://x@y/z", "RELAY_SOMETHING_ELSE": "2",
+                                "RELAY_UPSTREAM_PASSWORD": "pw", "RELAY_MASTER_KEY": "k", "RELAY_CONFIG": "f"})
+    assert s.smtp.submission
