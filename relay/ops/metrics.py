@@ -53,6 +53,8 @@ DKIM_SECONDS = Histogram("relay_dkim_sign_seconds", "DKIM signing of one message
 COMMIT_SECONDS = Histogram("relay_store_commit_seconds", "One group commit of the store (one fsync)",
                            buckets=_FAST + (2.5, 5.0), registry=REGISTRY)
 COMMIT_ITEMS = Counter("relay_store_commit_items", "Writes carried by the group commits", registry=REGISTRY)
+RESENT = Counter("relay_possible_duplicates", "Recipients delivered again because the final dot went without the "
+                 "upstream's reply (a process stopped in between): each may reach the upstream twice", registry=REGISTRY)
 RELOADS = Counter("relay_reloads", "Configuration reloads (SIGHUP), by result", ["result"], registry=REGISTRY)
 
 _children: dict[tuple[Any, ...], Any] = {}
@@ -93,6 +95,10 @@ def upstream_transaction(pool: str, upstream: str, seconds: float, result: str) 
 
 def dkim_signed(seconds: float) -> None:
     DKIM_SECONDS.observe(seconds)
+
+
+def possible_duplicates(n: int) -> None:
+    RESENT.inc(n)
 
 
 def reloaded(ok: bool) -> None:

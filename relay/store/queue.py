@@ -8,6 +8,7 @@ addressed by (message id, address), so no generated key has to travel back to th
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
@@ -19,6 +20,7 @@ from relay.vocab import FINAL, PENDING, STATES, NotFound  # noqa: F401  (FINAL: 
 from relay.store import aware, utcnow
 from relay.store import hotsql
 from relay.store import models as m
+from relay.ops import metrics
 
 _R = m.Recipient.__table__
 
@@ -158,6 +160,11 @@ class _HotQueries:
              "mid": c.message_id.type, "addr": c.address.type})
 
 
+log = logging.getLogger(__name__)
+RESENT_REPLY = ("sent again: the final dot went to the upstream but its reply never came back (the "
+                "delivering process stopped): a possible duplicate, never a loss")
+
+
 class Queue:
     def __init__(self, sessions: sessionmaker[Session], reads: sessionmaker[Session] | None = None, *,
                  on_outcomes: Callable[[sa.Connection, Sequence[Outcome], dt.datetime], None] | None = None) -> None:
@@ -248,15 +255,17 @@ class Queue:
             conn.execute(sa.insert(t).values(account_id=account_id, address=address, reason=reason, detail=detail,
                                              created_at=now))
 
-    def recover(self, owner: str, dots: Sequence[tuple[str, str, int]] = (), now: dt.datetime | None = None) -> int:
+    def recover(self, owner: str, dots: Sequence[tuple[str, str, int]] = (),
+                now: dt.datetime | None = None) -> list[tuple[str, str]]:
         """At start (and at a graceful stop): finish what this node left mid-flight.
 
-        A recipient whose final dot had been let go may already be at the upstream: it is recorded
-        as delivered rather than sent a second time. ``dots`` are this node's dot-journal records
-        (relay.delivery.journal): one counts while the recipient is still pending at the attempt
-        it names. The store's own markers (written after the release, for other nodes) count too.
-        Every other claim of this node is released so the work is due at once. Returns how many
-        recipients were resolved as delivered.
+        A recipient whose final dot had been let go without the upstream's reply is NOT delivered
+        (RFC 5321 6.1, RFC 1047: without the reply the upstream may have discarded it): it is due
+        again at once, a possible duplicate, never a loss. ``dots`` are this node's dot-journal
+        records (relay.delivery.journal): one counts while the recipient is still pending at the
+        attempt it names. The store's own markers (written after the release, for other nodes)
+        count too. Every other claim of this node is released so the work is due at once. Returns
+        the (queue id, recipient) sent again.
         """
         now = now or utcnow()
         with self._sessions.begin() as s:
@@ -274,20 +283,30 @@ class Queue:
                                                  m.Recipient.lease_until < now))):
                     if wanted.get((r.message_id, r.address)) == r.attempts:
                         found.setdefault((r.message_id, r.address), r.upstream)
-            self._resolve_dot_sent(s, [(mid, addr, up) for (mid, addr), up in found.items()], now)
+            resent = self._send_again(s, [(mid, addr, up) for (mid, addr), up in found.items()], now)
             s.execute(sa.update(m.Recipient)
                       .where(m.Recipient.lease_owner == owner, m.Recipient.state.in_(PENDING))
                       .values(lease_owner=None, lease_until=None), execution_options={"synchronize_session": False})
-            return len(found)
+            return resent
 
-    def _resolve_dot_sent(self, s: Session, rows: Iterable, now: dt.datetime) -> None:
-        reply = "assumed delivered: the final dot had been sent when the delivering process stopped"
+    def _send_again(self, s: Session, rows: Iterable, now: dt.datetime) -> list[tuple[str, str]]:
+        """Recipients whose final dot went without the upstream's reply: due again now (a possible
+        duplicate, counted and logged by the caller), never recorded as delivered."""
+        out = []
         for mid, addr, upstream in rows:
             s.execute(sa.update(m.Recipient)
                       .where(m.Recipient.message_id == mid, m.Recipient.address == addr)
-                      .values(state="delivered", last_reply=reply, lease_owner=None, lease_until=None,
-                              dot_sent_at=None, updated_at=now))
-            s.add(m.Event(message_id=mid, recipient=addr, type="delivered", at=now, upstream=upstream, reply=reply))
+                      .values(state="deferred", next_attempt_at=now, last_code=None, last_reply=RESENT_REPLY,
+                              attempts=m.Recipient.attempts + 1,  # that attempt is over (its journal record too)
+                              lease_owner=None, lease_until=None, dot_sent_at=None, updated_at=now))
+            s.add(m.Event(message_id=mid, recipient=addr, type="deferred", at=now, upstream=upstream,
+                          reply=RESENT_REPLY))
+            out.append((mid, addr))
+        if out:
+            metrics.possible_duplicates(len(out))
+            log.warning("delivering again: the final dot went without the upstream's reply (possible duplicates)",
+                        extra={"recipients": len(out), "queue_ids": sorted({mid for mid, _ in out})[:50]})
+        return out
 
     def claim_due(self, owner: str, lease_seconds: float, limit: int = 200,
                   now: dt.datetime | None = None) -> list[QueuedMessage]:
@@ -298,7 +317,7 @@ class Queue:
             stale = s.execute(sa.select(m.Recipient.message_id, m.Recipient.address, m.Recipient.upstream)
                               .where(m.Recipient.state == "delivering", m.Recipient.lease_until < now)
                               .with_for_update(skip_locked=True)).all()
-            self._resolve_dot_sent(s, stale, now)
+            self._send_again(s, stale, now)
             q = (sa.select(m.Recipient.id, m.Recipient.message_id, m.Recipient.address, m.Recipient.attempts)
                  .where(m.Recipient.state.in_(("queued", "deferred")), m.Recipient.next_attempt_at <= now,
                         sa.or_(m.Recipient.lease_until.is_(None), m.Recipient.lease_until < now))

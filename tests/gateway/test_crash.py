@@ -13,7 +13,7 @@ from collections import Counter
 
 from tests.conftest import Sink, wait_for
 
-from tests.support.crash import SlowSink, N, counts, submit_all, wait_settled
+from tests.support.crash import DiscardingSink, N, SlowSink, counts, submit_all, wait_settled
 
 
 async def test_kill9_right_after_accepting_then_restart_delivers_everything_once(node):
@@ -42,7 +42,10 @@ async def test_kill9_right_after_accepting_then_restart_delivers_everything_once
         await sink.stop()
 
 
-async def test_kill9_with_deliveries_in_flight_loses_and_duplicates_nothing(node):
+async def test_kill9_with_deliveries_in_flight_loses_nothing_and_counts_what_it_sends_again(node):
+    """The upstream took the bodies in flight at their dot; the kill came before its 250. Those are
+    sent again after the restart (RFC 5321 6.1: no reply, no delivery): possible duplicates, each
+    counted, never a loss."""
     n = node()
     sink = SlowSink(n.sink_port)
     await sink.start()
@@ -60,10 +63,37 @@ async def test_kill9_with_deliveries_in_flight_loses_and_duplicates_nothing(node
         await wait_settled(n)
         await asyncio.sleep(0.3)
         c = counts(sink, mids)
-        assert sorted(c) == sorted(mids)  # every 250'd message arrived...
-        assert all(v == 1 for v in c.values()), {k: v for k, v in c.items() if v != 1}  # ...and none twice
+        assert sorted(c) == sorted(mids)  # every 250'd message arrived
+        duplicates = sum(v - 1 for v in c.values())
+        assert 0 < duplicates <= n.resent(), (c, n.resent())  # a copy twice only where it was counted
         assert set(n.states()) == {"delivered"}
-        assert "recovered deliveries whose final dot was sent" in n.log()
+    finally:
+        n.stop()
+        await sink.stop()
+
+
+async def test_an_upstream_that_discards_on_a_lost_connection_loses_nothing(node):
+    """The upstream commits only when it can answer (aiosmtpd): the bodies between their dot and its
+    reply at the kill are discarded there. Taking a sent dot for a delivery lost them (#16: 16 of
+    2,000); now every one arrives, a second copy only where a resend was counted."""
+    n = node()
+    sink = DiscardingSink(n.sink_port)
+    await sink.start()
+    try:
+        await n.start()
+        mids = await submit_all(n)
+        await wait_for(lambda: len(counts(sink, mids)) >= 2, timeout=20, interval=0.005)
+        await asyncio.sleep(0.05)  # some more are between their dot and the sink's reply
+        n.kill9()
+        await n.start()
+        await wait_for(lambda: len(counts(sink, mids)) == N, timeout=20)
+        await wait_settled(n)
+        await asyncio.sleep(0.3)
+        c = counts(sink, mids)
+        assert sink.discarded > 0, "the kill came when no body was between its dot and the reply"
+        assert sorted(c) == sorted(mids)  # none lost, the discarded ones included
+        assert sum(v - 1 for v in c.values()) <= n.resent()
+        assert set(n.states()) == {"delivered"}
     finally:
         n.stop()
         await sink.stop()

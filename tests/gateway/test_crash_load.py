@@ -1,14 +1,15 @@
 """Crash safety under load: parallel clients, an upstream failing at random, SIGKILL several times.
 
-Every message that got its 250 reaches the upstream exactly once (counted by Message-ID); no
-message that got a refusal reaches it. A message whose client sent the final dot but saw the
-connection die before any reply is ambiguous (the kill may have come after the commit and before
-the 250 was written): it may arrive, but never twice. Runs on SQLite and on PostgreSQL.
+Every message that got its 250 reaches the upstream at least once (counted by Message-ID), and a
+second copy only where the store counted a resend; no message that got a refusal reaches it. A
+message whose client sent the final dot but saw the connection die before any reply is ambiguous
+(the kill may have come after the commit and before the 250 was written): it may arrive or not.
+Runs on SQLite and on PostgreSQL.
 
 The upstream fails before it has the message (4xx at RCPT, 421 at MAIL, a dropped connection).
-A failure AFTER the final dot, with the gateway killed before it read the reply, is the duplicate
-window of RFC 1047 that no SMTP client can close: Relay resolves it as delivered (no second copy;
-see Queue.recover), which the README states.
+A kill AFTER the final dot, before the gateway read the reply, is the duplicate window of RFC 1047
+that no SMTP client can close: Relay sends the message again (a possible duplicate, counted in
+relay_possible_duplicates_total; see Queue.recover), never assumes it delivered.
 """
 
 from __future__ import annotations
@@ -109,12 +110,14 @@ async def _run(node: Node, sink: Sink) -> None:
     node.stop()
     seen = counts(sink, ok + refused + ambiguous)
     assert len(ok) > CLIENTS * PER_CLIENT / 2
-    missing = [m for m in ok if seen[m] != 1]
-    assert missing == [], (f"{len(missing)} of {len(ok)} accepted messages arrived != 1 time: "
-                           f"{Counter(seen[m] for m in missing)}; {_arrivals(sink, missing, kills)}")
+    missing = [m for m in ok if seen[m] < 1]
+    assert missing == [], (f"{len(missing)} of {len(ok)} accepted messages never arrived: "
+                           f"{_arrivals(sink, missing, kills)}")
     assert [m for m in refused if seen[m]] == []
-    assert [m for m in ambiguous if seen[m] > 1] == []
-    assert sum(seen.values()) == len(ok) + sum(1 for m in ambiguous if seen[m])
+    # a second copy only where a dot went without its reply and the store counted the resend
+    duplicates = sum(seen[m] - 1 for m in ok + ambiguous if seen[m] > 1)
+    assert duplicates <= node.resent(), (f"{duplicates} duplicates, {node.resent()} counted resends: "
+                                         f"{_arrivals(sink, [m for m in ok if seen[m] > 1], kills)}")
 
 
 def _arrivals(sink: Sink, mids: list[str], kills: list[float]) -> str:
@@ -129,7 +132,7 @@ def _arrivals(sink: Sink, mids: list[str], kills: list[float]) -> str:
     return "\n".join(lines)
 
 
-async def test_sigkill_under_load_loses_nothing_and_sends_nothing_twice_sqlite(tmp_path, template):  # noqa: F811
+async def test_sigkill_under_load_loses_nothing_and_counts_every_duplicate_sqlite(tmp_path, template):  # noqa: F811
     import shutil
 
     sink = FlakySink(template.sink_port)
@@ -144,7 +147,7 @@ async def test_sigkill_under_load_loses_nothing_and_sends_nothing_twice_sqlite(t
         await sink.stop()
 
 
-async def test_sigkill_under_load_loses_nothing_and_sends_nothing_twice_postgresql(tmp_path, pg_url):
+async def test_sigkill_under_load_loses_nothing_and_counts_every_duplicate_postgresql(tmp_path, pg_url):
     from tests.conftest import free_port
 
     sink = FlakySink(free_port())

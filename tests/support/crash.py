@@ -16,11 +16,13 @@ from email import policy as email_policy
 from pathlib import Path
 
 import aiosmtplib
+import sqlalchemy as sa
 from aiosmtpd.smtp import SMTP as AioSMTP, Envelope, Session
 
 from relay.ops.config import load_settings
 from relay.store import Store
-from relay.store.queue import PENDING
+from relay.store import models as m
+from relay.store.queue import PENDING, RESENT_REPLY
 from tests.conftest import Received, Sink, free_port
 
 SENDER = "app@example.com"
@@ -36,6 +38,28 @@ class SlowSink(Sink):
     async def handle_DATA(self, server: AioSMTP, session: Session, envelope: Envelope) -> str:
         self.received.append(_received(envelope, session))
         await asyncio.sleep(self.delay)
+        return "250 2.0.0 OK stored"
+
+
+class DiscardingSink(Sink):
+    """Commits a message only when it sends its reply, ``delay`` seconds after the final dot, as
+    aiosmtpd does: a connection lost in that window (the gateway killed) discards the message. A
+    gateway that took a sent dot for a delivery loses exactly these."""
+
+    delay: float = 0.3
+    discarded: int = 0  # dots whose connection was lost before the reply: thrown away
+
+    async def handle_DATA(self, server: AioSMTP, session: Session, envelope: Envelope) -> str:
+        try:
+            await asyncio.sleep(self.delay)  # aiosmtpd cancels this when the connection is lost
+        except asyncio.CancelledError:
+            self.discarded += 1
+            raise
+        reader = getattr(server, "_reader", None)  # (a test double may read aiosmtpd's stream)
+        if server.transport is None or server.transport.is_closing() or (reader is not None and reader.at_eof()):
+            self.discarded += 1  # the client is gone: no one to answer, so nothing is committed
+            return "451 4.3.0 lost"
+        self.received.append(_received(envelope, session))
         return "250 2.0.0 OK stored"
 
 
@@ -139,6 +163,16 @@ class Node:
         store = Store(load_settings(None, env=self.env).database_url)
         try:
             return Counter(store.queue.count_by_state())
+        finally:
+            store.close()
+
+    def resent(self) -> int:
+        """Recipients sent again after a dot without its reply (each a possible duplicate)."""
+        store = Store(load_settings(None, env=self.env).database_url)
+        try:
+            with store.sessions() as s:
+                return s.scalar(sa.select(sa.func.count()).select_from(m.Event)
+                                .where(m.Event.reply == RESENT_REPLY)) or 0
         finally:
             store.close()
 

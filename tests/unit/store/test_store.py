@@ -165,36 +165,37 @@ def test_enqueue_is_one_transaction(store):
 
 
 # -- crash recovery and leases ------------------------------------------------------------------------------
-def test_recover_resolves_dot_sent_recipients_once_and_releases_other_leases(store):
+def test_recover_sends_dot_sent_recipients_again_once_and_releases_other_leases(store):
+    """A final dot without the upstream's reply is no delivery (RFC 5321 6.1): the recipient is due
+    again at once (a possible duplicate), never recorded as delivered."""
     q = store.queue
     q.enqueue([new("msg_a", ["r1@dest.org", "r2@dest.org", "r3@dest.org"], owner="node_a"),
                new("msg_b", ["x1@dest.org", "x2@dest.org"], owner="node_b")])
     q.mark_dot_sent([("msg_a", "r1@dest.org", "up1"), ("msg_b", "x1@dest.org", "up2")], now=at(1))
     assert rcpts(store, "msg_a")["r1@dest.org"] == ("delivering", 0, "up1", None)
 
-    assert q.recover("node_a", now=at(2)) == 1
-    assert rcpts(store, "msg_a") == {"r1@dest.org": ("delivered", 0, "up1", None),
+    assert q.recover("node_a", now=at(2)) == [("msg_a", "r1@dest.org")]
+    assert rcpts(store, "msg_a") == {"r1@dest.org": ("deferred", 1, "up1", None),
                                      "r2@dest.org": ("queued", 0, None, None),
                                      "r3@dest.org": ("queued", 0, None, None)}
-    assert events(store, "msg_a").count(("delivered", "r1@dest.org", "up1", None)) == 1
-    assert q.show("msg_a").recipients[0].last_reply.startswith("assumed delivered")
+    assert ("deferred", "r1@dest.org", "up1", None) in events(store, "msg_a")
+    assert not [e for e in events(store, "msg_a") if e[0] == "delivered"]
+    assert q.show("msg_a").recipients[0].last_reply.startswith("sent again: the final dot went to the upstream")
     # node_b's work is untouched: its dot-sent recipient stays in flight, its lease holds
     assert rcpts(store, "msg_b")["x1@dest.org"] == ("delivering", 0, "up2", None)
 
-    assert q.recover("node_a", now=at(3)) == 0  # exactly once
-    assert [e for e in events(store, "msg_a") if e[0] == "delivered"] == [("delivered", "r1@dest.org", "up1", None)]
+    assert q.recover("node_a", now=at(3)) == []  # once
 
-    # node_a's released recipients are due at once for anyone; node_b's are not (lease until t+300)
-    assert claimed(q.claim_due("node_c", 1000, now=at(4))) == {"msg_a": ["r2@dest.org", "r3@dest.org"]}
+    # node_a's recipients are due at once for anyone, r1 included; node_b's are not (lease until t+300)
+    assert claimed(q.claim_due("node_c", 1000, now=at(4))) == {"msg_a": ["r1@dest.org", "r2@dest.org", "r3@dest.org"]}
 
-    # once node_b's lease has expired, its dot-sent recipient is resolved (not sent again) and the
-    # rest is claimable
-    assert claimed(q.claim_due("node_c", 60, now=at(301))) == {"msg_b": ["x2@dest.org"]}
-    assert rcpts(store, "msg_b")["x1@dest.org"] == ("delivered", 0, "up2", None)
-    assert [e for e in events(store, "msg_b") if e[0] == "delivered"] == [("delivered", "x1@dest.org", "up2", None)]
+    # once node_b's lease has expired, its dot-sent recipient is sent again too, with the rest
+    assert claimed(q.claim_due("node_c", 60, now=at(301))) == {"msg_b": ["x1@dest.org", "x2@dest.org"]}
+    assert rcpts(store, "msg_b")["x1@dest.org"] == ("deferred", 1, "up2", None)
+    assert not [e for e in events(store, "msg_b") if e[0] == "delivered"]
 
 
-def test_recover_resolves_journaled_dots_only_for_the_attempt_they_name(store):
+def test_recover_sends_journaled_dots_again_only_for_the_attempt_they_name(store):
     """The dot journal (relay.delivery.journal) names each released dot's attempt: a record counts
     while the recipient is still pending at that attempt, under this node's (or an expired) lease."""
     q = store.queue
@@ -205,15 +206,15 @@ def test_recover_resolves_journaled_dots_only_for_the_attempt_they_name(store):
                       now=at(1))
     dots = [("msg_a", "r1@dest.org", 0), ("msg_a", "r2@dest.org", 3), ("msg_a", "r3@dest.org", 0),
             ("msg_b", "x1@dest.org", 0), ("msg_gone", "z@dest.org", 0)]
-    assert q.recover("node_a", dots, now=at(2)) == 1
-    assert rcpts(store, "msg_a") == {"r1@dest.org": ("delivered", 0, None, None),
+    assert q.recover("node_a", dots, now=at(2)) == [("msg_a", "r1@dest.org")]
+    assert rcpts(store, "msg_a") == {"r1@dest.org": ("deferred", 1, None, None),
                                      "r2@dest.org": ("queued", 0, None, None),
                                      "r3@dest.org": ("deferred", 1, "up1", 451)}
-    assert q.show("msg_a").recipients[0].last_reply.startswith("assumed delivered")
+    assert q.show("msg_a").recipients[0].last_reply.startswith("sent again")
     assert rcpts(store, "msg_b") == {"x1@dest.org": ("queued", 0, None, None)}  # node_b's lease holds
-    assert q.recover("node_a", dots, now=at(3)) == 0  # exactly once
-    assert q.recover("node_c", dots, now=at(400)) == 1  # node_b's lease expired: its record counts
-    assert rcpts(store, "msg_b") == {"x1@dest.org": ("delivered", 0, None, None)}
+    assert q.recover("node_a", dots, now=at(3)) == []  # once: the attempt the record names is over
+    assert q.recover("node_c", dots, now=at(400)) == [("msg_b", "x1@dest.org")]  # node_b's lease expired
+    assert rcpts(store, "msg_b") == {"x1@dest.org": ("deferred", 1, None, None)}
 
 
 def test_dot_journal_records_rotates_and_forgets_settled_generations(tmp_path):
