@@ -19,7 +19,6 @@ import email
 import random
 import time
 import uuid
-from collections import Counter
 
 import aiosmtplib
 from aiosmtpd.smtp import SMTP as AioSMTP, Envelope, Session
