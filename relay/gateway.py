@@ -30,7 +30,7 @@ from relay.ops.config import Settings, parse_hostport
 from relay.ops.files import private_dir
 from relay.ops.tls import ensure_certificate, server_context
 from relay.ops.workers import WorkerLink, beat_interval, supervise
-from relay.secrets import load_or_create_master_key
+from relay.secrets import DecryptionError, MasterKey, load_or_create_master_key
 from relay.services import housekeeping
 from relay.services.admin import Admin
 from relay.services.upstreams import connection, upstream_config
@@ -83,6 +83,7 @@ class Gateway:
         nid = node_id(settings.data_dir) + (f".w{worker}" if worker else "")
         self.store = Store(settings.database_url, node_id=nid)
         self.store.migrate()
+        check_master_key(self.store, self.master_key)
         lock = str(settings.data_dir / "store.lock") if self.store.dialect == "sqlite" and settings.smtp.workers > 1 else None
         self.runner = DbRunner(self.store.dialect, lock)
         self.admin = Admin(settings, self.store, self.master_key)
@@ -367,6 +368,20 @@ COMPAT_CHECKS = (aiosmtpd_compat.check, aiosmtplib_compat.check, asyncio_compat.
                  uvicorn_compat.check)
 
 
+def check_master_key(store: Store, master_key: MasterKey) -> None:
+    """Refuse to start with a master key that does not open the store's secrets (a node given another
+    key would answer every submission 451 and sign nothing): ConfigError naming both fingerprints'
+    side, never a secret."""
+    for what, token, aad in store.directory.sealed_samples():
+        try:
+            master_key.decrypt_str(token, aad=aad)
+        except DecryptionError:
+            raise ConfigError(
+                f"the master key (fingerprint {master_key.fingerprint}) does not open {what} in the store: "
+                "this store's secrets were sealed with another key. Give this node the key the store was "
+                "made with (data_dir/master.key, or env RELAY_MASTER_KEY); see README, Security defaults") from None
+
+
 def check_libraries() -> None:
     """Refuse to start on a version of a library whose internals Relay uses but was not written for
     (each compat module names the library, the installed version and the range it supports)."""
@@ -393,11 +408,14 @@ def run(settings: Settings) -> int:
         asyncio.run(serve(settings))
         return 0
     private_dir(settings.data_dir)
-    load_or_create_master_key(settings.master_key_path)
+    master_key = load_or_create_master_key(settings.master_key_path)
     ensure_certificate(settings.tls.cert, settings.tls.key, settings.data_dir, settings.hostname)
     store = Store(settings.database_url)
-    store.migrate()
-    store.close()
+    try:
+        store.migrate()
+        check_master_key(store, master_key)
+    finally:
+        store.close()
     sockets = bind_listeners(settings)
     try:
         api_socket = bind_api(settings)  # served by worker 0

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from relay.cli.base import EXIT_REFUSED, EXIT_USAGE, Ctx, command
+from relay.cli.base import EXIT_REFUSED, EXIT_USAGE, Ctx, StoreUnreachable, command
 from relay.vocab import ConfigError
 
 JSON_DEPRECATED = "relay: `relay serve --json` is deprecated; use `relay serve --log-json` (JSON log lines)"
@@ -133,4 +133,39 @@ def _parse(raw: str) -> object:
         return None
 
 
-COMMANDS = (serve, init, health)
+@command(None, "migrate")
+@click.option("--check", is_flag=True,
+              help="Change nothing: say whether the store's schema is the newest (exit 1 when it is not).")
+def migrate(ctx: Ctx, check: bool):
+    """Upgrade the store's schema to the newest version, as `relay serve` does at start. With several
+    nodes on one PostgreSQL store, run it once (from one node) before starting the upgraded nodes;
+    concurrent runs wait for each other."""
+    from relay.ops.config import mask_url
+    from relay.store import Store
+
+    ctx.check_data_dir()
+    s = ctx.settings
+    store = Store(s.database_url)
+    try:
+        try:
+            before, head = store.revisions()
+            if not check and before != head:
+                store.migrate()
+            after = store.revisions()[0] if not check else before
+        except Exception as exc:  # the database is down or refuses us
+            reason = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise StoreUnreachable(f"cannot reach the store {mask_url(s.database_url)}: {reason}") from exc
+    finally:
+        store.close()
+    data = {"database": mask_url(s.database_url), "before": before, "after": after, "head": head,
+            "current": after == head}
+    if check:
+        text = (f"store {data['database']} is at revision {before or '(empty)'}; the newest is {head}"
+                + ("" if before == head else ": run `relay migrate`"))
+        return data, text, 0 if before == head else EXIT_REFUSED
+    if before == head:
+        return data, f"store {data['database']} already at the newest schema ({head})"
+    return data, f"store {data['database']} upgraded from {before or '(empty)'} to {after}"
+
+
+COMMANDS = (serve, init, health, migrate)

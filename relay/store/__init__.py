@@ -81,6 +81,20 @@ def migrate(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
+def revisions(engine: Engine) -> tuple[str | None, str]:
+    """(the store's schema revision, None for an empty store; the newest this code knows)."""
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    with engine.connect() as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+    return current, str(head)
+
+
 def node_id(data_dir: Path) -> str:
     """A stable id per data directory: after a restart this node recovers its own leases at once."""
     path = data_dir / "node.id"
@@ -119,6 +133,9 @@ class Store:
 
     def migrate(self) -> None:
         migrate(self.engine)
+
+    def revisions(self) -> tuple[str | None, str]:
+        return revisions(self.engine)
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

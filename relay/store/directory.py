@@ -49,6 +49,22 @@ class Directory:
         self._sessions = sessions
         self._reads = reads or sessions
 
+    def sealed_samples(self) -> list[tuple[str, str, str]]:
+        """A few secrets as stored (what, token, aad): the newest DKIM private key and upstream
+        password, to check at start that the master key opens this store's secrets."""
+        with self._reads() as s:
+            out = []
+            dkim = s.execute(sa.select(m.DkimKey.private_key_enc, m.Domain.name).join(m.Domain)
+                             .order_by(m.DkimKey.created_at.desc()).limit(1)).first()
+            if dkim is not None:
+                out.append(("a DKIM private key", dkim[0], dkim[1]))
+            up = s.execute(sa.select(m.Upstream.password_enc, m.Upstream.name)
+                           .where(m.Upstream.password_enc.is_not(None))
+                           .order_by(m.Upstream.created_at.desc()).limit(1)).first()
+            if up is not None:
+                out.append(("an upstream password", up[0], up[1]))
+            return out
+
     # -- accounts -------------------------------------------------------------------------
     def _account_row(self, s: Session, name: str) -> m.Account:
         row = s.scalar(sa.select(m.Account).where(m.Account.name == name))

@@ -1,0 +1,63 @@
+"""`relay migrate` upgrades a store's schema (and `--check` says whether it must), on SQLite and
+PostgreSQL; the shipped Alembic environment also runs by hand (`alembic upgrade head`)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+from relay.store import MIGRATIONS, Store
+
+
+def relay(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "relay.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_relay_migrate_upgrades_and_check_says_when_to(tmp_path, db_url):
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env.update({"RELAY_DATA_DIR": str(data), "RELAY_DATABASE_URL": db_url})
+    store = Store(db_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with store.engine.begin() as c:  # a store left at an older schema
+        cfg.attributes["connection"] = c
+        command.upgrade(cfg, "0003")
+    head = store.revisions()[1]
+    store.close()
+
+    checked = relay(env, "migrate", "--check")
+    assert checked.returncode == 1, checked.stderr
+    assert checked.stderr.strip().endswith(f"is at revision 0003; the newest is {head}: run `relay migrate`")
+    done = relay(env, "migrate")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith(f"upgraded from 0003 to {head}")
+    again = relay(env, "migrate", "--json")
+    assert again.returncode == 0 and '"current": true' in again.stdout, again.stdout
+    assert relay(env, "migrate", "--check").returncode == 0
+
+
+def test_alembic_by_hand_uses_relays_configuration(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    ini = tmp_path / "alembic.ini"
+    ini.write_text("[alembic]\nscript_location = relay:migrations\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env["RELAY_DATA_DIR"] = str(data)
+    alembic = Path(sys.executable).with_name("alembic")
+    proc = subprocess.run([str(alembic), "-c", str(ini), "upgrade", "head"], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    store = Store(f"sqlite:///{data / 'relay.db'}")
+    try:
+        current, head = store.revisions()
+        assert current == head
+    finally:
+        store.close()
