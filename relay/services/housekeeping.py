@@ -3,18 +3,21 @@
 - the webhook delivery worker (:class:`relay.events.webhooks.WebhookService`);
 - DKIM rotation: every ``DKIM_CHECK_INTERVAL`` seconds, domains with a pending selector switch
   signing to it once its DNS record is seen, and keys past their grace period are dropped;
-- pruning of expired idempotency keys.
+- pruning of expired idempotency keys, and of delivery events older than ``[store] events_retention``
+  (in batches of :data:`EVENT_BATCH`, one short transaction each).
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from typing import Any, Protocol
 
 from relay.events.webhooks import WebhookService
+from relay.ops.config import Settings
 from relay.services.admin import Admin
-from relay.store import Store
+from relay.store import Store, utcnow
 from relay.store.runner import DbRunner
 from relay.submission.pipeline import Pipeline
 
@@ -22,12 +25,14 @@ log = logging.getLogger(__name__)
 
 DKIM_CHECK_INTERVAL = 60.0
 PRUNE_INTERVAL = 3600.0
+EVENT_BATCH = 5000
 
 
 class TaskParts(Protocol):
     """What the background work reads of the gateway (:class:`relay.gateway.Gateway` is one)."""
 
     worker: int
+    settings: Settings
     store: Store
     runner: DbRunner
     admin: Admin
@@ -62,6 +67,25 @@ async def check_rotations(gateway: TaskParts) -> int:
     return changed
 
 
+async def prune_events(gateway: TaskParts, now: dt.datetime | None = None) -> int:
+    """Delete the events older than ``[store] events_retention`` (0: none), batch by batch, letting the
+    event loop and the other writers in between. Returns how many."""
+    retention = gateway.settings.store.events_retention
+    if not retention:
+        return 0
+    before = (now or utcnow()) - dt.timedelta(seconds=retention)
+    total = 0
+    while True:
+        n = await gateway.runner.write(gateway.store.queue.prune_events, before, EVENT_BATCH)
+        total += n
+        if n < EVENT_BATCH:
+            break
+        await asyncio.sleep(0)
+    if total:
+        log.info("old delivery events pruned", extra={"events": total, "before": before.isoformat()})
+    return total
+
+
 async def _housekeeping(gateway: TaskParts) -> None:
     loop = asyncio.get_running_loop()
     next_prune = loop.time() + 60.0
@@ -72,6 +96,7 @@ async def _housekeeping(gateway: TaskParts) -> None:
             if loop.time() >= next_prune:
                 next_prune = loop.time() + PRUNE_INTERVAL
                 await gateway.runner.write(gateway.pipeline.idempotency.store.prune)
+                await prune_events(gateway)
         except asyncio.CancelledError:
             raise
         except Exception:

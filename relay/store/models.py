@@ -178,7 +178,7 @@ class Recipient(Base):
     state: Mapped[str] = mapped_column(String(16), nullable=False)
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     next_attempt_at: Mapped[dt.datetime] = _ts()
-    lease_owner: Mapped[str | None] = mapped_column(String(80))
+    lease_owner: Mapped[str | None] = mapped_column(String(80), index=True)  # lease renewal and recovery (0006)
     lease_until: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     # Set (and committed) just before the final "." goes to the upstream: if the process dies after
     # that, the upstream may have the message, so recovery must not send it again.
@@ -196,7 +196,7 @@ class Event(Base):
     message_id: Mapped[str] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), index=True)
     recipient: Mapped[str | None] = mapped_column(String(320))
     type: Mapped[str] = mapped_column(String(16), nullable=False)
-    at: Mapped[dt.datetime] = _ts()
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False, index=True)  # retention (0006)
     upstream: Mapped[str | None] = mapped_column(String(200))
     code: Mapped[int | None] = mapped_column(Integer)
     reply: Mapped[str | None] = mapped_column(Text)

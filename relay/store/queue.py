@@ -414,6 +414,15 @@ class Queue:
             s.execute(sa.delete(m.Recipient).where(m.Recipient.message_id == message_id))
             s.delete(msg)
 
+    def prune_events(self, before: dt.datetime, batch: int = 5000) -> int:
+        """Delete up to ``batch`` events older than ``before`` (oldest first), in one short transaction;
+        the caller repeats while a full batch went. Returns how many."""
+        with self._sessions.begin() as s:
+            ids = list(s.scalars(sa.select(m.Event.id).where(m.Event.at < before).order_by(m.Event.at).limit(batch)))
+            if ids:
+                s.execute(sa.delete(m.Event).where(m.Event.id.in_(ids)), execution_options={"synchronize_session": False})
+            return len(ids)
+
     def count_by_state(self) -> dict[str, int]:
         with self._reads() as s:
             return dict(s.execute(sa.select(m.Recipient.state, sa.func.count()).group_by(m.Recipient.state)).all())

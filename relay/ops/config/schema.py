@@ -233,6 +233,13 @@ class DnsSettings(_Model):
         return value
 
 
+class StoreSettings(_Model):
+    """``[store]``: how long the store keeps what it keeps."""
+
+    # seconds a delivery event (accepted, deferred, delivered...) is kept; 0 keeps them forever
+    events_retention: Float = Field(default=30 * 86400.0, ge=0)
+
+
 class SystemSettings(_Model):
     """``[system]``: the gateway's own mail (alias verification emails, DSN bounces)."""
 
@@ -349,6 +356,7 @@ class Settings(_Model):
     aliases: AliasesSettings = Field(default_factory=AliasesSettings)
     policies: PoliciesSettings = Field(default_factory=PoliciesSettings)
     system: SystemSettings = Field(default_factory=SystemSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
     scopes: ScopesSettings = Field(default_factory=ScopesSettings)
 
     _source: Path | None = PrivateAttr(default=None)

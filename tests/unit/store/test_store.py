@@ -341,3 +341,18 @@ def test_renew_leases_keeps_another_node_off_work_still_held(store):
     assert q.claim_due("node_b", 60, now=at(100)) == []
     assert claimed(q.claim_due("node_b", 60, now=at(111))) == {"msg_r": ["a@dest.org"]}
     assert q.renew_leases("node_a", 60, now=at(112)) == 0  # no longer ours
+
+
+def test_old_events_are_pruned_in_batches(store):
+    q = store.queue
+    q.enqueue([new("msg_old", ["a@dest.org"]), new("msg_new", ["b@dest.org"])])
+    q.record_outcomes([Outcome("msg_old", "a@dest.org", "deferred", 451, "later", "up1", next_attempt_at=at(50))] * 3,
+                      now=at(1))
+    q.record_outcomes([Outcome("msg_new", "b@dest.org", "deferred", 451, "later", "up1", next_attempt_at=at(900))],
+                      now=at(800))
+    assert len(events(store, "msg_old")) >= 3
+    assert q.prune_events(at(100), batch=2) == 2  # one batch, oldest first
+    while q.prune_events(at(100), batch=2):
+        pass
+    assert events(store, "msg_old") == []
+    assert [e[0] for e in events(store, "msg_new")] == ["deferred"]  # at t+800: kept
