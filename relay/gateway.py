@@ -94,7 +94,7 @@ class Gateway:
         self.active = ActiveQueue()  # fed by the pipeline (fresh mail) and the scheduler (mail due again)
         self.pipeline = Pipeline(
             store=self.store, runner=self.runner, master_key=self.master_key, hostname=settings.hostname,
-            lease_seconds=d.lease, max_age=d.max_age, policies=self.policies,
+            lease_seconds=d.lease_seconds, max_age=d.max_age, policies=self.policies,
             trusted=[(t.network, t.account) for t in settings.smtp.trusted],
             max_recipients=settings.smtp.max_recipients, hide_client_address=settings.smtp.hide_client_address,
             scope_pools=settings.scopes.pools(), system_pool=settings.system.ip_pool,
@@ -105,7 +105,7 @@ class Gateway:
         self.router = Router(threshold=d.breaker_threshold, cooldown=d.breaker_cooldown)
         self.scheduler = Scheduler(
             store=self.store, runner=self.runner, writer=self.pipeline.writer, router=self.router, active=self.active,
-            retry_base=d.retry_base, retry_max=d.retry_max, lease=d.lease, poll_interval=d.poll_interval,
+            retry_base=d.retry_base, retry_max=d.retry_max, lease=d.lease_seconds, poll_interval=d.poll_interval,
             concurrency=d.concurrency, journal=DotJournal(settings.data_dir / "journal", nid),
             # one machine's SQLite: the journal alone covers every restart; PostgreSQL: other nodes
             # read the store's markers

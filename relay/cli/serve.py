@@ -9,7 +9,7 @@ import sys
 import click
 
 from relay.cli.base import EXIT_REFUSED, EXIT_USAGE, Ctx, StoreUnreachable, command
-from relay.vocab import ConfigError
+from relay.vocab import ConfigError, Invalid
 
 JSON_DEPRECATED = "relay: `relay serve --json` is deprecated; use `relay serve --log-json` (JSON log lines)"
 
@@ -136,12 +136,17 @@ def _parse(raw: str) -> object:
 @command(None, "migrate")
 @click.option("--check", is_flag=True,
               help="Change nothing: say whether the store's schema is the newest (exit 1 when it is not).")
-def migrate(ctx: Ctx, check: bool):
-    """Upgrade the store's schema to the newest version, as `relay serve` does at start. With several
-    nodes on one PostgreSQL store, run it once (from one node) before starting the upgraded nodes;
-    concurrent runs wait for each other."""
+@click.option("--to", "target", default="head", show_default=True, metavar="REV",
+              help="The schema revision to bring the store to (an older one than the store's downgrades).")
+@click.option("--sql", is_flag=True,
+              help="Print the SQL that would bring the store to --to, and run nothing (for PostgreSQL; "
+                   "SQLite's table rebuilds need the live database).")
+def migrate(ctx: Ctx, check: bool, target: str, sql: bool):
+    """Run the schema migrations (Alembic) explicitly; `relay serve` also upgrades to the newest at
+    start. With several nodes on one PostgreSQL store, run it once (from one node) before starting
+    the upgraded nodes; concurrent runs wait for each other."""
     from relay.ops.config import mask_url
-    from relay.store import Store
+    from relay.store import Store, migration_sql
 
     ctx.check_data_dir()
     s = ctx.settings
@@ -149,10 +154,19 @@ def migrate(ctx: Ctx, check: bool):
     try:
         try:
             before, head = store.revisions()
-            if not check and before != head:
-                store.migrate()
+            if sql:
+                text = migration_sql(s.database_url, before, target)
+                return {"from": before, "to": target, "sql": text}, text.rstrip()
+            if not check and before != (head if target == "head" else target):
+                store.migrate(target)
             after = store.revisions()[0] if not check else before
-        except Exception as exc:  # the database is down or refuses us
+        except StoreUnreachable:
+            raise
+        except Exception as exc:  # the database is down or refuses us, or an unknown revision
+            from alembic.util import CommandError
+
+            if isinstance(exc, CommandError):
+                raise Invalid(f"cannot migrate to {target!r}: {exc}", field="to") from None
             reason = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
             raise StoreUnreachable(f"cannot reach the store {mask_url(s.database_url)}: {reason}") from exc
     finally:
@@ -163,9 +177,9 @@ def migrate(ctx: Ctx, check: bool):
         text = (f"store {data['database']} is at revision {before or '(empty)'}; the newest is {head}"
                 + ("" if before == head else ": run `relay migrate`"))
         return data, text, 0 if before == head else EXIT_REFUSED
-    if before == head:
-        return data, f"store {data['database']} already at the newest schema ({head})"
-    return data, f"store {data['database']} upgraded from {before or '(empty)'} to {after}"
+    if before == after:
+        return data, f"store {data['database']} already at revision {after}"
+    return data, f"store {data['database']} migrated from {before or '(empty)'} to {after}"
 
 
 COMMANDS = (serve, init, health, migrate)

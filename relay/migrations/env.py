@@ -22,7 +22,12 @@ def _run(connection) -> None:  # noqa: ANN001
 
 
 config = context.config
-if "connection" in config.attributes:
+if context.is_offline_mode():  # ``relay migrate --sql``: print the SQL, run nothing
+    context.configure(url=config.get_main_option("sqlalchemy.url"), target_metadata=Base.metadata,
+                      literal_binds=True, dialect_opts={"paramstyle": "named"})
+    with context.begin_transaction():
+        context.run_migrations()
+elif "connection" in config.attributes:
     _run(config.attributes["connection"])
 else:
     from relay.ops.config import load_settings

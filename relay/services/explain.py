@@ -125,7 +125,7 @@ async def explain(store: Store, runner: DbRunner, settings: Settings, policies: 
         return out
     recording = _Recording(policies)
     pipeline = Pipeline(store=store, runner=runner, master_key=None, hostname=settings.hostname,  # type: ignore[arg-type]
-                        lease_seconds=settings.delivery.lease, max_age=settings.delivery.max_age, policies=recording,
+                        lease_seconds=settings.delivery.lease_seconds, max_age=settings.delivery.max_age, policies=recording,
                         max_recipients=settings.smtp.max_recipients, clock=lambda: now or utcnow())
     ident = Identity(rec.account_id, rec.account_name, rec.id, rec.scopes)
     ctx = Context(listener=listener, peer="(relay route explain)", identity=ident, extra={DRY_RUN: True})

@@ -8,6 +8,7 @@ SQLAlchemy code; the async side calls them through :class:`relay.store.runner.Db
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 import logging
 import secrets
 from pathlib import Path
@@ -67,18 +68,50 @@ def make_engine(url: str) -> Engine:
     return sa.create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
 
 
-def migrate(engine: Engine) -> None:
-    """Create or upgrade the schema to the newest version (Alembic, run in-process)."""
-    from alembic import command
+def _alembic_config(output: Any = None) -> Any:
     from alembic.config import Config
 
-    cfg = Config()
+    cfg = Config(output_buffer=output) if output is not None else Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
+    return cfg
+
+
+def migrate(engine: Engine, target: str = "head") -> None:
+    """Create or upgrade the schema to ``target`` (the newest version by default; an older revision
+    than the store's downgrades to it), Alembic run in-process, one node at a time on PostgreSQL."""
+    from alembic import command
+    from alembic.script import ScriptDirectory
+
+    cfg = _alembic_config()
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+        from alembic.runtime.migration import MigrationContext
+
+        current = MigrationContext.configure(conn).get_current_revision()
+        script = ScriptDirectory.from_config(cfg)
+        wanted = script.get_revision(target)
+        if current is not None and wanted is not None and \
+                wanted.revision in {r.revision for r in script.iterate_revisions(current, "base")} and \
+                wanted.revision != current:
+            command.downgrade(cfg, wanted.revision)
+        else:
+            command.upgrade(cfg, target)
+
+
+def migration_sql(url: str, start: str | None, target: str = "head") -> str:
+    """The SQL that takes a store from ``start`` (None: empty) to ``target``, without running it
+    (Alembic's offline mode), for whoever applies schema changes by hand."""
+    import io
+
+    from alembic import command
+
+    out = io.StringIO()
+    cfg = _alembic_config(out)
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    command.upgrade(cfg, f"{start}:{target}" if start else target, sql=True)
+    return out.getvalue()
 
 
 def revisions(engine: Engine) -> tuple[str | None, str]:
@@ -131,8 +164,8 @@ class Store:
     def dialect(self) -> str:
         return self.engine.dialect.name
 
-    def migrate(self) -> None:
-        migrate(self.engine)
+    def migrate(self, target: str = "head") -> None:
+        migrate(self.engine, target)
 
     def revisions(self) -> tuple[str | None, str]:
         return revisions(self.engine)

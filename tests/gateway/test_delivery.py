@@ -113,7 +113,7 @@ SHORT_LEASE = 2.0
 
 
 async def new_gw(gateway_factory, db_url: str | None = None, **delivery):
-    gw = await gateway_factory(db_url, delivery={"lease": SHORT_LEASE, **delivery})
+    gw = await gateway_factory(db_url, delivery={"lease_seconds": SHORT_LEASE, **delivery})
     gw.router.cooldown = 0.3
     return gw
 

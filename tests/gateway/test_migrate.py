@@ -38,10 +38,35 @@ def test_relay_migrate_upgrades_and_check_says_when_to(tmp_path, db_url):
     assert checked.stderr.strip().endswith(f"is at revision 0003; the newest is {head}: run `relay migrate`")
     done = relay(env, "migrate")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().endswith(f"upgraded from 0003 to {head}")
+    assert done.stdout.strip().endswith(f"migrated from 0003 to {head}")
     again = relay(env, "migrate", "--json")
     assert again.returncode == 0 and '"current": true' in again.stdout, again.stdout
     assert relay(env, "migrate", "--check").returncode == 0
+    back = relay(env, "migrate", "--to", "0005")  # an older revision: downgrade
+    assert back.returncode == 0 and back.stdout.strip().endswith(f"migrated from {head} to 0005"), back.stderr
+    assert relay(env, "migrate").stdout.strip().endswith(f"migrated from 0005 to {head}")
+    bad = relay(env, "migrate", "--to", "nope")
+    assert bad.returncode == 2 and "cannot migrate to 'nope'" in bad.stderr, bad.stderr
+
+
+def test_relay_migrate_sql_prints_what_it_would_run(tmp_path, pg_url):
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env.update({"RELAY_DATA_DIR": str(data), "RELAY_DATABASE_URL": pg_url})
+    store = Store(pg_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with store.engine.begin() as c:
+        cfg.attributes["connection"] = c
+        command.upgrade(cfg, "0003")
+    store.close()
+    out = relay(env, "migrate", "--sql")
+    assert out.returncode == 0, out.stderr
+    assert "CREATE TABLE ip_pool_grants" in out.stdout and "CREATE INDEX ix_events_at" in out.stdout
+    assert "UPDATE alembic_version SET version_num='0006'" in out.stdout
+    check = relay(env, "migrate", "--check")
+    assert check.returncode == 1  # --sql ran nothing
 
 
 def test_alembic_by_hand_uses_relays_configuration(tmp_path):

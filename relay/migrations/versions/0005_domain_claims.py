@@ -21,6 +21,8 @@ SQLITE_NAMES = {'uq': 'uq_%(table_name)s_%(column_0_name)s'}
 
 
 def _name_unique(bind: sa.engine.Connection) -> str | None:
+    if op.get_context().as_sql:  # offline (relay migrate --sql): PostgreSQL's name for 0001's constraint
+        return 'domains_name_key'
     for uc in sa.inspect(bind).get_unique_constraints('domains'):
         if uc['column_names'] == ['name']:
             return uc['name']

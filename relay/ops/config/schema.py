@@ -197,7 +197,10 @@ class DeliverySettings(_Model):
     max_age: Float = Field(default=432_000.0, gt=0)
     connect_timeout: Float = Field(default=30.0, gt=0)
     command_timeout: Float = Field(default=60.0, gt=0)
-    lease: Float = Field(default=300.0, gt=0)
+    # a claim is held this long and renewed (a heartbeat, every third of it) while its node works:
+    # a dead node's mail moves to another within about one lease
+    lease_seconds: Float = Field(default=30.0, gt=0)
+    lease: Float | None = Field(default=None, gt=0)  # the former name of lease_seconds (it wins when only it is set)
     poll_interval: Float = Field(default=5.0, gt=0)
     max_connections: Int = Field(default=10, gt=0)
     concurrency: Int = Field(default=100, gt=0)
@@ -208,6 +211,8 @@ class DeliverySettings(_Model):
 
     @model_validator(mode="after")
     def _order(self) -> DeliverySettings:
+        if self.lease is not None and "lease_seconds" not in self.model_fields_set:
+            object.__setattr__(self, "lease_seconds", self.lease)
         if self.retry_max < self.retry_base:
             raise ValueError(
                 f"delivery.retry_max ({self.retry_max:g}) must be >= delivery.retry_base ({self.retry_base:g})"

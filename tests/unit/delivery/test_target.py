@@ -85,7 +85,7 @@ def test_the_router_orders_fake_and_real_targets_alike():
 
 
 async def test_the_scheduler_delivers_through_fake_targets_with_failover(gateway_factory, monkeypatch):
-    gw = await gateway_factory(delivery={"lease": 2.0})
+    gw = await gateway_factory(delivery={"lease_seconds": 2.0})
     p = provision(gw, free_port())  # (a real upstream that nothing answers; replaced below)
     first = FakeTarget("first", priority=0, refuse=TRY_LATER)
     second = FakeTarget("second", priority=1)
