@@ -73,6 +73,26 @@ class Router:
             out.extend(weighted_order(members, [u.cfg.weight for u in members]))
         return out
 
+    def probed(self, pool: str) -> bool:
+        """Every upstream of ``pool`` can be probed without mail (a session pool): its waiting mail
+        may be parked until a probe succeeds."""
+        ups = self.pools.get(pool, [])
+        return bool(ups) and all(hasattr(u, "connect") for u in ups)
+
+    def due_probes(self) -> list[tuple[str, DeliveryTarget]]:
+        """(pool, upstream) whose breaker is open, cooldown over, no probe under way; each is marked
+        as being probed (half-open) by the caller's connection test."""
+        now = self.clock()
+        out = []
+        for pool, ups in self.pools.items():
+            for u in ups:
+                b = self.breakers[u.cfg.id]
+                if b.failures >= self.threshold and now >= b.open_until and hasattr(u, "connect") and \
+                        (not b.probing or now - b.probing > self.cooldown):
+                    b.probing = now
+                    out.append((pool, u))
+        return out
+
     def reopens_in(self, pool: str) -> float | None:
         """When :meth:`order` gave nothing for *pool* because every breaker is open: seconds until
         the first of them lets a probe through. None when the pool has no upstream, or when a probe

@@ -20,6 +20,8 @@ from relay.ops.config import Settings
 from relay.aio import wait_event
 from relay.delivery.active import ActiveQueue
 from relay.delivery.journal import DotJournal
+from relay.delivery import probe as probing
+from relay.delivery.connections import SessionPool
 from relay.delivery.policy import backoff, is_hard_bounce, outcome_of
 from relay.delivery.router import Router
 from relay.delivery.target import DeliveryTarget, DotHooks, UpstreamUnavailable
@@ -57,6 +59,7 @@ class Scheduler:
         self.retry_base = retry_base
         self.retry_max = retry_max
         self.lease = lease
+        self.park_seconds = max(retry_max, 20 * router.cooldown)  # mail behind an open breaker, at most
         self.poll_interval = poll_interval
         self.concurrency = concurrency
         self.bounce = bounce
@@ -114,6 +117,7 @@ class Scheduler:
         self._tasks = [asyncio.create_task(self._worker(), name=f"delivery-{i}") for i in range(self.concurrency)]
         self._tasks.append(asyncio.create_task(self._poller(), name="delivery-poller"))
         self._tasks.append(asyncio.create_task(self._reaper(), name="delivery-reaper"))
+        self._tasks.append(asyncio.create_task(self._prober(), name="delivery-prober"))
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop claiming; deliver what is in flight and already in the active queue (bounded by
@@ -179,6 +183,33 @@ class Scheduler:
             self.push(msg)
         if len(claimed) >= 500:
             self._wake.set()
+
+    async def _prober(self) -> None:
+        """Probe the upstreams whose breaker is open once its cooldown is over, with a connection test
+        (EHLO, TLS, AUTH; no mail): the mail parked behind the breaker stays untouched meanwhile, and
+        becomes due (release_held) the moment a probe succeeds."""
+        while True:
+            await asyncio.sleep(min(1.0, self.router.cooldown / 4))
+            try:
+                for pool, up in self.router.due_probes():
+                    task = asyncio.get_running_loop().create_task(self._probe(pool, up))
+                    self._releasing.add(task)
+                    task.add_done_callback(self._releasing.discard)
+            except Exception:  # noqa: BLE001 - the next round tries again
+                log.exception("breaker probe round failed")
+
+    async def _probe(self, pool: str, up: DeliveryTarget) -> None:
+        if not isinstance(up, SessionPool):  # (router.due_probes gives session pools only)
+            return
+        try:
+            result = await probing.probe(up)
+        except Exception:  # noqa: BLE001 - a probe that fails for any reason leaves the breaker open
+            result = {"success": False, "error": "probe failed"}
+        if result.get("success"):
+            if self.router.success(up):
+                self.release_held(pool)
+        else:
+            self.router.failure(up)
 
     async def _reaper(self) -> None:
         while True:
@@ -281,6 +312,10 @@ class Scheduler:
         if not pending:
             return []
         wait = self._breaker_wait(msg.ip_pool) if not tried else None
+        if wait is not None and self.router.probed(msg.ip_pool):
+            # parked: the prober closes the breaker and makes this mail due (release_held); until
+            # then it costs no claim, no write (the horizon is only a fallback)
+            wait = max(wait, self.park_seconds)
         if wait is not None:
             # Nothing was tried: every upstream of the pool is marked down. Not an attempt (the
             # retry schedule does not advance); the recipients wait for the breaker's next probe.
