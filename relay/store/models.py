@@ -22,6 +22,7 @@ from sqlalchemy import (
     UniqueConstraint,
     JSON,
     false as sa_false,
+    text as sa_text,
     func,
     text,
 )
@@ -152,7 +153,7 @@ class Message(Base):
     account_id: Mapped[str | None] = mapped_column(String(40), index=True)
     api_key_id: Mapped[str | None] = mapped_column(String(40))
     alias_id: Mapped[str | None] = mapped_column(String(40), index=True)
-    ip_pool: Mapped[str] = mapped_column(String(100), nullable=False)
+    ip_pool: Mapped[str] = mapped_column(String(100), nullable=False, index=True)  # a pool's parked mail (0006)
     mail_from: Mapped[str] = mapped_column(String(320), nullable=False)  # "" = null sender (DSN)
     header_message_id: Mapped[str | None] = mapped_column(String(400))
     subject: Mapped[str | None] = mapped_column(Text)
@@ -187,7 +188,13 @@ class Recipient(Base):
     last_code: Mapped[int | None] = mapped_column(Integer)
     last_reply: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[dt.datetime] = _ts()
-    __table_args__ = (Index("ix_recipients_due", "state", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_recipients_due", "state", "next_attempt_at"),
+        # the claim's scan (0006): only what may become due, in due order, whatever the final rows
+        Index("ix_recipients_pending_due", "next_attempt_at", postgresql_where=sa_text("state IN ('queued', 'deferred')"),
+              sqlite_where=sa_text("state IN ('queued', 'deferred')")),
+        Index("ix_recipients_message_address", "message_id", "address"),  # the per-recipient updates (0006)
+    )
 
 
 class Event(Base):

@@ -161,6 +161,44 @@ class _HotQueries:
 
 
 log = logging.getLogger(__name__)
+
+
+# -- the queue's scans, as statements (tests/gateway/test_query_plans.py states their plans) ------------
+def due_query(now: dt.datetime, limit: int) -> sa.Select:
+    """Recipients due now and not leased, oldest due first (ix_recipients_pending_due)."""
+    return (sa.select(m.Recipient.id, m.Recipient.message_id, m.Recipient.address, m.Recipient.attempts)
+            .where(m.Recipient.state.in_(("queued", "deferred")), m.Recipient.next_attempt_at <= now,
+                   sa.or_(m.Recipient.lease_until.is_(None), m.Recipient.lease_until < now))
+            .order_by(m.Recipient.next_attempt_at).limit(limit).with_for_update(skip_locked=True))
+
+
+def stale_query(now: dt.datetime) -> sa.Select:
+    """Recipients left mid-delivery under an expired lease (ix_recipients_due: state first)."""
+    return (sa.select(m.Recipient.message_id, m.Recipient.address, m.Recipient.upstream)
+            .where(m.Recipient.state == "delivering", m.Recipient.lease_until < now)
+            .with_for_update(skip_locked=True))
+
+
+def renew_statement(owner: str, until: dt.datetime) -> sa.Update:
+    """One node's leases extended (ix_recipients_lease_owner)."""
+    return (sa.update(m.Recipient.__table__)
+            .where(m.Recipient.lease_owner == owner, m.Recipient.state.in_(PENDING)).values(lease_until=until))
+
+
+def held_statement(ip_pool: str, now: dt.datetime) -> sa.Update:
+    """A pool's parked recipients due now (ix_messages_ip_pool, then the recipients of those messages)."""
+    held = sa.select(m.Message.id).where(m.Message.ip_pool == ip_pool)
+    return (sa.update(m.Recipient)
+            .where(m.Recipient.state == "deferred", m.Recipient.upstream.is_(None), m.Recipient.next_attempt_at > now,
+                   m.Recipient.message_id.in_(held))
+            .values(next_attempt_at=now))
+
+
+def old_events_query(before: dt.datetime, batch: int) -> sa.Select:
+    """The oldest events before ``before`` (ix_events_at), one retention batch."""
+    return sa.select(m.Event.id).where(m.Event.at < before).order_by(m.Event.at).limit(batch)
+
+
 RESENT_REPLY = ("sent again: the final dot went to the upstream but its reply never came back (the "
                 "delivering process stopped): a possible duplicate, never a loss")
 
@@ -314,15 +352,8 @@ class Queue:
         now = now or utcnow()
         until = now + dt.timedelta(seconds=lease_seconds)
         with self._sessions.begin() as s:
-            stale = s.execute(sa.select(m.Recipient.message_id, m.Recipient.address, m.Recipient.upstream)
-                              .where(m.Recipient.state == "delivering", m.Recipient.lease_until < now)
-                              .with_for_update(skip_locked=True)).all()
-            self._send_again(s, stale, now)
-            q = (sa.select(m.Recipient.id, m.Recipient.message_id, m.Recipient.address, m.Recipient.attempts)
-                 .where(m.Recipient.state.in_(("queued", "deferred")), m.Recipient.next_attempt_at <= now,
-                        sa.or_(m.Recipient.lease_until.is_(None), m.Recipient.lease_until < now))
-                 .order_by(m.Recipient.next_attempt_at).limit(limit).with_for_update(skip_locked=True))
-            due = s.execute(q).all()
+            self._send_again(s, s.execute(stale_query(now)).all(), now)
+            due = s.execute(due_query(now, limit)).all()
             if not due:
                 return []
             s.execute(sa.update(m.Recipient).where(m.Recipient.id.in_([r.id for r in due]))
@@ -341,8 +372,7 @@ class Queue:
         another node while it is still being worked on here."""
         now = now or utcnow()
         with self._engine.begin() as conn:
-            return conn.execute(sa.update(_R).where(_R.c.lease_owner == owner, _R.c.state.in_(PENDING))
-                                .values(lease_until=now + dt.timedelta(seconds=lease_seconds))).rowcount
+            return conn.execute(renew_statement(owner, now + dt.timedelta(seconds=lease_seconds))).rowcount
 
     def next_due_at(self) -> dt.datetime | None:
         with self._reads() as s:
@@ -398,12 +428,9 @@ class Queue:
         """Deferred recipients of ``ip_pool`` that no upstream has tried since (held back while every
         upstream of the pool was marked down) become due now: the pool is back. Returns how many."""
         now = now or utcnow()
-        held = sa.select(m.Message.id).where(m.Message.ip_pool == ip_pool)
         with self._sessions.begin() as s:
-            return s.execute(sa.update(m.Recipient)
-                             .where(m.Recipient.state == "deferred", m.Recipient.upstream.is_(None),
-                                    m.Recipient.next_attempt_at > now, m.Recipient.message_id.in_(held))
-                             .values(next_attempt_at=now), execution_options={"synchronize_session": False}).rowcount
+            return s.execute(held_statement(ip_pool, now),
+                             execution_options={"synchronize_session": False}).rowcount
 
     def delete(self, message_id: str) -> None:
         with self._sessions.begin() as s:
@@ -418,7 +445,7 @@ class Queue:
         """Delete up to ``batch`` events older than ``before`` (oldest first), in one short transaction;
         the caller repeats while a full batch went. Returns how many."""
         with self._sessions.begin() as s:
-            ids = list(s.scalars(sa.select(m.Event.id).where(m.Event.at < before).order_by(m.Event.at).limit(batch)))
+            ids = list(s.scalars(old_events_query(before, batch)))
             if ids:
                 s.execute(sa.delete(m.Event).where(m.Event.id.in_(ids)), execution_options={"synchronize_session": False})
             return len(ids)
