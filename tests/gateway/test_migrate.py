@@ -19,19 +19,26 @@ def relay(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
+def at_revision(url: str, revision: str) -> str:
+    """Bring the store at ``url`` to ``revision``; returns the newest revision."""
+    store = Store(url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    try:
+        with store.engine.begin() as c:
+            cfg.attributes["connection"] = c
+            command.upgrade(cfg, revision)
+        return store.revisions()[1]
+    finally:
+        store.close()
+
+
 def test_relay_migrate_upgrades_and_check_says_when_to(tmp_path, db_url):
     data = tmp_path / "data"
     data.mkdir(mode=0o700)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
     env.update({"RELAY_DATA_DIR": str(data), "RELAY_DATABASE_URL": db_url})
-    store = Store(db_url)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    with store.engine.begin() as c:  # a store left at an older schema
-        cfg.attributes["connection"] = c
-        command.upgrade(cfg, "0003")
-    head = store.revisions()[1]
-    store.close()
+    head = at_revision(db_url, "0003")  # a store left at an older schema
 
     checked = relay(env, "migrate", "--check")
     assert checked.returncode == 1, checked.stderr
@@ -54,13 +61,7 @@ def test_relay_migrate_sql_prints_what_it_would_run(tmp_path, pg_url):
     data.mkdir(mode=0o700)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
     env.update({"RELAY_DATA_DIR": str(data), "RELAY_DATABASE_URL": pg_url})
-    store = Store(pg_url)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    with store.engine.begin() as c:
-        cfg.attributes["connection"] = c
-        command.upgrade(cfg, "0003")
-    store.close()
+    at_revision(pg_url, "0003")
     out = relay(env, "migrate", "--sql")
     assert out.returncode == 0, out.stderr
     assert "CREATE TABLE ip_pool_grants" in out.stdout and "CREATE INDEX ix_events_at" in out.stdout
