@@ -7,8 +7,9 @@ import json
 import sys
 
 import click
+import sqlalchemy.exc
 
-from relay.cli.base import EXIT_REFUSED, EXIT_USAGE, Ctx, StoreUnreachable, command
+from relay.cli.base import EXIT_REFUSED, EXIT_STORE, EXIT_USAGE, Ctx, StoreUnreachable, command
 from relay.vocab import ConfigError, Invalid
 
 JSON_DEPRECATED = "relay: `relay serve --json` is deprecated; use `relay serve --log-json` (JSON log lines)"
@@ -23,7 +24,8 @@ def serve(ctx: Ctx, log_json: bool, old_json: bool) -> None:
 
     On first start it creates the data directory (0700) with the master key, the self-signed
     certificate and the SQLite database. Exit 1 when a listener's address is in use, 2 on a bad
-    configuration."""
+    configuration (or a master key that does not open the store's secrets), 3 when the store cannot
+    be reached."""
     from relay.gateway import ListenerBindError, check_libraries, run
     from relay.ops.logs import setup_logging
 
@@ -47,6 +49,13 @@ def serve(ctx: Ctx, log_json: bool, old_json: bool) -> None:
     except OSError as exc:
         click.echo(f"relay: cannot start: {exc}", err=True)
         sys.exit(EXIT_REFUSED)
+    except sqlalchemy.exc.OperationalError as exc:  # the database is down or refuses us (exit 3, as every command)
+        from relay.ops.config import mask_url
+
+        reason = (str(exc.orig or exc).strip().splitlines() or [type(exc).__name__])[0]
+        click.echo(f"relay: cannot start: cannot reach the store {mask_url(settings.database_url)}: {reason}",
+                   err=True)
+        sys.exit(EXIT_STORE)
 
 
 @command(None, "init")
