@@ -77,6 +77,7 @@ class Context:
     source: str = "smtp"  # the kind of front door: "smtp" or "api"
     smtputf8: bool = False  # MAIL FROM ... SMTPUTF8: non-ASCII addresses allowed (RFC 6531)
     route_pool: str | None = None  # the IP pool chosen for this message instead of the alias's (HTTP alias_id = smtp_...)
+    route_upstream: str | None = None  # the one upstream of route_pool chosen for it (the same alias_id)
     helo: str | None = None  # the client's EHLO/HELO name (the Received: field)
     tls: bool = False  # the submission came over TLS (ESMTPS, HTTPS)
     max_recipients: int | None = None  # this transaction's envelope cap (None: the gateway's smtp.max_recipients)

@@ -55,14 +55,16 @@ class Router:
         now = self.clock()
         return now >= b.open_until and (not b.probing or now - b.probing > self.cooldown)
 
-    def order(self, pool: str, account_id: str | None = None) -> list[DeliveryTarget]:
-        """The upstreams to try for mail of ``account_id`` in ``pool``: none when the pool is another
-        account's (the last guard: an account's upstream never carries anyone else's mail)."""
+    def order(self, pool: str, account_id: str | None = None, upstream_id: str | None = None) -> list[DeliveryTarget]:
+        """The upstreams to try for mail of ``account_id`` in ``pool`` (only ``upstream_id`` when the
+        message chose one): none when the pool is another account's (the last guard: an account's
+        upstream never carries anyone else's mail)."""
         owner = self.owners.get(pool)
         if owner is not None and owner != account_id:
             log.warning("mail refused by an account's IP pool", extra={"pool": pool, "account_id": account_id})
             return []
-        ups = sorted(self.pools.get(pool, []), key=lambda u: u.cfg.priority)
+        ups = sorted((u for u in self.pools.get(pool, []) if upstream_id is None or u.cfg.id == upstream_id),
+                     key=lambda u: u.cfg.priority)
         out: list[DeliveryTarget] = []
         for _, group in groupby(ups, key=lambda u: u.cfg.priority):
             members = [u for u in group if self.healthy(u)]

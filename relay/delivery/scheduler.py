@@ -226,7 +226,7 @@ class Scheduler:
         last: UpstreamUnavailable | None = None
         last_upstream: str | None = None  # who gave the last refusal (the metrics' label for deferrals)
         journaled: list[int] = []  # dot-journal generations, settled once the outcomes are committed
-        upstreams = self.router.order(msg.ip_pool, msg.account_id)
+        upstreams = self.router.order(msg.ip_pool, msg.account_id, msg.upstream_id)
         for up in upstreams:
             started = time.perf_counter()
             try:

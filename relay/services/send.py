@@ -110,11 +110,11 @@ class Sender:
             original = await self.pipeline.idempotency.lookup(ident.account_id, key) if key else None
             if original is not None:
                 return _replayed(original)
-        sender, route = await self._route(sub)
+        sender, route, pinned = await self._route(sub)
         ctx = Context(listener="api", peer=sub.peer, identity=ident, sandbox=sandbox, tls=sub.secure,
                       idempotency_key=sub.idempotency_key, source="api",
                       max_recipients=max(self.pipeline.max_recipients, API_MAX_RECIPIENTS))
-        alias = await self.pipeline.mail(ctx, sender, ip_pool=route)
+        alias = await self.pipeline.mail(ctx, sender, ip_pool=route, upstream_id=pinned)
         draft = sub.draft
         if draft.sender.name is None and alias.name:  # the alias's display name, as the SMTP door keeps From
             draft = replace(draft, sender=replace(draft.sender, name=alias.name))
@@ -139,23 +139,24 @@ class Sender:
         return Sent(message_id, "sandbox" if sandbox else "smtp", queued, ctx.accepted_at or utcnow(),
                     suppressed=suppressed)
 
-    async def _route(self, sub: Submission) -> tuple[str, str | None]:
-        """The envelope sender and the IP pool chosen instead of the alias's (None: the alias's).
+    async def _route(self, sub: Submission) -> tuple[str, str | None, str | None]:
+        """The envelope sender, the IP pool chosen instead of the alias's and the one upstream chosen
+        (None: the alias's pool, any of its upstreams in order).
 
         ``alias_id`` names an alias of the account (its address is the sender), or, as seed 001 does,
         an SMTP pool (``smtp_...``: an upstream the account may use): the message goes through that
-        upstream's IP pool, from the From address."""
+        upstream alone, from the From address."""
         if not sub.alias_id:
-            return sub.draft.sender.email, None
+            return sub.draft.sender.email, None, None
         if sub.alias_id.startswith("smtp_"):
-            return sub.draft.sender.email, await self._upstream_pool(sub)
+            return sub.draft.sender.email, await self._upstream_pool(sub), sub.alias_id
         try:
             alias = await self.pipeline.runner.read(self.pipeline.store.directory.get_alias, sub.alias_id)
         except NotFound:
             alias = None
         if alias is None or alias.id != sub.alias_id or alias.account_id != sub.identity.account_id:
             raise Invalid("Unknown alias", "alias_id")
-        return alias.email, None
+        return alias.email, None, None
 
     async def _upstream_pool(self, sub: Submission) -> str:
         """The IP pool of upstream ``sub.alias_id``, when the account may use it (its own upstream, or

@@ -154,6 +154,7 @@ class Message(Base):
     api_key_id: Mapped[str | None] = mapped_column(String(40))
     alias_id: Mapped[str | None] = mapped_column(String(40), index=True)
     ip_pool: Mapped[str] = mapped_column(String(100), nullable=False, index=True)  # a pool's parked mail (0006)
+    upstream_id: Mapped[str | None] = mapped_column(String(40))  # the one upstream chosen for it (0006; HTTP alias_id)
     mail_from: Mapped[str] = mapped_column(String(320), nullable=False)  # "" = null sender (DSN)
     header_message_id: Mapped[str | None] = mapped_column(String(400))
     subject: Mapped[str | None] = mapped_column(Text)

@@ -47,6 +47,7 @@ class NewMessage:
     lease_owner: str | None = None  # the accepting node makes the first attempt itself
     lease_until: dt.datetime | None = None
     suppressed: dict[str, str] = field(default_factory=dict)  # address -> reason: stored, never sent
+    upstream_id: str | None = None  # the one upstream of ip_pool chosen for it (None: any, in order)
 
 
 @dataclass
@@ -78,6 +79,7 @@ class QueuedMessage:
     created_at: dt.datetime
     source: str
     tries: dict[str, int] = field(default_factory=dict)  # recipient -> attempts so far (absent: 0)
+    upstream_id: str | None = None  # only this upstream may carry it (HTTP alias_id naming an SMTP pool)
 
     @property
     def attempts(self) -> int:
@@ -239,7 +241,7 @@ class Queue:
                 "ip_pool": n.ip_pool, "mail_from": n.mail_from, "header_message_id": n.header_message_id,
                 "subject": n.subject, "body": n.body, "size": len(n.body), "source": n.source, "sandbox": n.sandbox,
                 "idempotency_key": n.idempotency_key, "tags": n.tags, "meta": n.meta, "created_at": n.created_at,
-                "expires_at": n.expires_at})
+                "expires_at": n.expires_at, "upstream_id": n.upstream_id})
             for addr in n.recipients:
                 reason = n.suppressed.get(addr)
                 rcpts.append({
@@ -365,7 +367,8 @@ class Queue:
             return [QueuedMessage(id=x.id, ip_pool=x.ip_pool, mail_from=x.mail_from, body=x.body,
                                   recipients=[r.address for r in by_msg[x.id]], account_id=x.account_id,
                                   expires_at=aware(x.expires_at), created_at=aware(x.created_at), source=x.source,
-                                  tries={r.address: r.attempts for r in by_msg[x.id]}) for x in msgs]
+                                  tries={r.address: r.attempts for r in by_msg[x.id]}, upstream_id=x.upstream_id)
+                    for x in msgs]
 
     def renew_leases(self, owner: str, lease_seconds: float, now: dt.datetime | None = None) -> int:
         """Extend this node's claims: a long backlog in the active queue must not be taken over by

@@ -215,7 +215,8 @@ class Pipeline:
         rec = await self._pools.get(pool, lambda: self.runner.read(self.store.pools.get, pool))
         return rec is None or rec.allows(account_id)
 
-    async def mail(self, ctx: Context, sender: str, *, ip_pool: str | None = None) -> AliasRec:
+    async def mail(self, ctx: Context, sender: str, *, ip_pool: str | None = None,
+                   upstream_id: str | None = None) -> AliasRec:
         """MAIL FROM: the sender must be a verified alias of the account; it picks the pool (unless
         ``ip_pool``, which the account must be allowed to use as well)."""
         ident = ctx.identity
@@ -234,6 +235,7 @@ class Pipeline:
         if not ctx.sandbox and not await self._pool_allows(pool, ident.account_id):
             raise POOL_DENIED  # restricted since the alias chose it, or a grant revoked (seen within cache_ttl)
         ctx.alias, ctx.mail_from, ctx.recipients, ctx.route_pool = alias, sender, [], ip_pool
+        ctx.route_upstream = upstream_id
         ctx.extra[_OPEN] = True
         verdict = await self.policies.run("on_mail", ctx, sender)
         if verdict:
@@ -326,7 +328,7 @@ class Pipeline:
             id=queue_id, ip_pool=ctx.ip_pool or ctx.alias.ip_pool, mail_from=ctx.mail_from, body=raw,
             recipients=list(ctx.recipients), created_at=self.clock(), expires_at=self.clock(),
             account_id=ctx.identity.account_id, api_key_id=ctx.identity.key_id, alias_id=ctx.alias.id,
-            header_message_id=message_id, subject=summary.subject, source=ctx.source,
+            header_message_id=message_id, subject=summary.subject, source=ctx.source, upstream_id=ctx.route_upstream,
             sandbox=ctx.sandbox, idempotency_key=ctx.idempotency_key))
         if ctx.replayed is not None:
             return queue_id  # a duplicate: the original's id, nothing committed
@@ -409,7 +411,8 @@ class Pipeline:
         if pending and not new.sandbox:
             self.on_queued(QueuedMessage(
                 id=new.id, ip_pool=new.ip_pool, mail_from=new.mail_from, body=new.body, recipients=pending,
-                account_id=new.account_id, expires_at=new.expires_at, created_at=now, source=new.source))
+                account_id=new.account_id, expires_at=new.expires_at, created_at=now, source=new.source,
+                upstream_id=new.upstream_id))
 
     async def submit_system(self, *, sender: str, recipients: list[str], raw: bytes, source: str = "system",
                             mail_from: str | None = None, account_id: str | None = None,

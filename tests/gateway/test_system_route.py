@@ -63,8 +63,12 @@ async def test_http_send_uses_the_alias_name_and_an_smtp_pool_id(gateway_factory
         await wait_for(lambda: any(r.rcpt_tos == ["named@dest.org"] for r in a.sink.received))
         (got,) = [r for r in a.sink.received if r.rcpt_tos == ["named@dest.org"]]
         assert b"\r\nFrom: Acme Billing <app@example.com>\r\n" in got.data
-        # seed 001: alias_id = an SMTP pool's id routes the send through that upstream's IP pool
-        dedicated = await sink_factory()
+        # seed 001: alias_id = an SMTP pool's id routes the send through that upstream alone
+        dedicated, preferred = await sink_factory(), await sink_factory()
+        r = await a.client.post("/api/v1/smtp-pools", json={"name": "preferred", "host": "127.0.0.1",
+                                                            "port": preferred.port, "encryption": "none",
+                                                            "ip_pool": "dedicated", "priority": -10})
+        assert r.status_code == 200, r.text
         r = await a.client.post("/api/v1/smtp-pools", json={"name": "dedicated", "host": "127.0.0.1",
                                                             "port": dedicated.port, "encryption": "none",
                                                             "ip_pool": "dedicated"})
@@ -73,7 +77,7 @@ async def test_http_send_uses_the_alias_name_and_an_smtp_pool_id(gateway_factory
                                                                alias_id=r.json()["id"]))
         assert r.status_code == 200, r.text
         await wait_for(lambda: any(x.rcpt_tos == ["routed@dest.org"] for x in dedicated.received))
-        assert not any(x.rcpt_tos == ["routed@dest.org"] for x in a.sink.received)
+        assert not any(x.rcpt_tos == ["routed@dest.org"] for x in a.sink.received + preferred.received)
         # another account's upstream is no route for this one: the same answer as an unknown alias
         other = provision(a.gw, a.sink.port, account="globex", domain="globex.test", alias="app@globex.test",
                           scopes=("admin", "send"))
