@@ -145,8 +145,11 @@ def main() -> None:
         out["parked_after_s"] = round(time.time() - t0, 1)
         time.sleep(5)  # the last outcomes' commits
         pids = process_tree(proc.pid)
-        cpu0, ev0 = cpu_seconds(pids), events(store)
+        cpu0, ev0, t_idle = cpu_seconds(pids), events(store), dt.datetime.now(dt.timezone.utc)
         time.sleep(args.idle)
+        with store.sessions() as s:  # what was written while nothing should have been
+            out["idle_events"] = [f"{e.type} {e.recipient} {e.reply}"[:160] for e in s.scalars(
+                sa.select(m.Event).where(m.Event.at >= t_idle).order_by(m.Event.id).limit(5))]
         out["idle_cpu_s_per_min"] = round((cpu_seconds(pids) - cpu0) * 60 / args.idle, 2)
         out["idle_event_rows"] = events(store) - ev0
         out["accept_with_backlog_per_s"] = round(accept_rate(ports, args.messages, args.sessions), 1)
