@@ -59,7 +59,6 @@ class Scheduler:
         self.retry_base = retry_base
         self.retry_max = retry_max
         self.lease = lease
-        self.park_seconds = max(retry_max, 20 * router.cooldown)  # mail behind an open breaker, at most
         self.poll_interval = poll_interval
         self.concurrency = concurrency
         self.bounce = bounce
@@ -86,6 +85,11 @@ class Scheduler:
     # -- feeding ------------------------------------------------------------------------------
     def push(self, msg: QueuedMessage) -> None:
         self.active.push(msg)
+
+    @property
+    def park_seconds(self) -> float:
+        """How long mail behind open breakers waits at most (a fallback: a successful probe releases it)."""
+        return max(self.retry_max, 20 * self.router.cooldown)
 
     @property
     def running(self) -> bool:

@@ -2,7 +2,7 @@
 
 :meth:`Sender.send` takes a typed :class:`Submission` and answers :class:`Sent` or
 :class:`Suppressed`, or raises the refusal (:class:`relay.vocab.RelayError` from the pipeline or a
-policy; :class:`relay.vocab.Forbidden` / :class:`relay.vocab.Invalid` for the request;
+policy, SANDBOX_DENIED included; :class:`relay.vocab.Invalid` for the request;
 :class:`relay.submission.compose.ComposeError` for a value that cannot go into the message).
 
 The rules it holds: who may send to the sandbox; an idempotency key replays the original answer;
@@ -26,8 +26,8 @@ from relay.events.webhooks import WebhookService
 from relay.store import utcnow
 from relay.submission.compose import Draft, compose
 from relay.submission.idempotency import Original
-from relay.submission.pipeline import API_MAX_RECIPIENTS, SANDBOX_SCOPE, Pipeline, idempotency_scope
-from relay.vocab import SEND_SCOPES, Context, Forbidden, Identity, Invalid, NotFound, RelayError
+from relay.submission.pipeline import API_MAX_RECIPIENTS, Pipeline, idempotency_scope, sandboxed
+from relay.vocab import Context, Identity, Invalid, NotFound, RelayError
 
 # The pipeline's limit for one HTTP send, split as the seeds' request does: to, cc, bcc.
 MAX_TO = API_MAX_RECIPIENTS // 2
@@ -100,9 +100,7 @@ class Sender:
 
     async def send(self, sub: Submission) -> Sent | Suppressed:
         ident = sub.identity
-        sandbox = sub.sandbox_requested or not ident.scopes & SEND_SCOPES
-        if sandbox and SANDBOX_SCOPE not in ident.scopes:
-            raise Forbidden("Sandbox sends need an API key with the sandbox scope")
+        sandbox = sandboxed(ident, sub.sandbox_requested)
         if sub.draft.html is None and sub.draft.text is None:
             raise Invalid("html or text is required", "html")
         if sub.idempotency_key:

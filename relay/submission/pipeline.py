@@ -76,6 +76,16 @@ def check_recipient(address: str, smtputf8: bool) -> None:
         raise NEEDS_SMTPUTF8
 
 
+def sandboxed(ident: Identity, requested: bool) -> bool:
+    """Whether a submission goes to the sandbox (stored, never delivered): asked for (the
+    X-Relay-Sandbox header, in HTTP or in the message), or a key without a send scope. Asking needs
+    the sandbox scope (SANDBOX_DENIED). The one rule for both front doors."""
+    sandbox = requested or not ident.scopes & SEND_SCOPES
+    if sandbox and SANDBOX_SCOPE not in ident.scopes:
+        raise SANDBOX_DENIED
+    return sandbox
+
+
 def idempotency_scope(key: str | None, sandbox: bool) -> str | None:
     """An idempotency key is the account's, and a sandbox send's apart from a real one's: a sandbox
     test never answers for (and swallows) the real send that reuses its key."""
@@ -227,8 +237,7 @@ class Pipeline:
         alias = await self._own_verified_alias(ident, sender)
         if alias is None:
             raise SENDER_DENIED
-        if not ident.scopes & SEND_SCOPES:
-            ctx.sandbox = True  # a key with only the sandbox scope: stored, never delivered
+        ctx.sandbox = ctx.sandbox or sandboxed(ident, False)  # a key with only the sandbox scope
         pool = ip_pool or alias.ip_pool
         if not ctx.sandbox and not may_use_pool(ident.scopes, pool, self.scope_pools):  # a sandbox send goes nowhere
             raise SCOPE_DENIED
@@ -316,9 +325,7 @@ class Pipeline:
             if verdict:
                 raise verdict_error(verdict)
         if summary.sandbox and not ctx.sandbox:
-            if SANDBOX_SCOPE not in ctx.identity.scopes:
-                raise SANDBOX_DENIED
-            ctx.sandbox = True  # X-Relay-Sandbox: stored, never delivered (as POST /send's header)
+            ctx.sandbox = sandboxed(ctx.identity, True)  # X-Relay-Sandbox in the message (as POST /send's header)
         queue_id = new_queue_id(ctx.sandbox)
         domain = from_addr.rpartition("@")[2]
         raw, message_id = msgs.complete_headers(msgs.strip_fields(raw), summary, queue_id, domain)
