@@ -91,6 +91,8 @@ class Gateway:
         self.policies = load_policies(settings.policies.enabled, settings.policies.options, PolicyServices(
             sessions=self.store.sessions, reads=self.store.reads, runner=self.runner, clock=clock,
             max_message_size=lambda: self.settings.smtp.max_message_size))
+        self.webhooks = WebhookService(store=self.store, runner=self.runner, master_key=self.master_key,
+                                       allow_targets=settings.security.allow_targets)
         self.active = ActiveQueue()  # fed by the pipeline (fresh mail) and the scheduler (mail due again)
         self.pipeline = Pipeline(
             store=self.store, runner=self.runner, master_key=self.master_key, hostname=settings.hostname,
@@ -101,7 +103,7 @@ class Gateway:
             auth_throttle=AuthThrottle(settings.smtp.auth_max_failures, settings.smtp.auth_lockout),
             connections=ConnectionLimits(settings.smtp.max_connections, settings.smtp.max_connections_per_ip),
             data_budget=MemoryBudget(settings.smtp.data_memory_budget),
-            on_queued=self.active.push)
+            on_queued=self.active.push, on_suppressed=self.webhooks.suppressed)
         self.router = Router(threshold=d.breaker_threshold, cooldown=d.breaker_cooldown)
         self.scheduler = Scheduler(
             store=self.store, runner=self.runner, writer=self.pipeline.writer, router=self.router, active=self.active,
@@ -114,8 +116,6 @@ class Gateway:
                                        settings.smtp.workers) if worker == 0 else (),
             bounce=Bouncer(hostname=settings.hostname, submit=self.pipeline.submit_system),
             policies=self.policies)  # after_delivery / after_bounce
-        self.webhooks = WebhookService(store=self.store, runner=self.runner, master_key=self.master_key,
-                                       allow_targets=settings.security.allow_targets)
         self.servers: dict[str, asyncio.AbstractServer] = {}
         self.handlers: dict[str, smtp.SubmissionHandler] = {}
         self.sockets: dict[str, socket.socket] = dict(sockets or {})

@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from relay.services.send import SUPPRESSION_STATUS
+from relay.submission.pipeline import SUPPRESSION_STATUS
 from relay.submission.compose import ComposeError
 from relay.vocab import Conflict, Forbidden, Invalid, NotFound, RelayError, Unavailable
 

@@ -94,7 +94,7 @@ Services = Annotated[ApiServices, Depends(services)]
 
 
 def _sender(svc: Services) -> Sender:
-    return Sender(svc.pipeline, svc.router, svc.webhooks)
+    return Sender(svc.pipeline, svc.router)
 
 
 def _directory(svc: Services) -> AccountDirectory:

@@ -31,6 +31,7 @@ from relay.secrets import MasterKey
 from relay.store import Store, utcnow
 from relay.store.runner import DbRunner
 from relay.store.webhooks import Attempt, Result, Subscriptions
+from relay.vocab import Context
 
 log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines carry URLs with credentials
@@ -101,6 +102,15 @@ class WebhookService:
             return
         if await self.runner.write(self.store.enqueue_events, subs, account_id, event, list(items)):
             self._poke()
+
+    async def suppressed(self, ctx: Context, message_id: str | None) -> None:
+        """The pipeline's report of the recipients it held back as suppressed (either door): one
+        ``suppressed`` event each, with the message's id once it was committed."""
+        if ctx.identity is None:
+            return
+        await self.emit(ctx.identity.account_id, "suppressed", (
+            {"message_id": message_id, "recipient": a, "status": "suppressed", "tags": list(ctx.tags or ()),
+             "metadata": ctx.metadata or {}} for a in ctx.held_back))
 
     def wake(self) -> None:
         """Events were queued in the store by another path: look at the queue now."""

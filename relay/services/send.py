@@ -6,10 +6,9 @@ policy, SANDBOX_DENIED included; :class:`relay.vocab.Invalid` for the request;
 :class:`relay.submission.compose.ComposeError` for a value that cannot go into the message).
 
 The rules it holds: who may send to the sandbox; an idempotency key replays the original answer;
-``alias_id`` must be an alias of the account; a recipient refused as suppressed (a Verdict with
-``http_status`` :data:`SUPPRESSION_STATUS`, see :mod:`policies.spec`) is held back while the others
-get the message, and every held-back one raises the ``suppressed`` webhook event; a send whose
-alias's IP pool has no healthy upstream right now is committed all the same, answered as queued.
+``alias_id`` must be an alias of the account; a recipient refused as suppressed is held back by the
+pipeline (stored and reported as on SMTP) while the others get the message; a send whose alias's IP
+pool has no healthy upstream right now is committed all the same, answered as queued.
 
 What the send adds to the submission (tags, metadata, the held-back recipients, the envelope cap)
 travels in the typed :class:`relay.vocab.Context` the pipeline stores from, the same for both
@@ -22,17 +21,14 @@ import datetime as dt
 from dataclasses import dataclass, field, replace
 
 from relay.delivery.router import Router
-from relay.events.webhooks import WebhookService
-from relay.store import utcnow
 from relay.submission.compose import Draft, compose
 from relay.submission.idempotency import Original
-from relay.submission.pipeline import API_MAX_RECIPIENTS, Pipeline, idempotency_scope, sandboxed
-from relay.vocab import Context, Identity, Invalid, NotFound, RelayError
+from relay.submission.pipeline import API_MAX_RECIPIENTS, Outcome, Pipeline, idempotency_scope, sandboxed
+from relay.vocab import Context, Identity, Invalid, NotFound
 
 # The pipeline's limit for one HTTP send, split as the seeds' request does: to, cc, bcc.
 MAX_TO = API_MAX_RECIPIENTS // 2
 MAX_CC = MAX_BCC = API_MAX_RECIPIENTS // 4
-SUPPRESSION_STATUS = 422  # policies.spec: the http_status of a Verdict refusing a suppressed recipient
 
 
 @dataclass(frozen=True)
@@ -70,10 +66,6 @@ class Suppressed:
     recipients: tuple[str, ...]
 
 
-def is_suppression(exc: RelayError) -> bool:
-    return exc.http_status == SUPPRESSION_STATUS
-
-
 def unique_recipients(*groups: tuple[str, ...]) -> tuple[str, ...]:
     """The addresses of every group, each once (case-insensitively), in order."""
     seen: set[str] = set()
@@ -89,11 +81,17 @@ def _replayed(original: Original) -> Sent:
     return Sent(original.message_id, original.provider, original.queued, original.timestamp, idempotent=True)
 
 
+def _sent(out: Outcome) -> Sent:
+    if out.replayed is not None:
+        return _replayed(out.replayed)
+    return Sent(out.message_id, "sandbox" if out.sandbox else "smtp", out.queued, out.accepted_at,
+                suppressed=out.suppressed)
+
+
 class Sender:
-    def __init__(self, pipeline: Pipeline, router: Router, webhooks: WebhookService) -> None:
+    def __init__(self, pipeline: Pipeline, router: Router) -> None:
         self.pipeline = pipeline
         self.router = router
-        self.webhooks = webhooks
 
     def pool_healthy(self, pool: str) -> bool:
         return any(self.router.healthy(u) for u in self.router.pools.get(pool, ()))
@@ -121,21 +119,14 @@ class Sender:
         except Exception:
             await self.pipeline.abort(ctx)
             raise
-        suppressed = await self._recipients(ctx, sub.recipients)
-        if not ctx.recipients:
-            await self.pipeline.abort(ctx)
-            await self._emit_suppressed(sub, None, suppressed)
-            return Suppressed(suppressed)
         ctx.tags = list(sub.tags) or None
         ctx.metadata = sub.metadata or None
-        ctx.held_back = dict.fromkeys(suppressed, "suppressed")
-        queued = ctx.expect_delay = not sandbox and not self.pool_healthy(ctx.ip_pool or "")
-        message_id = await self.pipeline.data(ctx, raw)
-        if ctx.replayed is not None:
-            return _replayed(ctx.replayed)
-        await self._emit_suppressed(sub, message_id, suppressed)
-        return Sent(message_id, "sandbox" if sandbox else "smtp", queued, ctx.accepted_at or utcnow(),
-                    suppressed=suppressed)
+        await self.pipeline.recipients(ctx, sub.recipients)
+        if not ctx.recipients:
+            await self.pipeline.abort(ctx)  # reports the held-back recipients
+            return Suppressed(tuple(ctx.held_back))
+        ctx.expect_delay = not sandbox and not self.pool_healthy(ctx.ip_pool or "")
+        return _sent(await self.pipeline.data(ctx, raw))
 
     async def _route(self, sub: Submission) -> tuple[str, str | None, str | None]:
         """The envelope sender, the IP pool chosen instead of the alias's and the one upstream chosen
@@ -168,26 +159,3 @@ class Sender:
         if up.id != sub.alias_id or not up.is_active or pool is None or not pool.allows(sub.identity.account_id):
             raise Invalid("Unknown alias", "alias_id")
         return up.ip_pool
-
-    async def _recipients(self, ctx: Context, recipients: tuple[str, ...]) -> tuple[str, ...]:
-        """RCPT for each; the suppressed ones are held back (returned), any other refusal aborts."""
-        suppressed: list[str] = []
-        try:
-            for rcpt in recipients:
-                try:
-                    await self.pipeline.rcpt(ctx, rcpt)
-                except RelayError as exc:
-                    if not is_suppression(exc):
-                        raise
-                    suppressed.append(rcpt)
-        except RelayError:
-            await self.pipeline.abort(ctx)
-            raise
-        return tuple(suppressed)
-
-    async def _emit_suppressed(self, sub: Submission, message_id: str | None, recipients: tuple[str, ...]) -> None:
-        if not recipients:
-            return
-        await self.webhooks.emit(sub.identity.account_id, "suppressed", (
-            {"message_id": message_id, "recipient": a, "status": "suppressed", "tags": list(sub.tags),
-             "metadata": sub.metadata} for a in recipients))

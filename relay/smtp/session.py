@@ -322,14 +322,14 @@ class SubmissionHandler:
         if ctx is None:
             return "503 5.5.1 Error: need MAIL command"
         try:
-            queue_id = await self.pipeline.data(ctx, envelope.original_content or b"")
+            outcome = await self.pipeline.data(ctx, envelope.original_content or b"")
         except RelayError as exc:
             return self.rejected("data", exc, ctx)
         except Exception:
             log.exception("submission failed", extra={"peer": ctx.peer})
             metrics.rejected(self.listener, "data", 451, "4.3.0")
             return "451 4.3.0 Temporary local problem, try again later"
-        return f"250 2.0.0 OK queued as {queue_id}"
+        return f"250 2.0.0 OK queued as {outcome.message_id}"
 
     async def handle_exception(self, error: Exception) -> str:
         log.exception("SMTP session error")

@@ -15,7 +15,8 @@ import functools
 import ipaddress
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from policies.spec import SIZE, Verdict
@@ -58,8 +59,38 @@ _OPEN = "_transaction_open"  # ctx.extra: MAIL accepted, neither committed nor a
 API_MAX_RECIPIENTS = 200  # one HTTP send's envelope: to 100 + cc 50 + bcc 50
 
 
+SUPPRESSION_STATUS = 422  # policies.spec: the http_status of a Verdict refusing a suppressed recipient
+
+
 def verdict_error(v: Verdict) -> RelayError:
     return RelayError(v.code, v.enhanced, v.message, v.reason, http_status=v.http_status)
+
+
+def is_suppression(exc: RelayError) -> bool:
+    return exc.http_status == SUPPRESSION_STATUS
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a submission came to, the same for both front doors (each only translates it).
+
+    ``message_id`` is the queue id (the original's when ``replayed``); ``suppressed`` the recipients
+    refused as suppressed (SMTP answered them 550 at RCPT, HTTP held them back), stored with the
+    message in state ``suppressed`` and reported as ``suppressed`` webhook events."""
+
+    message_id: str
+    sandbox: bool
+    accepted_at: dt.datetime
+    suppressed: tuple[str, ...] = ()
+    queued: bool = False  # no healthy upstream when it was accepted: delivered later
+    replayed: Any = None  # the original answer of a repeated idempotency key (nothing committed)
+
+
+SuppressedHook = Callable[[Context, "str | None"], Awaitable[None]]
+
+
+async def _no_report(_ctx: Context, _message_id: str | None) -> None:
+    return None
 
 
 BAD_RECIPIENT = RelayError(501, "5.1.3", "Bad recipient address syntax", http_status=400)
@@ -109,7 +140,8 @@ class Pipeline:
                  data_budget: MemoryBudget | None = None, writer: StoreWriter | None = None,
                  hide_client_address: bool = False,
                  scope_pools: Mapping[str, frozenset[str]] | None = None, system_pool: str | None = None,
-                 on_queued: Callable[[QueuedMessage], None] = lambda _m: None) -> None:
+                 on_queued: Callable[[QueuedMessage], None] = lambda _m: None,
+                 on_suppressed: SuppressedHook = _no_report) -> None:
         self.store = store
         self.runner = runner
         self.master_key = master_key
@@ -136,6 +168,7 @@ class Pipeline:
         # shared with the scheduler: one fsync per round
         self.writer = writer or StoreWriter(runner, store.queue.apply, on_commit=metrics.store_committed)
         self.on_queued = on_queued  # the active queue's push
+        self.on_suppressed = on_suppressed  # the events stage: the ``suppressed`` webhook events
         self.idempotency = Idempotency(runner, IdempotencyStore(store.sessions, store.reads), clock=clock)
         self._aborting: set[asyncio.Task[None]] = set()  # on_abort hooks started by abandon()
 
@@ -253,14 +286,32 @@ class Pipeline:
         return alias
 
     async def rcpt(self, ctx: Context, recipient: str) -> None:
-        """One recipient; a refusal applies to it alone."""
+        """One recipient; a refusal applies to it alone. A suppressed one is refused too, and held
+        back: stored with the message (state ``suppressed``) and reported, whichever door asked."""
         check_recipient(recipient, ctx.smtputf8)
         if len(ctx.recipients) >= (ctx.max_recipients or self.max_recipients):
             raise TOO_MANY_RECIPIENTS
         verdict = await self.policies.run("on_rcpt", ctx, recipient)
         if verdict:
-            raise verdict_error(verdict)
+            exc = verdict_error(verdict)
+            if is_suppression(exc) and recipient not in ctx.recipients:
+                ctx.held_back.setdefault(recipient, "suppressed")
+            raise exc
         ctx.recipients.append(recipient)
+
+    async def recipients(self, ctx: Context, recipients: tuple[str, ...]) -> None:
+        """RCPT for each of a whole-message submission (HTTP): the suppressed ones are held back,
+        any other refusal aborts the transaction and is raised."""
+        try:
+            for rcpt in recipients:
+                try:
+                    await self.rcpt(ctx, rcpt)
+                except RelayError as exc:
+                    if not is_suppression(exc):
+                        raise
+        except RelayError:
+            await self.abort(ctx)
+            raise
 
     # -- the end of a transaction -----------------------------------------------------------
     async def connect(self, ctx: Context) -> None:
@@ -274,14 +325,26 @@ class Pipeline:
         """The transaction ended without a commit (RSET, QUIT, a lost connection, a refusal, a store
         failure): policies give back what they reserved (``on_abort``). Idempotent, and a no-op once
         ``data()`` has committed. A front door whose transaction ends without ``data()`` calls it."""
-        if ctx.extra.pop(_OPEN, False) and self.policies.has("on_abort"):
+        if not ctx.extra.pop(_OPEN, False):
+            return
+        if self.policies.has("on_abort"):
             await self.policies.notify("on_abort", ctx)
+        await self._report_suppressed(ctx, None)
+
+    async def _report_suppressed(self, ctx: Context, message_id: str | None) -> None:
+        """The held-back recipients' ``suppressed`` events (with the message's id once committed)."""
+        if not ctx.held_back or ctx.replayed is not None:
+            return
+        try:
+            await self.on_suppressed(ctx, message_id)
+        except Exception:  # an event lost is logged; the submission's answer stands
+            log.exception("could not report suppressed recipients", extra={"queue_id": message_id})
 
     def abandon(self, ctx: Context | None) -> None:
         """:meth:`abort` for protocol callbacks that cannot await (a session's state reset)."""
         if ctx is None or not ctx.extra.get(_OPEN):
             return
-        if not self.policies.has("on_abort"):
+        if not self.policies.has("on_abort") and not ctx.held_back:
             ctx.extra.pop(_OPEN, None)
             return
         task = asyncio.get_running_loop().create_task(self.abort(ctx))
@@ -289,9 +352,10 @@ class Pipeline:
         task.add_done_callback(self._aborting.discard)
 
     # -- data -----------------------------------------------------------------------------
-    async def data(self, ctx: Context, raw: bytes) -> str:
-        """Check, sign and durably commit one message. Returns its queue id. A failure aborts the
-        transaction (policies give back their reservations); a commit closes it."""
+    async def data(self, ctx: Context, raw: bytes) -> Outcome:
+        """Check, sign and durably commit one message: the one end of every submission, whichever
+        door. A failure aborts the transaction (policies give back their reservations); a commit
+        closes it."""
         ctx.extra[SIZE] = len(raw)
         try:
             queue_id = await self._data(ctx, raw)
@@ -302,9 +366,14 @@ class Pipeline:
             await self.abort(ctx)
             raise
         ctx.extra.pop(_OPEN, None)
+        if ctx.replayed is not None:
+            return Outcome(queue_id, ctx.replayed.provider == "sandbox", ctx.replayed.timestamp,
+                           queued=ctx.replayed.queued, replayed=ctx.replayed)
         if self.policies.has("on_commit"):
             await self.policies.notify("on_commit", ctx, queue_id)
-        return queue_id
+        await self._report_suppressed(ctx, queue_id)
+        return Outcome(queue_id, ctx.sandbox, ctx.accepted_at or self.clock(), tuple(ctx.held_back),
+                       queued=ctx.expect_delay)
 
     async def _data(self, ctx: Context, raw: bytes) -> str:
         if ctx.identity is None or ctx.alias is None:

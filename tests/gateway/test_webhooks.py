@@ -8,6 +8,8 @@ from relay.events import webhooks
 from relay.gateway import Gateway
 from tests.support.api import Api, Receiver, send_body, start_api
 from tests.conftest import wait_for
+from tests.gateway.test_policies import send as smtp_send
+from tests.support.replies import OK as SMTP_OK, REFUSED as SMTP_SUPPRESSED
 
 OK, BAD_REQUEST, NOT_FOUND = 200, 400, 404
 
@@ -75,6 +77,36 @@ async def test_events_are_signed_and_delivered(api: Api):
         assert len(deliveries) == len(receiver.received) and {d["state"] for d in deliveries} == {"delivered"}
         assert (await api.client.delete(f"/api/v1/webhooks/{hook['id']}")).json() == {"success": True}
         assert (await api.client.get(f"/api/v1/webhooks/{hook['id']}")).status_code == NOT_FOUND
+    finally:
+        await receiver.stop()
+
+
+async def test_smtp_reports_suppressed_recipients_as_http_does(api: Api):
+    """The same rule behind both doors: SMTP answers the suppressed recipient 550 at RCPT (HTTP
+    holds it back), and either way it is stored as ``suppressed`` and raises the ``suppressed``
+    event; a transaction with no other recipient stores nothing and reports it without an id."""
+    fast(api.gw)
+    receiver = Receiver()
+    await receiver.start()
+    try:
+        await create_hook(api, receiver.url, ["suppressed"])
+        await api.client.post("/api/v1/suppressions", json={"email": "gone@dest.org", "reason": "unsubscribe"})
+        replies, data = await smtp_send(api.gw, api.p, ["user@dest.org", "gone@dest.org"])
+        assert [code for code, _ in replies] == [SMTP_OK, SMTP_SUPPRESSED] and data[0] == SMTP_OK
+        mid = data[1].rsplit(" ", 1)[1]
+        await wait_for(lambda: len(receiver.received) == 1, timeout=10)
+        assert receiver.received[0].json["data"] == {"message_id": mid, "recipient": "gone@dest.org",
+                                                     "status": "suppressed", "tags": [], "metadata": {}}
+        r = await api.client.get(f"/api/v1/messages/{mid}")
+        assert {x["email"]: x["status"] for x in r.json()["message"]["recipients"]}["gone@dest.org"] == "suppressed"
+        assert [x.rcpt_tos for x in api.sink.received if x.mail_from == api.p.alias][-1:] == [["user@dest.org"]]
+
+        before = api.submitted()
+        replies, data = await smtp_send(api.gw, api.p, ["gone@dest.org"])
+        assert [code for code, _ in replies] == [SMTP_SUPPRESSED] and data is None
+        await wait_for(lambda: len(receiver.received) == 2, timeout=10)
+        assert receiver.received[1].json["data"]["message_id"] is None
+        assert api.submitted() == before
     finally:
         await receiver.stop()
 

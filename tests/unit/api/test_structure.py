@@ -14,10 +14,9 @@ from relay.services.send import (
     MAX_BCC,
     MAX_CC,
     MAX_TO,
-    is_suppression,
     unique_recipients,
 )
-from relay.submission.pipeline import API_MAX_RECIPIENTS
+from relay.submission.pipeline import API_MAX_RECIPIENTS, is_suppression
 from relay.vocab import RelayError
 
 RESOURCES = ("aliases", "domains", "keys", "upstreams", "suppressions", "usage", "messages", "send", "webhooks",
