@@ -4,6 +4,9 @@
 pages through the account's messages, newest first (``status`` = some recipient in that state,
 ``tag``, ``since``), with an opaque ``cursor``. ``GET/DELETE /api/v1/sandbox`` lists and clears
 sandbox sends (stored, never delivered). Any key of the account may read (send, sandbox, admin...).
+An ``admin`` key may also make a message's deferred recipients due now
+(``POST /api/v1/messages/{message_id}/retry``) and delete a message (``DELETE``; 409 while a node
+holds it for an attempt): the same service as ``relay queue retry|delete``.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ from relay.api.common import (
     errors,
     field_error,
     iso,
+    refusals,
 )
-from relay.api.deps import AnyKey, Services
+from relay.api.deps import AdminKey, AnyKey, Services
+from relay.services.queue_admin import QueueAdmin
 from relay.store.queue import STATES
 from relay.store.tracking import TrackedMessage, Tracking
 from relay.vocab import Identity
@@ -98,6 +103,16 @@ class SandboxPage(BaseModel):
 class Cleared(BaseModel):
     success: bool
     deleted: int
+
+
+class Retried(BaseModel):
+    success: bool
+    recipients: int  # deferred recipients made due now
+
+
+class Deleted(BaseModel):
+    success: bool
+    deleted: str
 
 
 def message_json(msg: TrackedMessage, *, detail: bool) -> dict[str, Any]:
@@ -172,6 +187,24 @@ async def get_message(message_id: str, ident: AnyKey, svc: Services) -> dict[str
     except NotFound:
         raise ApiError(404, "Message not found") from None
     return {"success": True, "message": message_json(msg, detail=True)}
+
+
+@router.post("/messages/{message_id}/retry", tags=["messages"], response_model=Retried, responses=errors(404))
+async def retry_message(message_id: str, ident: AdminKey, svc: Services) -> dict[str, Any]:
+    """Make the message's deferred recipients due now (as ``relay queue retry``)."""
+    check_id(message_id, "Message not found")
+    with refusals("Message not found"):
+        n = await svc.runner.write(QueueAdmin(svc.store).retry, ident.account_id, [message_id])
+    return {"success": True, "recipients": n}
+
+
+@router.delete("/messages/{message_id}", tags=["messages"], response_model=Deleted, responses=errors(404, 409))
+async def delete_message(message_id: str, ident: AdminKey, svc: Services) -> dict[str, Any]:
+    """Delete a message: body, recipients and events (409 while a node holds it for an attempt)."""
+    check_id(message_id, "Message not found")
+    with refusals("Message not found"):
+        await svc.runner.write(QueueAdmin(svc.store).delete, ident.account_id, message_id)
+    return {"success": True, "deleted": message_id}
 
 
 @router.get("/sandbox", tags=["sandbox"], response_model=SandboxPage, responses=errors())

@@ -8,6 +8,7 @@ import click
 
 from relay.cli.base import Ctx, command, table
 from relay.cli.progress import progress
+from relay.services.queue_admin import QueueAdmin, check_retry
 from relay.vocab import STATES, Invalid
 
 
@@ -52,12 +53,12 @@ def queue_show(ctx: Ctx, queue_id: str):
 @click.option("--all", "all_", is_flag=True, help="Every deferred message.")
 def queue_retry(ctx: Ctx, queue_ids: tuple[str, ...], all_: bool):
     """Make deferred recipients due now (of the given messages, or --all)."""
-    if bool(queue_ids) == all_:
-        raise Invalid("give queue ids or --all", field="queue_id")
+    check_retry(queue_ids, all_)
+    qa = QueueAdmin(ctx.store)
     if all_:
-        n = ctx.store.queue.retry(None)
+        n = qa.retry(None, every=True)
     else:
-        n = sum(ctx.store.queue.retry(qid) for qid in progress(queue_ids, label="retrying", as_json=ctx.as_json))
+        n = sum(qa.retry(None, [qid]) for qid in progress(queue_ids, label="retrying", as_json=ctx.as_json))
     data: dict[str, Any] = {"success": True, "recipients": n}
     if len(queue_ids) > 1:
         data["messages"] = len(queue_ids)
@@ -73,8 +74,9 @@ def queue_delete(ctx: Ctx, queue_ids: tuple[str, ...], state: str | None):
     if bool(queue_ids) == bool(state):
         raise Invalid("give queue ids or --state", field="queue_id")
     ids = list(queue_ids) or [m.id for m in ctx.store.queue.list_messages(state, limit=10_000_000)]
+    qa = QueueAdmin(ctx.store)
     for qid in progress(ids, label="deleting", as_json=ctx.as_json):
-        ctx.store.queue.delete(qid)
+        qa.delete(None, qid)
     if len(queue_ids) == 1:
         return {"success": True, "deleted": queue_ids[0]}, f"message {queue_ids[0]} deleted"
     return {"success": True, "deleted": ids, "count": len(ids)}, f"{len(ids)} message(s) deleted"

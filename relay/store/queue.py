@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session, sessionmaker
 
-from relay.vocab import FINAL, PENDING, STATES, NotFound  # noqa: F401  (FINAL: re-exported)
+from relay.vocab import FINAL, PENDING, STATES, Conflict, NotFound  # noqa: F401  (FINAL: re-exported)
 from relay.store import aware, utcnow
 from relay.store import hotsql
 from relay.store import models as m
@@ -416,15 +416,20 @@ class Queue:
                 raise NotFound(f"no message {message_id!r}")
             return body
 
-    def retry(self, message_id: str | None = None, now: dt.datetime | None = None) -> int:
-        """Make deferred recipients (of one message, or all) due now. Returns how many."""
+    def retry(self, message_id: str | None = None, now: dt.datetime | None = None, *,
+              account_id: str | None = None) -> int:
+        """Make deferred recipients (of one message, or all) due now. Returns how many. With
+        ``account_id``, another account's message is NotFound (and ``None`` means all of its own)."""
         now = now or utcnow()
         with self._sessions.begin() as s:
             q = sa.update(m.Recipient).where(m.Recipient.state == "deferred")
             if message_id:
-                if s.get(m.Message, message_id) is None:
+                msg = s.get(m.Message, message_id)
+                if msg is None or (account_id is not None and msg.account_id != account_id):
                     raise NotFound(f"no message {message_id!r}")
                 q = q.where(m.Recipient.message_id == message_id)
+            elif account_id is not None:
+                q = q.where(m.Recipient.message_id.in_(sa.select(m.Message.id).where(m.Message.account_id == account_id)))
             return s.execute(q.values(next_attempt_at=now), execution_options={"synchronize_session": False}).rowcount
 
     def release_held(self, ip_pool: str, now: dt.datetime | None = None) -> int:
@@ -435,11 +440,17 @@ class Queue:
             return s.execute(held_statement(ip_pool, now),
                              execution_options={"synchronize_session": False}).rowcount
 
-    def delete(self, message_id: str) -> None:
+    def delete(self, message_id: str, *, account_id: str | None = None, unless_delivering: bool = False) -> None:
+        """Delete a message with its recipients and events. With ``account_id``, another account's
+        message is NotFound; ``unless_delivering`` refuses (Conflict) while an attempt holds it."""
         with self._sessions.begin() as s:
             msg = s.get(m.Message, message_id)
-            if msg is None:
+            if msg is None or (account_id is not None and msg.account_id != account_id):
                 raise NotFound(f"no message {message_id!r}")
+            if unless_delivering and s.scalar(sa.select(sa.func.count()).select_from(m.Recipient).where(
+                    m.Recipient.message_id == message_id, m.Recipient.state.in_(PENDING),
+                    m.Recipient.lease_until > utcnow())):  # a node holds it for an attempt
+                raise Conflict("The message is being delivered right now; try again in a moment")
             s.execute(sa.delete(m.Event).where(m.Event.message_id == message_id))
             s.execute(sa.delete(m.Recipient).where(m.Recipient.message_id == message_id))
             s.delete(msg)

@@ -8,7 +8,7 @@ from tests.support.api import Api, send_body
 from tests.conftest import wait_for
 from tests.support.replies import REFUSED
 
-OK, BAD_REQUEST, NOT_FOUND = 200, 400, 404
+OK, BAD_REQUEST, FORBIDDEN, NOT_FOUND, CONFLICT = 200, 400, 403, 404, 409
 
 
 async def test_message_shows_per_recipient_state_and_events(api: Api):
@@ -95,3 +95,56 @@ async def test_other_accounts_messages_are_invisible(api: Api):
     async with api.as_key(key2) as other_aliases:
         assert (await other_aliases.get(f"/api/v1/aliases/{alias.id}")).status_code == NOT_FOUND
         assert (await other_aliases.delete(f"/api/v1/aliases/{alias.id}")).status_code == NOT_FOUND
+
+
+async def test_retry_and_delete_a_message_as_relay_queue_does(api: Api):
+    """The one queue service behind ``relay queue retry|delete`` and these routes: an admin key of
+    the account retries and deletes its own message; another account, or a send-only key, cannot."""
+    api.gw.scheduler.retry_base = api.gw.scheduler.retry_max = 3600.0  # deferred stays deferred
+    api.sink.rcpt_replies["later@dest.org"] = "451 4.2.0 Try again later"
+    mid = (await api.client.post("/api/v1/send", json=send_body(
+        api.p, to=[{"email": "later@dest.org"}]))).json()["message_id"]
+
+    def recipient():
+        return api.gw.store.queue.show(mid).recipients[0]
+
+    await wait_for(lambda: recipient().state == "deferred", timeout=10)
+    due = recipient().next_attempt_at
+    api.gw.admin.create_account("globex")
+    key, _ = api.gw.admin.create_key("globex", ["send", "admin"])
+    async with api.as_key(key) as other:  # another account: 404, nothing changed
+        assert (await other.post(f"/api/v1/messages/{mid}/retry")).json() == {
+            "success": False, "error": "Message not found"}
+        assert (await other.delete(f"/api/v1/messages/{mid}")).status_code == NOT_FOUND
+    assert recipient().next_attempt_at == due
+    send_only, _ = api.gw.admin.create_key(api.p.account, ["send"])
+    async with api.as_key(send_only) as sender:
+        assert (await sender.delete(f"/api/v1/messages/{mid}")).status_code == FORBIDDEN
+
+    r = await api.client.post(f"/api/v1/messages/{mid}/retry")
+    assert (r.status_code, r.json()) == (OK, {"success": True, "recipients": 1})
+    assert recipient().next_attempt_at < due
+    await wait_for(lambda: recipient().attempts == 2 and recipient().state == "deferred", timeout=10)
+    r = await api.client.delete(f"/api/v1/messages/{mid}")
+    assert (r.status_code, r.json()) == (OK, {"success": True, "deleted": mid})
+    assert (await api.client.get(f"/api/v1/messages/{mid}")).status_code == NOT_FOUND
+    assert (await api.client.post(f"/api/v1/messages/{mid}/retry")).status_code == NOT_FOUND
+
+
+async def test_a_message_a_node_holds_for_an_attempt_is_not_deleted(api: Api):
+    import datetime as dt
+
+    import sqlalchemy as sa
+
+    from relay.store import models as m, utcnow
+    api.sink.rcpt_replies["later@dest.org"] = "451 4.2.0 Try again later"
+    mid = (await api.client.post("/api/v1/send", json=send_body(
+        api.p, to=[{"email": "later@dest.org"}]))).json()["message_id"]
+    await wait_for(lambda: api.gw.store.queue.show(mid).recipients[0].state == "deferred", timeout=10)
+    with api.gw.store.sessions.begin() as s:  # as a node that claimed it for an attempt
+        s.execute(sa.update(m.Recipient).where(m.Recipient.message_id == mid).values(
+            lease_owner="node-x", lease_until=utcnow() + dt.timedelta(minutes=1)))
+    r = await api.client.delete(f"/api/v1/messages/{mid}")
+    assert (r.status_code, r.json()) == (CONFLICT, {
+        "success": False, "error": "The message is being delivered right now; try again in a moment"})
+    assert api.gw.store.queue.show(mid).id == mid
