@@ -36,7 +36,7 @@ from policies.quota_rules import Effective, effective, recipients_left, targets
 from policies.spec import DRY_RUN, PolicyServices, Verdict
 from relay.cache import TTLCache
 from relay.store.directory import Directory
-from relay.store.pools import Pools
+from relay.store.ip_pools import Pools
 from policies.quota_admin import KEYS, account_limits, parse_options  # noqa: F401  (KEYS, parse_options: public here too)
 from policies.quota_store import Charge, LimitRec, QuotaStore
 

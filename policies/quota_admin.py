@@ -65,7 +65,7 @@ def _quotas(store: Store) -> QuotaStore:
 
 
 def _check_ip_pool(store: Store, ip_pool: str, hint: str = "") -> None:
-    if ip_pool not in dict(store.directory.list_pools()):
+    if ip_pool not in dict(store.directory.list_ip_pools()):
         raise NotFound(f"no IP pool {ip_pool!r}{hint}")
 
 

@@ -148,8 +148,8 @@ class Gateway:
             if uid not in seen:
                 up.close_idle()
         self._upstreams = seen
-        served_before = {pool for pool, ups in self.router.pools.items() if ups}
-        self.router.set_pools(pools, owners)
+        served_before = {pool for pool, ups in self.router.ip_pools.items() if ups}
+        self.router.set_ip_pools(pools, owners)
         if self.scheduler.running:
             for pool in pools.keys() - served_before:  # a pool gets its first upstream: its waiting mail is due
                 self.scheduler.release_held(pool)

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from relay.api.common import error_response
 from relay.api.deps import ApiServices, Services
 from relay.ops import metrics
-from relay.store.stats import pools_in_use, queue_stats
+from relay.store.stats import ip_pools_in_use, queue_stats
 from relay.vocab import RelayError
 
 router = APIRouter()
@@ -58,7 +58,7 @@ async def metrics_(request: Request, svc: Services) -> Response:
     stats = await svc.runner.read(queue_stats, svc.store)
     router = svc.router
     ups = [(pool, u.name, not ((b := router.breakers.get(u.cfg.id)) and b.failures >= router.threshold))
-           for pool, members in sorted(router.pools.items()) for u in members]
+           for pool, members in sorted(router.ip_pools.items()) for u in members]
     snap = metrics.Snapshot(depth=stats.depth, oldest_created_at=stats.oldest_created_at,
                             sessions_open={name: h.sessions for name, h in svc.process.handlers.items()},
                             upstreams_up=ups)
@@ -82,7 +82,7 @@ async def readiness(svc: ApiServices) -> tuple[bool, dict[str, Any]]:
     checks: dict[str, Any] = {"listeners": {"ok": bool(listeners) and all(listeners.values()), "detail": listeners}}
     try:
         await svc.runner.read(svc.store.ping)
-        in_use = await svc.runner.read(pools_in_use, svc.store)
+        in_use = await svc.runner.read(ip_pools_in_use, svc.store)
         if svc.settings.system.ip_pool:  # system mail's route must be served too
             in_use = {*in_use, svc.settings.system.ip_pool}
         checks["store"] = {"ok": True}
@@ -92,7 +92,7 @@ async def readiness(svc: ApiServices) -> tuple[bool, dict[str, Any]]:
     router_ = svc.router
     pools: dict[str, Any] = {}
     for pool in sorted(in_use):
-        ups = router_.pools.get(pool, [])
+        ups = router_.ip_pools.get(pool, [])
         healthy = [u.name for u in ups if router_.breakers[u.cfg.id].failures < router_.threshold]
         pools[pool] = {"ok": bool(healthy), "healthy": healthy,
                        "down": [u.name for u in ups if u.name not in healthy]}

@@ -93,14 +93,14 @@ def pool_json(u: UpstreamRec) -> dict[str, Any]:
 
 
 @router.get("/smtp-pools", response_model=list[PoolOut], responses=errors())
-async def list_pools(ident: AdminKey, upstreams: UpstreamsDep) -> list[dict[str, Any]]:
+async def list_upstreams(ident: AdminKey, upstreams: UpstreamsDep) -> list[dict[str, Any]]:
     """The account's SMTP pools (an operator key: every one), as in the seeds a bare array. Passwords are
     never included."""
     return [pool_json(u) for u in await upstreams.upstreams(ident)]
 
 
 @router.post("/smtp-pools", response_model=PoolOut, responses=errors(403, 409))
-async def create_pool(body: PoolIn, ident: AdminKey, upstreams: UpstreamsDep) -> dict[str, Any]:
+async def create_upstream(body: PoolIn, ident: AdminKey, upstreams: UpstreamsDep) -> dict[str, Any]:
     """Create an SMTP pool of the caller's account (an operator key: of the operator); the password is
     stored encrypted and never returned."""
     with refusals():
@@ -112,14 +112,14 @@ async def create_pool(body: PoolIn, ident: AdminKey, upstreams: UpstreamsDep) ->
 
 
 @router.get("/smtp-pools/{pool_id}", response_model=PoolOut, responses=errors(404))
-async def get_pool(pool_id: str, ident: AdminKey, upstreams: UpstreamsDep) -> dict[str, Any]:
+async def get_upstream(pool_id: str, ident: AdminKey, upstreams: UpstreamsDep) -> dict[str, Any]:
     check_id(pool_id, NOT_FOUND)
     with refusals(NOT_FOUND):
         return pool_json(await upstreams.get(ident, pool_id))
 
 
 @router.patch("/smtp-pools/{pool_id}", response_model=PoolOut, responses=errors(403, 404, 409))
-async def update_pool(pool_id: str, body: PoolPatch, ident: AdminKey, upstreams: UpstreamsDep) -> dict[str, Any]:
+async def update_upstream(pool_id: str, body: PoolPatch, ident: AdminKey, upstreams: UpstreamsDep) -> dict[str, Any]:
     check_id(pool_id, NOT_FOUND)
     changes = {f: getattr(body, f) for f in body.model_fields_set if f != "password"}
     with refusals(NOT_FOUND):
@@ -127,7 +127,7 @@ async def update_pool(pool_id: str, body: PoolPatch, ident: AdminKey, upstreams:
 
 
 @router.delete("/smtp-pools/{pool_id}", response_model=Ok, responses=errors(404))
-async def delete_pool(pool_id: str, ident: AdminKey, upstreams: UpstreamsDep) -> dict[str, Any]:
+async def delete_upstream(pool_id: str, ident: AdminKey, upstreams: UpstreamsDep) -> dict[str, Any]:
     check_id(pool_id, NOT_FOUND)
     with refusals(NOT_FOUND):
         await upstreams.remove(ident, pool_id)
@@ -135,7 +135,7 @@ async def delete_pool(pool_id: str, ident: AdminKey, upstreams: UpstreamsDep) ->
 
 
 @router.post("/smtp-pools/{pool_id}/test", response_model=PoolTest, responses=errors(404))
-async def test_pool(pool_id: str, ident: AdminKey, upstreams: UpstreamsDep) -> dict[str, Any]:
+async def test_upstream(pool_id: str, ident: AdminKey, upstreams: UpstreamsDep) -> dict[str, Any]:
     """EHLO, TLS and AUTH against the relay, no mail: ``{success, message, latencyMs, error}``. A failure
     is classified (``refused``, ``timeout``, ``tls``, ``auth``, ``not_smtp``, ``not_allowed``,
     ``unreachable``); the peer's own words are never echoed."""

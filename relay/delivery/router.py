@@ -32,20 +32,20 @@ class Router:
         self.threshold = threshold
         self.cooldown = cooldown
         self.clock = clock
-        self.pools: Mapping[str, Sequence[DeliveryTarget]] = {}
+        self.ip_pools: Mapping[str, Sequence[DeliveryTarget]] = {}
         self.owners: Mapping[str, str | None] = {}  # pool -> the account that owns it (None: the operator)
         self.breakers: dict[str, Breaker] = {}
 
-    def set_pools(self, pools: Mapping[str, Sequence[DeliveryTarget]],
+    def set_ip_pools(self, pools: Mapping[str, Sequence[DeliveryTarget]],
                   owners: Mapping[str, str | None] | None = None) -> None:
-        self.pools = pools
+        self.ip_pools = pools
         self.owners = owners or {}
         for ups in pools.values():
             for u in ups:
                 self.breakers.setdefault(u.cfg.id, Breaker())
 
     def all_upstreams(self) -> list[DeliveryTarget]:
-        return [u for ups in self.pools.values() for u in ups]
+        return [u for ups in self.ip_pools.values() for u in ups]
 
     def healthy(self, up: DeliveryTarget) -> bool:
         """Closed breaker, or open one whose cooldown is over and that no delivery is probing yet."""
@@ -63,7 +63,7 @@ class Router:
         if owner is not None and owner != account_id:
             log.warning("mail refused by an account's IP pool", extra={"pool": pool, "account_id": account_id})
             return []
-        ups = sorted((u for u in self.pools.get(pool, []) if upstream_id is None or u.cfg.id == upstream_id),
+        ups = sorted((u for u in self.ip_pools.get(pool, []) if upstream_id is None or u.cfg.id == upstream_id),
                      key=lambda u: u.cfg.priority)
         out: list[DeliveryTarget] = []
         for _, group in groupby(ups, key=lambda u: u.cfg.priority):
@@ -78,7 +78,7 @@ class Router:
     def probed(self, pool: str) -> bool:
         """Every upstream of ``pool`` can be probed without mail (a session pool): its waiting mail
         may be parked until a probe succeeds."""
-        ups = self.pools.get(pool, [])
+        ups = self.ip_pools.get(pool, [])
         return bool(ups) and all(hasattr(u, "connect") for u in ups)
 
     def due_probes(self) -> list[tuple[str, DeliveryTarget]]:
@@ -86,7 +86,7 @@ class Router:
         as being probed (half-open) by the caller's connection test."""
         now = self.clock()
         out = []
-        for pool, ups in self.pools.items():
+        for pool, ups in self.ip_pools.items():
             for u in ups:
                 b = self.breakers[u.cfg.id]
                 if b.failures >= self.threshold and now >= b.open_until and hasattr(u, "connect") and \
@@ -99,7 +99,7 @@ class Router:
         """When :meth:`order` gave nothing for *pool* because every breaker is open: seconds until
         the first of them lets a probe through. None when the pool has no upstream, or when a probe
         is already under way (its outcome decides)."""
-        ups = self.pools.get(pool, [])
+        ups = self.ip_pools.get(pool, [])
         if not ups:
             return None
         now = self.clock()

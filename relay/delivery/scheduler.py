@@ -378,7 +378,7 @@ class Scheduler:
         down: until the first breaker lets a probe through (a little jitter spreads the waiting
         mail), or a short first-retry delay while a probe is under way. None: the pool has no
         upstream at all, a failure like any other."""
-        if not self.router.pools.get(pool):
+        if not self.router.ip_pools.get(pool):
             return None
         reopens = self.router.reopens_in(pool)
         if reopens is None:

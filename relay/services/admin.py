@@ -217,16 +217,16 @@ class Admin:
 
     # -- IP pools: who may use them ---------------------------------------------------------------
     def pools(self) -> list[PoolRec]:
-        return self.store.pools.list()
+        return self.store.ip_pools.list()
 
     def restrict_pool(self, name: str, restricted: bool = True) -> PoolRec:
-        return self.store.pools.restrict(check_name(name, "ip_pool"), restricted)
+        return self.store.ip_pools.restrict(check_name(name, "ip_pool"), restricted)
 
     def grant_pool(self, name: str, account: str) -> PoolRec:
-        return self.store.pools.grant(check_name(name, "ip_pool"), self.directory.get_account(account).id)
+        return self.store.ip_pools.grant(check_name(name, "ip_pool"), self.directory.get_account(account).id)
 
     def revoke_pool(self, name: str, account: str) -> PoolRec:
-        return self.store.pools.revoke(check_name(name, "ip_pool"), self.directory.get_account(account).id)
+        return self.store.ip_pools.revoke(check_name(name, "ip_pool"), self.directory.get_account(account).id)
 
     def remove_upstream(self, name_or_id: str) -> None:
         self.directory.remove_upstream(name_or_id)

@@ -138,12 +138,12 @@ async def explain(store: Store, runner: DbRunner, settings: Settings, policies: 
     out.mail = Step("MAIL FROM", sender, True, "250 2.1.0 Sender OK", _verdicts(out.policies, recording.last))
     out.alias = {"id": alias.id, "email": alias.email, "name": alias.name, "default": alias.is_default}
     out.ip_pool = alias.ip_pool
-    pool = await runner.read(store.pools.get, alias.ip_pool)
+    pool = await runner.read(store.ip_pools.get, alias.ip_pool)
     out.pool_owner = "operator" if pool is None or pool.account_id is None else f"account {rec.account_name}"
     if pool is not None and pool.restricted:
         out.pool_owner += " (restricted; granted to this account)"
     out.upstreams = await runner.read(_upstreams, store, alias.ip_pool)
-    created = dict(await runner.read(store.directory.list_pools)).get(alias.ip_pool)
+    created = dict(await runner.read(store.directory.list_ip_pools)).get(alias.ip_pool)
     if created is not None:
         today = (now or utcnow()).astimezone(dt.timezone.utc).date()
         out.pool_day = (today - created.astimezone(dt.timezone.utc).date()).days + 1

@@ -94,7 +94,7 @@ class Sender:
         self.router = router
 
     def pool_healthy(self, pool: str) -> bool:
-        return any(self.router.healthy(u) for u in self.router.pools.get(pool, ()))
+        return any(self.router.healthy(u) for u in self.router.ip_pools.get(pool, ()))
 
     async def send(self, sub: Submission) -> Sent | Suppressed:
         ident = sub.identity
@@ -155,7 +155,7 @@ class Sender:
             up = await self.pipeline.runner.read(store.directory.get_upstream, sub.alias_id)
         except NotFound:
             raise Invalid("Unknown alias", "alias_id") from None
-        pool = await self.pipeline.runner.read(store.pools.get, up.ip_pool)
+        pool = await self.pipeline.runner.read(store.ip_pools.get, up.ip_pool)
         if up.id != sub.alias_id or not up.is_active or pool is None or not pool.allows(sub.identity.account_id):
             raise Invalid("Unknown alias", "alias_id")
         return up.ip_pool

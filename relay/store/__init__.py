@@ -145,7 +145,7 @@ def node_id(data_dir: Path) -> str:
 class Store:
     def __init__(self, url: str, *, node_id: str | None = None) -> None:
         from relay.store.directory import Directory
-        from relay.store.pools import Pools
+        from relay.store.ip_pools import Pools
         from relay.store.queue import Queue
         from relay.store.webhooks import Outbox, WebhookStore
 
@@ -156,7 +156,7 @@ class Store:
                                                          expire_on_commit=False)
         self.node_id = node_id or new_id("node")
         self.directory = Directory(self.sessions, self.reads)
-        self.pools = Pools(self.sessions, self.reads)
+        self.ip_pools = Pools(self.sessions, self.reads)
         self.webhook_outbox = Outbox(WebhookStore(self.sessions, self.reads))
         self.queue = Queue(self.sessions, self.reads, on_outcomes=self.webhook_outbox.on_outcomes)
 

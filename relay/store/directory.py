@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from relay.vocab import Conflict, Expired, Invalid, NotFound
 from relay.store import aware, new_id, utcnow
 from relay.store import models as m
-from relay.store import pools
+from relay.store import ip_pools as pools
 from relay.store.records import (  # the records are the directory's vocabulary: importable from here too
     AccountRec,
     AliasRec,
@@ -245,7 +245,7 @@ class Directory:
         with self._sessions.begin() as s:
             pools._row(s, name)
 
-    def list_pools(self) -> list[tuple[str, dt.datetime]]:
+    def list_ip_pools(self) -> list[tuple[str, dt.datetime]]:
         with self._reads() as s:
             return [(p.name, aware(p.created_at)) for p in s.scalars(sa.select(m.IpPool).order_by(m.IpPool.name))]
 

@@ -29,7 +29,7 @@ def queue_stats(store: Store) -> QueueStats:
     return QueueStats({state: int(counts.get(state, 0)) for state in PENDING}, aware(oldest))
 
 
-def pools_in_use(store: Store) -> set[str]:
+def ip_pools_in_use(store: Store) -> set[str]:
     """IP pools that verified aliases route to (what ``/readyz`` expects an upstream for)."""
     with store.reads() as s:
         return set(s.scalars(sa.select(m.Alias.ip_pool).where(m.Alias.verified_at.is_not(None)).distinct()))

@@ -255,7 +255,7 @@ class Pipeline:
     async def _pool_allows(self, pool: str, account_id: str) -> bool:
         """Another account's IP pool never; a restricted operator pool only when granted. A pool not
         in the store yet is an open operator pool."""
-        rec = await self._pools.get(pool, lambda: self.runner.read(self.store.pools.get, pool))
+        rec = await self._pools.get(pool, lambda: self.runner.read(self.store.ip_pools.get, pool))
         return rec is None or rec.allows(account_id)
 
     async def mail(self, ctx: Context, sender: str, *, ip_pool: str | None = None,

@@ -124,7 +124,7 @@ async def test_upstream_add_and_test_through_cli_and_api_build_the_gateways_conf
     assert (rec.priority, rec.weight, rec.max_connections) == (5, 3, 4)
     expected = upstream_config(rec, None, default_max_connections=api.gw.settings.delivery.max_connections)
     api.gw.load_upstreams()
-    [delivering] = [u for u in api.gw.router.pools["transactional"] if u.cfg.id == rec.id]
+    [delivering] = [u for u in api.gw.router.ip_pools["transactional"] if u.cfg.id == rec.id]
     assert delivering.cfg == expected  # what delivery uses is what the one function builds
 
     probed: list[Any] = []

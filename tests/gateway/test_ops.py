@@ -185,7 +185,7 @@ async def test_healthz_and_readyz_with_detail(gateway_factory, sink_factory):
         assert body["checks"]["store"] == {"ok": True}
         assert body["checks"]["pools"]["detail"] == {"default": {"ok": True, "healthy": ["sink"], "down": []}}
 
-        up = gw.router.pools["default"][0]
+        up = gw.router.ip_pools["default"][0]
         for _ in range(gw.router.threshold):
             gw.router.failure(up)
         r = await c.get(api_url(gw, "/readyz"))

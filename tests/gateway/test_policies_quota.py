@@ -262,7 +262,7 @@ async def test_warmup_caps_follow_the_pool_age(gateway_factory, sink_factory):
     clock = Clock(utcnow())
     gw = await gateway_factory(policies={"enabled": ["quota"], "quota": {"cache_ttl": 0}}, clock=clock)
     p = provision(gw, sink.port)
-    created = dict(gw.store.directory.list_pools())["default"]
+    created = dict(gw.store.directory.list_ip_pools())["default"]
     clock.now = created + dt.timedelta(minutes=1)
     quotas(gw).set_limit(target="pool:default", kind="pool", account_id=None, subject="default", ip_pool="default",
                          warmup=parse_warmup("1:3,2:5,4:8"))

@@ -248,7 +248,7 @@ def test_the_router_gives_an_accounts_pool_to_no_one_else():
             self.cfg = UpstreamConfig(id=name, name=name, host="h", port=25, encryption="none")
 
     r = Router()
-    r.set_pools({"globex": [Target("g")], "default": [Target("d")]}, {"globex": "acc_g", "default": None})
+    r.set_ip_pools({"globex": [Target("g")], "default": [Target("d")]}, {"globex": "acc_g", "default": None})
     assert [u.name for u in r.order("globex", "acc_g")] == ["g"]
     assert r.order("globex", "acc_a") == [] and r.order("globex", None) == []
     assert [u.name for u in r.order("default", "acc_a")] == ["d"]

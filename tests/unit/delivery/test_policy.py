@@ -141,7 +141,7 @@ def test_router_orders_by_priority_then_skips_open_breakers_until_cooldown():
     clock = _Clock()
     r = Router(threshold=3, cooldown=30, clock=clock)
     a, b, c = _up("a", 0), _up("b", 1), _up("c", 2)
-    r.set_pools({"default": [c, b, a]})
+    r.set_ip_pools({"default": [c, b, a]})
     assert [u.name for u in r.order("default")] == ["a", "b", "c"]
     assert r.order("nope") == []
     r.failure(a)
@@ -162,7 +162,7 @@ def test_router_half_open_lets_only_one_probe_through():
     clock = _Clock()
     r = Router(threshold=3, cooldown=30, clock=clock)
     a, b = _up("a", 0), _up("b", 1)
-    r.set_pools({"default": [a, b]})
+    r.set_ip_pools({"default": [a, b]})
     for _ in range(3):
         r.failure(a)
     clock.t += 31
@@ -176,7 +176,7 @@ def test_router_reopens_in_says_when_the_first_open_breaker_lets_a_probe_through
     clock = _Clock()
     r = Router(threshold=2, cooldown=30, clock=clock)
     a, b = _up("a", 0), _up("b", 1)
-    r.set_pools({"default": [a, b], "empty": []})
+    r.set_ip_pools({"default": [a, b], "empty": []})
     assert r.reopens_in("empty") is None and r.reopens_in("nope") is None
     assert r.reopens_in("default") is None  # both healthy
     r.failure(a), r.failure(a)

@@ -77,7 +77,7 @@ def _targets() -> tuple[DeliveryTarget, DeliveryTarget]:
 def test_the_router_orders_fake_and_real_targets_alike():
     real, fake = _targets()
     r = Router(threshold=1, cooldown=30)
-    r.set_pools({"default": [fake, real]})
+    r.set_ip_pools({"default": [fake, real]})
     assert {u.name for u in r.order("default")} == {"real", "fake"}
     r.failure(fake)
     assert [u.name for u in r.order("default")] == ["real"]
@@ -89,7 +89,7 @@ async def test_the_scheduler_delivers_through_fake_targets_with_failover(gateway
     p = provision(gw, free_port())  # (a real upstream that nothing answers; replaced below)
     first = FakeTarget("first", priority=0, refuse=TRY_LATER)
     second = FakeTarget("second", priority=1)
-    gw.router.set_pools({"default": [first, second]})
+    gw.router.set_ip_pools({"default": [first, second]})
     monkeypatch.setattr(gw, "load_upstreams", lambda recs=None: None)  # keep the fakes in place
 
     raw, mid = make_msg(["a@dest.org", "b@dest.org"], "through fakes")
@@ -115,7 +115,7 @@ async def test_a_fault_while_delivering_defers_with_backoff_and_never_holds_the_
     gw = await gateway_factory(delivery={"retry_base": 30, "retry_max": 60})
     p = provision(gw, free_port())
     broken = FakeTarget("broken", fault=UnicodeEncodeError("ascii", "b\x0bad", 1, 2, "not ascii"))
-    gw.router.set_pools({"default": [broken]})
+    gw.router.set_ip_pools({"default": [broken]})
     monkeypatch.setattr(gw, "load_upstreams", lambda recs=None: None)
 
     raw, mid = make_msg(["a@dest.org"], "a fault")
