@@ -30,9 +30,10 @@ from relay.ops.config import Settings, parse_hostport
 from relay.ops.files import private_dir
 from relay.ops.tls import ensure_certificate, server_context
 from relay.ops.workers import WorkerLink, beat_interval, supervise
-from relay.secrets import DecryptionError, MasterKey, load_or_create_master_key
+from relay.secrets import load_or_create_master_key
 from relay.services import housekeeping
 from relay.services.admin import Admin
+from relay.services.sealed import check_master_key
 from relay.services.upstreams import connection, upstream_config
 from relay.smtp import aiosmtpd_compat
 from relay.smtp import session as smtp
@@ -366,20 +367,6 @@ def _event_loop_policy() -> None:
 
 COMPAT_CHECKS = (aiosmtpd_compat.check, aiosmtplib_compat.check, asyncio_compat.check, dkimpy_compat.check,
                  uvicorn_compat.check)
-
-
-def check_master_key(store: Store, master_key: MasterKey) -> None:
-    """Refuse to start with a master key that does not open the store's secrets (a node given another
-    key would answer every submission 451 and sign nothing): ConfigError naming both fingerprints'
-    side, never a secret."""
-    for what, token, aad in store.directory.sealed_samples():
-        try:
-            master_key.decrypt_str(token, aad=aad)
-        except DecryptionError:
-            raise ConfigError(
-                f"the master key (fingerprint {master_key.fingerprint}) does not open {what} in the store: "
-                "this store's secrets were sealed with another key. Give this node the key the store was "
-                "made with (data_dir/master.key, or env RELAY_MASTER_KEY); see README, Security defaults") from None
 
 
 def check_libraries() -> None:

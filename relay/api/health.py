@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from relay.api.common import error_response
 from relay.api.deps import ApiServices, Services
 from relay.ops import metrics
+from relay.services.sealed import unreadable_secret
 from relay.store.stats import ip_pools_in_use, queue_stats
 from relay.vocab import RelayError
 
@@ -86,6 +87,9 @@ async def readiness(svc: ApiServices) -> tuple[bool, dict[str, Any]]:
         if svc.settings.system.ip_pool:  # system mail's route must be served too
             in_use = {*in_use, svc.settings.system.ip_pool}
         checks["store"] = {"ok": True}
+        unreadable = await svc.runner.read(unreadable_secret, svc.store, svc.master_key)
+        checks["secrets"] = {"ok": unreadable is None} if unreadable is None else {
+            "ok": False, "error": f"the master key does not open {unreadable} in the store"}
     except Exception as exc:  # noqa: BLE001 - any failure is "not ready"; the detail names it, never a URL
         checks["store"] = {"ok": False, "error": type(exc).__name__}
         in_use = set()

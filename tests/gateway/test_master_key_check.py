@@ -30,8 +30,31 @@ def test_a_node_with_another_master_key_refuses_to_start(tmp_path):
     assert "Traceback" not in proc.stderr
     # the right key starts it (the data dir's own master.key)
     env.pop("RELAY_MASTER_KEY")
-    check = subprocess.run([sys.executable, "-c", "from relay.gateway import check_master_key, Gateway; "
+    check = subprocess.run([sys.executable, "-c", "from relay.gateway import Gateway; "
                             "from relay.ops.config import load_settings; import os; "
                             "g = Gateway(load_settings(None)); g.store.close(); print('ok')"],
                            env=env, capture_output=True, text=True, timeout=60)
     assert check.stdout.strip() == "ok", check.stderr[-2000:]
+
+
+async def test_readyz_is_not_ready_while_the_key_cannot_open_a_secret(gateway_factory, sink_factory):
+    """Two nodes started on an empty store with different keys both start; the moment the other one
+    seals a secret, this node's /readyz says not ready (503) and names what it cannot open."""
+    import httpx
+
+    from relay.secrets import MasterKey
+    from tests.gateway.test_ops import api_url
+
+    sink = await sink_factory()
+    gw = await gateway_factory()
+    async with httpx.AsyncClient() as c:
+        r = await c.get(api_url(gw, "/readyz"))
+        assert r.json()["checks"]["secrets"] == {"ok": True}
+        other = MasterKey.generate()  # the other node's key
+        gw.store.directory.add_upstream(name="theirs", ip_pool="default", host="127.0.0.1", port=sink.port,
+                                        encryption="none", username="u", password_enc=other.encrypt_str("pw", aad="theirs"))
+        r = await c.get(api_url(gw, "/readyz"))
+        assert r.status_code == 503
+        assert r.json()["checks"]["secrets"] == {
+            "ok": False, "error": "the master key does not open an upstream password in the store"}
+        assert "pw" not in r.text
