@@ -112,7 +112,8 @@ class Gateway:
             markers=self.store.dialect != "sqlite",
             orphans=DotJournal.orphans(settings.data_dir / "journal", node_id(settings.data_dir),
                                        settings.smtp.workers) if worker == 0 else (),
-            bounce=Bouncer(hostname=settings.hostname, submit=self.pipeline.submit_system),
+            bounce=Bouncer(hostname=settings.hostname, submit=self.pipeline.submit_system,
+                           suppressions=self.policies.suppression_book),  # hard bounces: None records none
             policies=self.policies)  # after_delivery / after_bounce
         self.webhooks = WebhookService(store=self.store, runner=self.runner, master_key=self.master_key,
                                        allow_targets=settings.security.allow_targets)
