@@ -47,8 +47,8 @@ _COLUMNS = {"address": "email", "email_address": "email", "expires": "expires_at
 NOT_ENABLED = "suppression policy is not enabled"
 T = TypeVar("T")
 
-__all__ = ["CSV_FIELDS", "NOT_ENABLED", "REASONS", "Changed", "SuppressionEntry", "SuppressionList", "csv_lines", "entry_dict",
-           "from_cli", "parse_expiry", "read_csv"]
+__all__ = ["CSV_FIELDS", "NOT_ENABLED", "REASONS", "Changed", "SuppressionEntry", "SuppressionList", "csv_lines",
+           "entry_dict", "from_cli", "parse_expiry", "read_csv"]
 
 
 @dataclass(frozen=True)
@@ -133,9 +133,6 @@ def csv_lines(recs: Iterable[SuppressionEntry]) -> Iterator[str]:
 
 
 # -- the service -------------------------------------------------------------------------------------
-_EPOCH = dt.datetime.min.replace(tzinfo=dt.UTC)
-
-
 def _complained(store: Store, account_id: str, complaints: list[dict[str, Any]], now: dt.datetime) -> int:
     """The ``complained`` events of the account's webhooks (subscriptions read afresh: the CLI has no cache)."""
     webhooks = store.webhook_outbox.webhooks
@@ -159,7 +156,7 @@ class SuppressionList:
             raise NotEnabled(NOT_ENABLED)
         return self._book
 
-    async def _store(self, account_id: str, entries: list[NewSuppression], now: dt.datetime) -> tuple[int, int]:
+    async def _put(self, account_id: str, entries: list[NewSuppression], now: dt.datetime) -> tuple[int, int]:
         """The one way entries get on a list (CLI, CSV import, API): stored, and each ``complaint``
         raises the account's ``complained`` webhook event. Returns (added, updated)."""
         added, updated = await self.book.add(account_id, entries)
@@ -191,7 +188,7 @@ class SuppressionList:
             raise Invalid(str(exc), "email") from None
         if expires_at is not None and expires_at.tzinfo is None:
             expires_at = expires_at.replace(tzinfo=dt.UTC)
-        await self._store(account_id, [NewSuppression(address, reason, detail, expires_at)], utcnow())
+        await self._put(account_id, [NewSuppression(address, reason, detail, expires_at)], utcnow())
         return await book.get(account_id, address, include_expired=True)
 
     async def remove(self, account_id: str, email: str) -> None:
@@ -207,7 +204,7 @@ class SuppressionList:
         now = utcnow()
         addrs = [address(e) for e in emails]
         expires_at = parse_expiry(expires, now)
-        added, updated = await self._store(account_id, [NewSuppression(a, reason, detail, expires_at) for a in addrs],
+        added, updated = await self._put(account_id, [NewSuppression(a, reason, detail, expires_at) for a in addrs],
                                            now)
         return Changed(name, added, updated), addrs
 
@@ -227,7 +224,7 @@ class SuppressionList:
         """All rows or none: a bad row stops the import before anything is stored."""
         _, account_id, name = await self._account(account)
         now = utcnow()
-        added, updated = await self._store(account_id, read_csv(text, default_reason, now), now)
+        added, updated = await self._put(account_id, read_csv(text, default_reason, now), now)
         return Changed(name, added, updated)
 
     async def export(self, account: str, *, include_expired: bool = False) -> tuple[str, list[SuppressionEntry]]:
