@@ -101,10 +101,11 @@ class Suppressions:
         """Suppress ``address`` from now on, without expiry (one entry whatever its case): the
         automatic suppression of a hard bounce or a complaint."""
         now = now or utcnow()
-        t = _S.__table__
         address = address.lower()
-        where = (t.c.account_id == account_id, sa.func.lower(t.c.address) == address)
+        where = (_S.account_id == account_id, sa.func.lower(_S.address) == address)
         with self._sessions.begin() as s:
-            if s.execute(sa.update(t).where(*where).values(reason=reason, detail=detail, expires_at=None)).rowcount == 0:
-                s.execute(sa.insert(t).values(account_id=account_id, address=address, reason=reason, detail=detail,
-                                              created_at=now))
+            updated = s.execute(sa.update(_S).where(*where).values(reason=reason, detail=detail, expires_at=None),
+                                execution_options={"synchronize_session": False}).rowcount
+            if updated == 0:
+                s.execute(sa.insert(_S).values(account_id=account_id, address=address, reason=reason, detail=detail,
+                                               created_at=now))
