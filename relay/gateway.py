@@ -115,7 +115,8 @@ class Gateway:
             markers=self.store.dialect != "sqlite",
             orphans=DotJournal.orphans(settings.data_dir / "journal", node_id(settings.data_dir),
                                        settings.smtp.workers) if worker == 0 else (),
-            bounce=Bouncer(hostname=settings.hostname, submit=self.pipeline.submit_system),
+            bounce=Bouncer(hostname=settings.hostname, submit=self.pipeline.submit_system,
+                           suppressions=self.policies.suppression_book),  # hard bounces: None records none
             policies=self.policies)  # after_delivery / after_bounce
         self.servers: dict[str, asyncio.AbstractServer] = {}
         self.handlers: dict[str, smtp.SubmissionHandler] = {}

@@ -158,6 +158,11 @@ class Unavailable(RuntimeError):
     try again (CLI exit 1, HTTP 503)."""
 
 
+class NotEnabled(RuntimeError):
+    """The configuration turned off what the operation needs, e.g. no enabled policy provides the
+    suppression list: nothing was done, and asking again will not help (CLI exit 1, HTTP 501)."""
+
+
 class Conflict(ValueError):
     """An admin change collides with existing state (CLI exit 1, HTTP 409)."""
 

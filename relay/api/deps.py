@@ -106,7 +106,7 @@ def _upstreams(svc: Services) -> UpstreamAdmin:
 
 
 def _suppressions(svc: Services) -> SuppressionList:
-    return SuppressionList(svc.runner, svc.store, svc.webhooks)
+    return SuppressionList(svc.runner, svc.store, svc.pipeline.policies.suppression_book, svc.webhooks.wake)
 
 
 SenderDep = Annotated[Sender, Depends(_sender)]

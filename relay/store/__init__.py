@@ -1,7 +1,7 @@
 """The durable store: engine set-up, versioned migrations, and the two halves of the data.
 
 ``Store.directory`` holds who may send what (accounts, keys, domains, aliases, pools, upstreams);
-``Store.queue`` holds the mail (messages, recipients, events, suppressions). Both are synchronous
+``Store.queue`` holds the mail (messages, recipients, events). Both are synchronous
 SQLAlchemy code; the async side calls them through :class:`relay.store.runner.DbRunner`.
 """
 

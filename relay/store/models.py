@@ -211,6 +211,10 @@ class Event(Base):
 
 
 class Suppression(Base):
+    """An account's suppressed address. The table is the suppression policy's: every query on it is
+    in policies.suppression_store (the core reaches it through policies.spec.SuppressionBook); it is
+    declared here because the core migrations (0001, 0002) create it, as the quota tables below."""
+
     __tablename__ = "suppressions"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False)
