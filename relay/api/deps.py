@@ -22,9 +22,11 @@ from relay.ops.config import Settings
 from relay.secrets import MasterKey
 from relay.services.admin import Admin
 from relay.services.directory_api import AccountDirectory
+from relay.services.messages import MessageLog
 from relay.services.send import Sender
 from relay.services.suppressions import SuppressionList
 from relay.services.upstreams_api import UpstreamAdmin
+from relay.services.webhooks_api import WebhookAdmin
 from relay.store import Store
 from relay.store.directory import UpstreamRec
 from relay.store.runner import DbRunner
@@ -109,10 +111,20 @@ def _suppressions(svc: Services) -> SuppressionList:
     return SuppressionList(svc.runner, svc.store, svc.webhooks)
 
 
+def _messages(svc: Services) -> MessageLog:
+    return MessageLog(svc.runner, svc.store)
+
+
+def _webhooks(svc: Services) -> WebhookAdmin:
+    return WebhookAdmin(svc.runner, svc.webhooks, svc.master_key, max_per_account=svc.settings.webhooks.max_per_account)
+
+
 SenderDep = Annotated[Sender, Depends(_sender)]
 DirectoryDep = Annotated[AccountDirectory, Depends(_directory)]
 UpstreamsDep = Annotated[UpstreamAdmin, Depends(_upstreams)]
 SuppressionsDep = Annotated[SuppressionList, Depends(_suppressions)]
+MessagesDep = Annotated[MessageLog, Depends(_messages)]
+WebhooksDep = Annotated[WebhookAdmin, Depends(_webhooks)]
 
 
 # -- identity ------------------------------------------------------------------------------------------
@@ -145,7 +157,10 @@ def authenticated(*any_of: str) -> Callable[..., Any]:
 
 
 AnyKey = Annotated[Identity, Depends(authenticated())]
-AdminKey = Annotated[Identity, Depends(authenticated("admin", "operator"))]  # operator: also the gateway-wide objects
+# the scopes that change (and read) each kind of object; the dashboard asks the same of a session's role
+ADMIN_SCOPES = ("admin", "operator")  # operator: also the gateway-wide objects
+ALIAS_SCOPES = ("aliases", "admin")
+AdminKey = Annotated[Identity, Depends(authenticated(*ADMIN_SCOPES))]
 OperatorKey = Annotated[Identity, Depends(authenticated("operator"))]
-AliasesKey = Annotated[Identity, Depends(authenticated("aliases", "admin"))]
+AliasesKey = Annotated[Identity, Depends(authenticated(*ALIAS_SCOPES))]
 SendKey = Annotated[Identity, Depends(authenticated(*SEND_SCOPES, "sandbox"))]
