@@ -15,8 +15,8 @@ import uvicorn
 
 from policies.spec import PolicyServices
 from relay import asyncio_compat
-from relay.api.app import create_app
 from relay.api.deps import from_gateway
+from relay.dashboard.app import create_web_app
 from relay.delivery import aiosmtplib_compat
 from relay.delivery.active import ActiveQueue
 from relay.delivery.journal import DotJournal
@@ -194,7 +194,7 @@ class Gateway:
             # the client address (lockouts, /metrics from loopback) comes from X-Forwarded-For only
             # when the peer is a configured proxy; uvicorn alone would believe any loopback peer
             # bounded: connections (503 over it), a request's headers (size: 400; time: closed)
-            config = uvicorn.Config(create_app(from_gateway(self)), host=host, port=port, log_level="warning",
+            config = uvicorn.Config(create_web_app(from_gateway(self)), host=host, port=port, log_level="warning",
                                     lifespan="off", access_log=False, proxy_headers=bool(proxies),
                                     forwarded_allow_ips=proxies or None, limit_concurrency=s.api.max_connections,
                                     http=uvicorn_compat.header_timeout_protocol(s.api.header_timeout),

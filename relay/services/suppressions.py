@@ -215,3 +215,17 @@ class SuppressionList:
     async def remove(self, account_id: str, email: str) -> None:
         """NotFound when the address is not on the list."""
         await self.runner.write(self.store.remove, account_id, [email])
+
+    async def import_csv(self, account_id: str, text: str, default_reason: str = "manual") -> tuple[int, int]:
+        """All rows or none (:func:`read_csv`; Invalid names the first bad row): (added, updated)."""
+        now = utcnow()
+        entries = read_csv(text, default_reason, now)
+        added, updated = await self.runner.write(store_entries, self.relay_store, account_id, entries, now)
+        if any(e.reason == "complaint" for e in entries):
+            self.webhooks.wake()
+        return added, updated
+
+    async def export_csv(self, account_id: str) -> str:
+        """The active entries as the CLI's export writes them (:func:`csv_lines`)."""
+        recs = await self.runner.read(self.store.list, account_id)
+        return "".join(csv_lines(recs))
