@@ -34,8 +34,8 @@ from relay.secrets import DecryptionError, MasterKey, load_or_create_master_key
 from relay.services import housekeeping
 from relay.services.admin import Admin
 from relay.services.upstreams import connection, upstream_config
-from relay.smtp import aiosmtpd_compat
-from relay.smtp import session as smtp
+from relay.services.users import Users
+from relay.smtp import aiosmtpd_compat, session as smtp
 from relay.store import Store, node_id, utcnow
 from relay.store.runner import DbRunner
 from relay.submission import dkimpy_compat
@@ -102,6 +102,7 @@ class Gateway:
             connections=ConnectionLimits(settings.smtp.max_connections, settings.smtp.max_connections_per_ip),
             data_budget=MemoryBudget(settings.smtp.data_memory_budget),
             on_queued=self.active.push)
+        self.users = Users(self.runner, self.store, settings, self.pipeline.auth_throttle, clock=clock)
         self.router = Router(threshold=d.breaker_threshold, cooldown=d.breaker_cooldown)
         self.scheduler = Scheduler(
             store=self.store, runner=self.runner, writer=self.pipeline.writer, router=self.router, active=self.active,
@@ -216,6 +217,7 @@ class Gateway:
         """A reload: every component takes the reloadable values it uses."""
         self.settings = settings
         self.admin.apply(settings)
+        self.users.apply(settings)
         for handler in self.handlers.values():
             handler.apply(settings.smtp)
         self.pipeline.apply(settings)
@@ -364,8 +366,7 @@ def _event_loop_policy() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-COMPAT_CHECKS = (aiosmtpd_compat.check, aiosmtplib_compat.check, asyncio_compat.check, dkimpy_compat.check,
-                 uvicorn_compat.check)
+COMPAT_CHECKS = (aiosmtpd_compat.check, aiosmtplib_compat.check, asyncio_compat.check, dkimpy_compat.check, uvicorn_compat.check)
 
 
 def check_master_key(store: Store, master_key: MasterKey) -> None:

@@ -16,6 +16,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from relay.api.common import ApiError
+from relay.api.session import ROLE_REFUSED, SAFE_METHODS, session_identity
 from relay.delivery.router import Router
 from relay.events.webhooks import WebhookService
 from relay.ops.config import Settings
@@ -26,6 +27,7 @@ from relay.services.messages import MessageLog
 from relay.services.send import Sender
 from relay.services.suppressions import SuppressionList
 from relay.services.upstreams_api import UpstreamAdmin
+from relay.services.users import Users
 from relay.services.webhooks_api import WebhookAdmin
 from relay.store import Store
 from relay.store.directory import UpstreamRec
@@ -62,6 +64,7 @@ class ApiServices:
     master_key: MasterKey
     load_upstreams: Callable[[list[UpstreamRec]], None]  # rebuild the pools after an upstream changed
     process: Process
+    users: Users  # dashboard users and their sessions (the sb-access-token cookie)
 
 
 class GatewayParts(Process, Protocol):
@@ -75,6 +78,7 @@ class GatewayParts(Process, Protocol):
     router: Router
     master_key: MasterKey
     webhooks: WebhookService
+    users: Users
 
     def load_upstreams(self, recs: list[Any] | None = None) -> None: ...
 
@@ -83,7 +87,8 @@ def from_gateway(gateway: GatewayParts) -> ApiServices:
     """The API's services of a gateway (the composition root may as well build them itself)."""
     return ApiServices(settings=gateway.settings, store=gateway.store, runner=gateway.runner, admin=gateway.admin,
                        pipeline=gateway.pipeline, router=gateway.router, webhooks=gateway.webhooks,
-                       master_key=gateway.master_key, load_upstreams=gateway.load_upstreams, process=gateway)
+                       master_key=gateway.master_key, load_upstreams=gateway.load_upstreams, process=gateway,
+                       users=gateway.users)
 
 
 # -- the services --------------------------------------------------------------------------------------
@@ -134,12 +139,14 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 def authenticated(*any_of: str) -> Callable[..., Any]:
     """A dependency: the caller's :class:`Identity` (401 without a valid key) holding one of
-    ``any_of`` (403 otherwise; nothing: any valid key)."""
+    ``any_of`` (403 otherwise; nothing: any valid key). Without an ``Authorization`` header, the
+    dashboard's session cookie stands for a key with its role's scopes (a member: reads only)."""
     needed = frozenset(any_of)
 
     async def dependency(request: Request, svc: Services, creds: Credentials) -> Identity:
+        change = request.method not in SAFE_METHODS
         if creds is None or not creds.credentials.strip():
-            raise ApiError(401, "Missing API key: send Authorization: Bearer <key>")
+            return await _session(request, needed, change)
         peer = request.client.host if request.client else ""
         throttle = svc.pipeline.auth_throttle
         if throttle.locked(peer):  # per client IP (a username would lock out every client)
@@ -149,11 +156,22 @@ def authenticated(*any_of: str) -> Callable[..., Any]:
         except RelayError:
             throttle.failure(peer)
             raise ApiError(401, "Invalid API key") from None
-        if needed and not ident.scopes & needed:
+        if not ident.permits(needed, change=change):
             raise ApiError(403, f"This API key lacks the required scope (one of: {', '.join(sorted(needed))})")
         return ident
 
     return dependency
+
+
+async def _session(request: Request, needed: frozenset[str], change: bool) -> Identity:
+    """The identity of the session cookie (no Authorization header was sent)."""
+    if "authorization" not in request.headers:
+        session = await session_identity(request)
+        if session is not None:
+            if not session.identity.permits(needed, change=change):
+                raise ApiError(403, ROLE_REFUSED)
+            return session.identity
+    raise ApiError(401, "Missing API key: send Authorization: Bearer <key>")
 
 
 AnyKey = Annotated[Identity, Depends(authenticated())]
