@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, Response
 
 from relay.api.deps import Services
+from relay.api.session import COOKIE, MaybeSession, clear_session_cookie, cookie_secure, set_session_cookie
 from relay.dashboard.web import (
     CSRF_FIELD,
     REFUSALS,
@@ -25,31 +26,24 @@ from relay.dashboard.web import (
     redirect,
     refusal,
 )
+from relay.services.users import Users as UsersService
 
 router = APIRouter(include_in_schema=False)
-COOKIE = "sb-access-token"
 NOTICES = {"password": "Your password is set: sign in with it.", "out": "You are signed out."}
 
 
-def users_of(svc: Services) -> Any:
-    """The users and sessions service (``ApiServices.users``)."""
-    return svc.users  # type: ignore[attr-defined]
+def users_of(svc: Services) -> UsersService:
+    return svc.users
 
 
-Users = Annotated[Any, Depends(users_of)]
+Users = Annotated[UsersService, Depends(users_of)]
 
 
-async def session_of(request: Request, users: Users) -> Any:
-    """The session's identity (``SessionIdentity``), or None without a valid session cookie."""
-    token = request.cookies.get(COOKIE)
-    return await users.identity(token) if token else None
-
-
-async def current(request: Request, who: Annotated[Any, Depends(session_of)]) -> Viewer:
-    """The signed-in user of a page; without one, 303 to /login."""
-    if who is None:
+async def current(request: Request, session: MaybeSession) -> Viewer:
+    """The signed-in user of a page; without a session, 303 to /login."""
+    if session is None:
         raise LoginRequired()
-    return Viewer(who.identity, str(who.user_id), who.email, who.role, csrf_token(request.cookies.get(COOKIE, "")))
+    return Viewer(session, csrf_token(request.cookies.get(COOKIE, "")))
 
 
 Current = Annotated[Viewer, Depends(current)]
@@ -70,23 +64,15 @@ def editor(*scopes: str, roles: tuple[str, ...] = ()) -> Callable[..., Any]:
     return dependency
 
 
-def set_cookie(response: Response, token: str, expires: Any, secure: bool) -> None:
-    response.set_cookie(COOKIE, token, expires=expires, path="/", secure=secure, httponly=True, samesite="lax")
-
-
-def clear_cookie(response: Response) -> None:
-    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="lax")
-
-
 @router.get("/login", response_class=HTMLResponse)
-async def login_page(request: Request, who: Annotated[Any, Depends(session_of)], done: str = "") -> Response:
-    if who is not None:
+async def login_page(request: Request, session: MaybeSession, done: str = "") -> Response:
+    if session is not None:
         return redirect("/")
     return page(request, "login.html", None, notice=NOTICES.get(done))
 
 
 @router.post("/login", response_class=HTMLResponse)
-async def login(request: Request, users: Users, email: Annotated[str, Form(max_length=320)] = "",
+async def login(request: Request, users: Users, svc: Services, email: Annotated[str, Form(max_length=320)] = "",
                 password: Annotated[str, Form(max_length=1000)] = "") -> Response:
     """The form's POST: a session cookie and 303 to the overview; a refusal (401, 429) shows the form again."""
     peer = request.client.host if request.client else ""
@@ -95,8 +81,11 @@ async def login(request: Request, users: Users, email: Annotated[str, Form(max_l
     except REFUSALS as exc:
         err = refusal(exc)
         return page(request, "login.html", None, status=err.status, error=err.message, email=email)
+    old = request.cookies.get(COOKIE)
+    if old:
+        await users.logout(old)  # one browser, one session
     response = redirect("/")
-    set_cookie(response, token, expires, secure=request.url.scheme == "https")
+    set_session_cookie(response, token, expires, cookie_secure(request, svc.settings.public_url))
     return response
 
 
@@ -105,7 +94,7 @@ async def logout(request: Request, users: Users, _viewer: Annotated[Viewer, Depe
     """The session is deleted in the store (the old cookie is refused afterwards)."""
     await users.logout(request.cookies.get(COOKIE, ""))
     response = redirect("/login?done=out")
-    clear_cookie(response)
+    clear_session_cookie(response)
     return response
 
 

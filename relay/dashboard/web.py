@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import BaseModel, ValidationError
 
 from relay.api.common import ADMIN_ERRORS, ApiError, admin_error
+from relay.services.users import SessionIdentity
 from relay.vocab import Identity, RelayError
 
 SECURITY_HEADERS = {
@@ -47,17 +48,30 @@ templates.filters["when"] = _when
 
 @dataclass(frozen=True)
 class Viewer:
-    """The signed-in user: their identity (account and role-mapped scopes), email and role."""
+    """The signed-in user: their session (account, role and the role's scopes)."""
 
-    ident: Identity
-    user_id: str
-    email: str
-    role: str
+    session: SessionIdentity
     csrf: str  # the hidden field of every form (derived from the session token; the Origin check is the other guard)
 
+    @property
+    def ident(self) -> Identity:
+        return self.session.identity
+
+    @property
+    def user_id(self) -> str:
+        return self.session.user_id
+
+    @property
+    def email(self) -> str:
+        return self.session.email
+
+    @property
+    def role(self) -> str:
+        return self.session.role
+
     def can(self, *scopes: str) -> bool:
-        """Whether the role's scopes allow a change the API allows with one of ``scopes``."""
-        return bool(self.ident.scopes & frozenset(scopes))
+        """Whether the role may make a change the API allows with one of ``scopes`` (the API's rule)."""
+        return self.ident.permits(frozenset(scopes), change=True)
 
     @property
     def manages_users(self) -> bool:

@@ -1,0 +1,273 @@
+"""The dashboard over real HTTP on a running gateway: login, every page, escaping, security headers,
+members who only look, the CSRF field, the CSV import and export, the one-time password link, and
+tenant isolation of every page route (generated from the dashboard's routers)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from relay.dashboard.app import ROUTERS
+from relay.store import models as m
+from tests.conftest import provision, wait_for
+from tests.support.api import Api, send_body, start_api
+
+PASSWORD = "correct horse battery"
+PAGES = ("/", "/messages", "/aliases", "/domains", "/smtp-pools", "/suppressions", "/keys", "/webhooks", "/usage",
+         "/users")
+EVIL = "<script>alert(1)</script>"
+CSRF = re.compile(r'name="csrf" value="([0-9a-f]+)"')
+
+
+class Browser:
+    """An HTTP client that behaves like a browser on the dashboard: cookies, same-origin forms."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.http = httpx.AsyncClient(base_url=base, timeout=30, follow_redirects=False)
+        self.csrf = ""
+
+    async def get(self, path: str, **kw: Any) -> httpx.Response:
+        r = await self.http.get(path, **kw)
+        found = CSRF.search(r.text)
+        if found:
+            self.csrf = found.group(1)
+        return r
+
+    async def post(self, path: str, data: dict[str, Any] | None = None, *, csrf: bool = True,
+                   **kw: Any) -> httpx.Response:
+        form = {"csrf": self.csrf, **(data or {})} if csrf else dict(data or {})
+        return await self.http.post(path, data=form, headers={"Origin": self.base}, **kw)
+
+    async def login(self, email: str, password: str = PASSWORD) -> httpx.Response:
+        r = await self.post("/login", {"email": email, "password": password}, csrf=False)
+        if r.status_code == 303:
+            await self.get("/")  # picks up the CSRF field of the session
+        return r
+
+
+@pytest.fixture
+async def dash(gateway_factory, sink_factory):
+    """acme with an owner and a member; globex with an owner; a message of acme with an evil subject."""
+    a = await start_api(gateway_factory, sink_factory)
+    provision(a.gw, a.sink.port, account="globex", domain="globex.test", alias="app@globex.test")
+    for account, email, role in (("acme", "owner@acme.test", "owner"), ("acme", "member@acme.test", "member"),
+                                 ("globex", "owner@globex.test", "owner")):
+        await a.gw.users.add(account, email, role, PASSWORD)
+    async with a.client:
+        r = await a.client.post("/api/v1/send", json=send_body(a.p, subject=f"Hi {EVIL}", tags=["t-tag"]))
+        assert r.status_code == 200, r.text
+        a.message_id = r.json()["message_id"]  # type: ignore[attr-defined]
+        await wait_for(lambda: a.sink.received)
+        yield a
+
+
+def browser(a: Api) -> Browser:
+    return Browser(a.base)
+
+
+async def test_pages_need_a_login_and_carry_the_security_headers(dash: Api):
+    b = browser(dash)
+    for path in PAGES:
+        r = await b.get(path)
+        assert r.status_code == 303 and r.headers["location"] == "/login", path
+    r = await b.get("/login")
+    assert r.status_code == 200 and 'name="password"' in r.text
+    assert "default-src 'self'" in r.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+    assert r.headers["x-frame-options"] == "DENY"
+    assert r.headers["referrer-policy"] == "same-origin"
+    assert r.headers["cache-control"] == "no-store"
+    assert "https://" not in r.text and "http://" not in r.text.replace('http://www.w3.org', '')  # nothing external
+    css = await b.get("/static/app.css")
+    assert css.status_code == 200 and "text/css" in css.headers["content-type"]
+    assert (await b.get("/static/app.js")).status_code == 200
+
+
+async def test_a_wrong_password_shows_the_form_again_with_401(dash: Api):
+    b = browser(dash)
+    r = await b.login("owner@acme.test", "wrong password!")
+    assert r.status_code == 401 and "Invalid email or password" in r.text
+    assert "sb-access-token" not in r.headers.get("set-cookie", "")
+
+
+async def test_the_owner_sees_every_page_and_signs_out(dash: Api):
+    b = browser(dash)
+    r = await b.login("owner@acme.test")
+    assert r.status_code == 303 and r.headers["location"] == "/"
+    assert "httponly" in r.headers["set-cookie"].lower() and "samesite=lax" in r.headers["set-cookie"].lower()
+    for path in PAGES:
+        r = await b.get(path)
+        assert r.status_code == 200, (path, r.text[:500])
+        assert r.headers["cache-control"] == "no-store"
+        assert "owner@acme.test" in r.text
+    overview = (await b.get("/")).text
+    assert "<svg" in overview and "Upstream health" in overview
+    r = await b.get(f"/messages/{dash.message_id}")
+    assert r.status_code == 200 and "user@dest.org" in r.text and "DKIM-Signature" in r.text
+    assert "delivered" in r.text
+    r = await b.post("/logout")
+    assert r.status_code == 303 and r.headers["location"] == "/login?done=out"
+    assert (await b.get("/")).status_code == 303  # the old cookie is refused
+    assert (await b.http.get("/api/auth/me")).status_code == 401
+
+
+async def test_what_an_attacker_wrote_is_escaped(dash: Api):
+    b = browser(dash)
+    await b.login("owner@acme.test")
+    r = await b.post("/aliases", {"email": "second@example.com", "name": EVIL})
+    assert r.status_code == 303, r.text
+    await b.post("/suppressions", {"email": "evil@dest.org", "detail": EVIL})
+    for path in ("/aliases", "/messages", f"/messages/{dash.message_id}", "/suppressions",
+                 f"/messages?q={EVIL}"):
+        text = (await b.get(path)).text
+        assert EVIL not in text, path
+        assert "&lt;script&gt;" in text, path
+
+
+async def test_search_finds_a_message_by_recipient_subject_id_and_tag(dash: Api):
+    b = browser(dash)
+    await b.login("owner@acme.test")
+    for q in ("user@dest", "Hi <script", dash.message_id, "t-tag"):
+        r = await b.get("/messages", params={"q": q})
+        assert dash.message_id in r.text, q
+    r = await b.get("/messages", params={"q": "nobody-matches-this"})
+    assert dash.message_id not in r.text
+
+
+async def test_a_member_sees_but_cannot_change(dash: Api):
+    b = browser(dash)
+    await b.login("member@acme.test")
+    for path in PAGES:
+        r = await b.get(path)
+        assert r.status_code == 200, path
+        assert 'method="post" action="/' + path.strip("/") not in r.text or path == "/", path
+    assert 'action="/aliases"' not in (await b.get("/aliases")).text
+    before = dash.count(m.Alias), dash.count(m.ApiKey), dash.count(m.Suppression)
+    for path, data in (("/aliases", {"email": "x@example.com"}), ("/keys", {"scope": "send"}),
+                       ("/suppressions", {"email": "x@dest.org"}), ("/domains", {"domain": "member.test"}),
+                       ("/users", {"email": "new@acme.test", "role": "member"})):
+        r = await b.post(path, data)
+        assert r.status_code == 403, path
+    assert (dash.count(m.Alias), dash.count(m.ApiKey), dash.count(m.Suppression)) == before
+
+
+async def test_a_form_without_its_csrf_field_or_from_another_origin_is_refused(dash: Api):
+    b = browser(dash)
+    await b.login("owner@acme.test")
+    before = dash.count(m.Suppression)
+    r = await b.post("/suppressions", {"email": "x@dest.org"}, csrf=False)
+    assert r.status_code == 403
+    r = await b.http.post("/suppressions", data={"csrf": b.csrf, "email": "x@dest.org"},
+                          headers={"Origin": "https://evil.example"})
+    assert r.status_code == 403
+    assert dash.count(m.Suppression) == before
+
+
+async def test_a_key_is_shown_once(dash: Api):
+    b = browser(dash)
+    await b.login("owner@acme.test")
+    r = await b.post("/keys", {"name": "billing", "scope": ["send", "sandbox"]})
+    assert r.status_code == 200
+    key = re.search(r'id="new-key">([^<]+)<', r.text).group(1)
+    ok = await dash.as_key(key).post("/api/v1/send", json=send_body(dash.p))
+    assert ok.status_code == 200, ok.text
+    listing = (await b.get("/keys")).text
+    assert key not in listing and "billing" in listing
+
+
+async def test_suppressions_import_and_export_csv(dash: Api):
+    b = browser(dash)
+    await b.login("owner@acme.test")
+    csv = "email,reason\none@dest.org,hard_bounce\ntwo@dest.org,\n"
+    r = await b.http.post("/suppressions/import", data={"csrf": b.csrf, "reason": "manual"},
+                          files={"file": ("list.csv", csv, "text/csv")}, headers={"Origin": b.base})
+    assert r.status_code == 200 and "2 added" in r.text
+    r = await b.http.post("/suppressions/import", data={"csrf": b.csrf}, headers={"Origin": b.base},
+                          files={"file": ("bad.csv", "three@dest.org\nnot an address\n", "text/csv")})
+    assert r.status_code == 400 and "Nothing imported" in r.text
+    out = await b.get("/suppressions.csv")
+    assert out.headers["content-type"].startswith("text/csv")
+    assert "one@dest.org,hard_bounce" in out.text and "two@dest.org,manual" in out.text and "three@" not in out.text
+    r = await b.post("/suppressions/remove", {"email": "one@dest.org"})
+    assert r.status_code == 303
+    assert "one@dest.org" not in (await b.get("/suppressions.csv")).text
+
+
+async def test_a_user_added_on_the_page_sets_a_password_through_the_link(dash: Api):
+    b = browser(dash)
+    await b.login("owner@acme.test")
+    r = await b.post("/users", {"email": "new@acme.test", "role": "admin"})
+    assert r.status_code == 200
+    link = re.search(r'id="link">([^<]+)<', r.text).group(1)
+    path = "/" + link.split("/", 3)[3]
+    assert path.startswith("/set-password/")
+    fresh = browser(dash)
+    assert (await fresh.get(path)).status_code == 200
+    r = await fresh.post(path, {"password": "short", "confirm": "short"}, csrf=False)
+    assert r.status_code == 400
+    r = await fresh.post(path, {"password": PASSWORD, "confirm": PASSWORD}, csrf=False)
+    assert r.status_code == 303 and r.headers["location"] == "/login?done=password"
+    assert (await fresh.login("new@acme.test")).status_code == 303
+    assert (await fresh.post(path, {"password": PASSWORD, "confirm": PASSWORD}, csrf=False)).status_code == 400
+
+
+# -- tenant isolation: every dashboard route with an object in its path ---------------------------------------
+def page_routes() -> list[tuple[str, str, list[str]]]:
+    out = []
+    for router in ROUTERS:
+        for route in router.routes:
+            params = re.findall(r"{(\w+)}", route.path)
+            if params and "token" not in params:
+                out.extend((method, route.path, params) for method in sorted(route.methods))
+    return out
+
+
+async def victims_of(a: Api, b: Browser) -> dict[str, str]:
+    gw = a.gw
+    r = await a.client.post("/api/v1/webhooks", json={"url": "http://127.0.0.1:9/hook"})
+    own = gw.admin.add_upstream(name="acme relay", ip_pool="acme-own", host="127.0.0.1", port=a.sink.port,
+                                encryption="none", account="acme")
+    with gw.store.sessions() as s:
+        user_id = s.scalar(sa.text("SELECT id FROM users WHERE email = 'member@acme.test'"))
+    return {"alias_id": gw.store.directory.find_alias(a.p.alias).id,
+            "domain_id": gw.store.directory.get_domain(a.p.domain).id,
+            "key_id": (await a.client.get("/api/v1/keys")).json()["keys"][0]["id"], "pool_id": own.id,
+            "webhook_id": r.json()["webhook"]["id"], "message_id": a.message_id, "user_id": user_id}
+
+
+async def snapshot(b: Browser, victims: dict[str, str]) -> dict[str, str]:
+    out = {}
+    for method, path, _ in page_routes():
+        if method == "GET":
+            r = await b.get(path.format(**victims))
+            out[path] = re.sub(r'value="[0-9a-f]{40}"|\d\d:\d\d:\d\d|<div data-live.*', "", r.text, flags=re.S)
+    return out
+
+
+async def test_a_user_of_another_account_gets_404_on_every_page_of_the_first(dash: Api):
+    owner = browser(dash)
+    await owner.login("owner@acme.test")
+    victims = await victims_of(dash, owner)
+    before = await snapshot(owner, victims)
+    attacker = browser(dash)
+    await attacker.login("owner@globex.test")
+    for path in PAGES:  # lists never show the first account's objects
+        text = (await attacker.get(path)).text
+        leaked = [v for v in (*victims.values(), "app@example.com", "acme relay") if v in text]
+        assert not leaked, (path, leaked)
+    routes = page_routes()
+    assert {p for _, p, _ in routes} >= {"/messages/{message_id}", "/domains/{domain_id}", "/smtp-pools/{pool_id}",
+                                          "/webhooks/{webhook_id}", "/users/{user_id}/remove"}
+    for method, path, params in routes:
+        missing = [p for p in params if p not in victims]
+        assert not missing, f"{method} {path}: no victim object for {missing}: add one to victims_of"
+        url = path.format(**victims)
+        r = await (attacker.get(url) if method == "GET" else attacker.post(url, {}))
+        assert r.status_code in (403, 404), (method, path, r.status_code)
+        assert not [v for v in victims.values() if v in r.text], (method, path)
+    assert await snapshot(owner, victims) == before
