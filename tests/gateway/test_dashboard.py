@@ -11,6 +11,8 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from policies.quota_rules import parse_warmup
+from policies.quota_store import QuotaStore
 from relay.dashboard.app import ROUTERS
 from relay.store import models as m
 from tests.conftest import provision, wait_for
@@ -214,6 +216,24 @@ async def test_a_user_added_on_the_page_sets_a_password_through_the_link(dash: A
     assert r.status_code == 303 and r.headers["location"] == "/login?done=password"
     assert (await fresh.login("new@acme.test")).status_code == 303
     assert (await fresh.post(path, {"password": PASSWORD, "confirm": PASSWORD}, csrf=False)).status_code == 400
+
+
+async def test_usage_shows_the_warmup_of_a_pool_as_a_chart(gateway_factory, sink_factory):
+    a = await start_api(gateway_factory, sink_factory, policies={"enabled": ["quota"], "quota": {"cache_ttl": 0}})
+    QuotaStore(a.gw.store.sessions, a.gw.store.reads).set_limit(
+        target="pool:default", kind="pool", account_id=None, subject="default", ip_pool="default",
+        warmup=parse_warmup("1:50,2:100,5:2000"))
+    await a.gw.users.add("acme", "owner@acme.test", "owner", PASSWORD)
+    async with a.client:
+        assert (await a.client.post("/api/v1/send", json=send_body(a.p))).status_code == 200
+    b = browser(a)
+    await b.login("owner@acme.test")
+    r = await b.get("/usage")
+    assert r.status_code == 200
+    chart = r.text.split("Warm-up</h2>", 1)[1].split("</svg>", 1)[0]
+    # the operator's pool is shared: its cap is shown, what other accounts sent there is not
+    assert "<svg" in chart and "default, shared (day 1): 50 cap" in chart
+    assert "day 1: 50 a day" in r.text
 
 
 # -- tenant isolation: every dashboard route with an object in its path ---------------------------------------

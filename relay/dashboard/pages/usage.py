@@ -16,12 +16,16 @@ from relay.services.usage import usage_today
 router = APIRouter(include_in_schema=False)
 
 
+def _label(limit: dict[str, Any]) -> str:
+    return f"{limit['label']}{', shared' if limit.get('shared') else ''} (day {limit['warmup_day']})"
+
+
 def warmup_chart(limits: list[dict[str, Any]]) -> Any:
     """Each warming IP pool: sent today against today's warm-up cap (None without any warm-up)."""
     warming = [x for x in limits if x.get("warmup_cap") is not None]
     if not warming:
         return None
-    return grouped("Warm-up: sent today against today's cap", [f"{x['label']} (day {x['warmup_day']})" for x in warming],
+    return grouped("Warm-up: sent today against today's cap", [_label(x) for x in warming],
                    ("sent", "cap"), [{"sent": x.get("used_today") or 0, "cap": x["warmup_cap"]} for x in warming])
 
 
