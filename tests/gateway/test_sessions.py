@@ -15,11 +15,9 @@ from relay.store import models as m
 from relay.vocab import Forbidden, Invalid, utcnow
 from tests.conftest import provision
 from tests.support.api import Api, start_api
-from tests.support.sessions import PASSWORD, add_user, as_user, browser, login_token
+from tests.support.sessions import PASSWORD, add_user, browser, login_token
 
-OK, UNAUTHORIZED, FORBIDDEN, NOT_FOUND, TOO_MANY = 200, 401, 403, 404, 429
-CROSS_SITE = {"success": False, "error": "Cross-site request refused"}
-SEED_POOL_FIELDS = {"id", "name", "host", "port", "username", "encryption", "is_active", "created_at"}
+OK, UNAUTHORIZED, TOO_MANY = 200, 401, 429
 
 
 def sessions(api: Api) -> int:
