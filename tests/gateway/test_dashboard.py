@@ -218,6 +218,63 @@ async def test_a_user_added_on_the_page_sets_a_password_through_the_link(dash: A
     assert (await fresh.post(path, {"password": PASSWORD, "confirm": PASSWORD}, csrf=False)).status_code == 400
 
 
+async def test_the_forms_of_every_page_change_through_the_services(dash: Api):
+    b = browser(dash)
+    await b.login("owner@acme.test")
+    gw, d = dash.gw, dash.gw.store.directory
+    # aliases: create, make default, remove
+    assert (await b.post("/aliases", {"email": "two@example.com"})).status_code == 303
+    two = d.find_alias("two@example.com")
+    assert (await b.post(f"/aliases/{two.id}/default")).status_code == 303
+    assert d.find_alias("two@example.com").is_default
+    assert (await b.post(f"/aliases/{two.id}/delete")).status_code == 303
+    assert d.find_alias("two@example.com") is None
+    r = await b.post("/aliases", {"email": "x@not-ours.test"})  # the service's refusal, as the API answers it
+    assert r.status_code in (400, 403, 404) and 'class="flash error"' in r.text
+    # domains: add (the records to publish), DKIM rotation, a verification that finds no record yet
+    r = await b.post("/domains", {"domain": "new.example"})
+    assert r.status_code == 303
+    domain_id = r.headers["location"].split("/")[2].split("?")[0]
+    page = await b.get(r.headers["location"])
+    assert "_relay-verification.new.example" in page.text and 'data-copy="value-1"' in page.text
+    assert (await b.post(f"/domains/{domain_id}/rotate")).status_code == 303
+    assert "pending" in (await b.get(f"/domains/{domain_id}")).text
+    # SMTP pools: add, edit (the password kept when left empty), remove
+    r = await b.post("/smtp-pools", {"name": "mine", "host": "127.0.0.1", "port": str(dash.sink.port),
+                                     "encryption": "none", "password": "s3cret-pass", "is_active": "true"})
+    assert r.status_code == 303, r.text
+    pool = next(u for u in d.list_upstreams() if u.name == "mine")
+    assert pool.ip_pool == "acme" and pool.account_id is not None and pool.password_enc
+    edit = await b.get(f"/smtp-pools/{pool.id}")
+    assert "s3cret-pass" not in edit.text and 'placeholder="unchanged"' in edit.text
+    r = await b.post(f"/smtp-pools/{pool.id}", {"name": "mine 2", "host": "127.0.0.1", "port": str(dash.sink.port),
+                                                "encryption": "none", "is_active": "true", "priority": "5"})
+    assert r.status_code == 303, r.text
+    saved = d.get_upstream(pool.id)
+    assert (saved.name, saved.priority, gw.admin.upstream_password(saved)) == ("mine 2", 5, "s3cret-pass")
+    r = await b.post("/smtp-pools", {"name": "bad", "host": "127.0.0.1", "port": "0", "encryption": "none"})
+    assert r.status_code == 400 and "port" in r.text
+    assert (await b.post(f"/smtp-pools/{pool.id}/delete")).status_code == 303
+    # keys: revoke
+    r = await b.post("/keys", {"scope": "send", "name": "to revoke"})
+    key_id = next(k.id for k in d.list_api_keys("acme") if k.name == "to revoke")
+    assert (await b.post(f"/keys/{key_id}/revoke")).status_code == 303
+    assert next(k for k in d.list_api_keys("acme") if k.id == key_id).revoked
+    # webhooks: add (the secret shown once), its deliveries page, remove
+    r = await b.post("/webhooks", {"url": "http://127.0.0.1:9/hook", "event": ["delivered", "bounced"]})
+    assert r.status_code == 200 and "whsec_" in r.text
+    hook_id = re.search(r'href="/webhooks/(whk_[^"]+)"', r.text).group(1)
+    assert "whsec_" not in (await b.get("/webhooks")).text
+    assert (await b.get(f"/webhooks/{hook_id}")).status_code == 200
+    assert (await b.post(f"/webhooks/{hook_id}/delete")).status_code == 303
+    # users: reset a password (a new link), remove a user
+    member = next(u for u in await gw.users.list(d.get_account("acme").id) if u.role == "member")
+    r = await b.post(f"/users/{member.id}/reset")
+    assert r.status_code == 200 and "/set-password/" in r.text
+    assert (await b.post(f"/users/{member.id}/remove")).status_code == 303
+    assert member.email not in (await b.get("/users")).text
+
+
 async def test_usage_shows_the_warmup_of_a_pool_as_a_chart(gateway_factory, sink_factory):
     a = await start_api(gateway_factory, sink_factory, policies={"enabled": ["quota"], "quota": {"cache_ttl": 0}})
     QuotaStore(a.gw.store.sessions, a.gw.store.reads).set_limit(
