@@ -129,6 +129,32 @@ def send_over_smtp(port: int, key: str, subject: str) -> None:
                       f"From: App <app@example.com>\r\nTo: someone@dest.org\r\nSubject: {subject}\r\n\r\nHello.\r\n")
 
 
+def more_pages(p: Pages) -> None:
+    """The pages behind the lists: an SMTP pool's form, a webhook's deliveries, a user's one-time link."""
+    p.open("/smtp-pools")
+    p.css("td a[href^='/smtp-pools/']").click()
+    p.until(lambda: "Test connection" in p.text(), "the SMTP pool's form")
+    p.shot("smtp-pool-edit")
+    p.open("/webhooks")
+    p.fill('form[action="/webhooks"]', url="http://127.0.0.1:9/hook", description="billing app")
+    p.submit('form[action="/webhooks"]')
+    p.until(lambda: "Signing secret" in p.text(), "the new webhook")
+    assert p.css("#secret").text.startswith("whsec_")
+    p.shot("webhooks-created")
+    p.css("td a[href^='/webhooks/']").click()
+    p.until(lambda: "Deliveries" in p.text(), "the webhook's deliveries")
+    p.shot("webhook-deliveries")
+    p.open("/users")
+    p.fill('form[action="/users"]', email="member@example.com")
+    p.submit('form[action="/users"]')
+    p.until(lambda: "One-time link" in p.text(), "the new user's link")
+    link = p.css("#link").text.strip()
+    p.shot("users-added")
+    p.d.get(link)
+    p.until(lambda: "Set your password" in p.text(), "the set-password page")
+    p.shot("set-password")
+
+
 def scenario(p: Pages, sink: Any, submission: int) -> dict[str, Any]:
     """What a person does, page by page (blocking: run in a thread while the gateway serves)."""
     p.open("/")
@@ -186,6 +212,7 @@ def scenario(p: Pages, sink: Any, submission: int) -> dict[str, Any]:
         p.open(path)
         assert "Relay" in p.d.title
         p.shot(path.strip("/") or "overview-after")
+    more_pages(p)
     p.open("/domains")
     p.css("td a[href^='/domains/']").click()
     p.until(lambda: "DNS records to publish" in p.text(), "the domain page")
@@ -230,6 +257,6 @@ async def test_an_owner_sets_up_sending_and_finds_a_message_delivered(gateway_fa
     assert out["latency"] >= 0
     assert not [line for line in out["console"] if "Content Security Policy" in line or "Refused" in line]
     assert out["phone_width"] <= 390 + 1, "the page scrolls sideways at phone width"
-    assert len(list(shots.glob("*.png"))) == len(pages.taken) >= 14
+    assert len(list(shots.glob("*.png"))) == len(pages.taken) >= 20
     if os.environ.get("RELAY_KEEP_SCREENSHOTS"):  # to look at them: a directory outside the repository
         shutil.copytree(shots, os.environ["RELAY_KEEP_SCREENSHOTS"], dirs_exist_ok=True)
