@@ -107,6 +107,12 @@ async def test_search_finds_a_message_by_recipient_subject_id_and_tag(dash: Api)
         assert dash.message_id in r.text, q
     r = await b.get("/messages", params={"q": "nobody-matches-this"})
     assert dash.message_id not in r.text
+    r = await dash.client.post("/api/v1/send", json=send_body(dash.p, subject="Sandboxed"),
+                               headers={"X-Relay-Sandbox": "true"})
+    sandboxed = r.json()["message_id"]
+    assert sandboxed not in (await b.get("/messages")).text
+    r = await b.get("/messages", params={"sandbox": "true"})
+    assert sandboxed in r.text and dash.message_id not in r.text
 
 
 async def test_a_member_sees_but_cannot_change(dash: Api):

@@ -24,20 +24,22 @@ NOT_FOUND = "Message not found"
 @router.get("/messages", response_class=HTMLResponse)
 async def messages(request: Request, viewer: Current, log: MessagesDep,
                    q: Annotated[str, Query(max_length=320)] = "", status: str = "",
-                   cursor: Annotated[str, Query(max_length=200)] = "") -> HTMLResponse:
-    """Newest first, 50 a page; the search box takes any of the things a message is known by."""
+                   cursor: Annotated[str, Query(max_length=200)] = "", sandbox: bool = False) -> HTMLResponse:
+    """Newest first, 50 a page; the search box takes any of the things a message is known by; sandbox
+    sends (stored, never delivered) on their own."""
+    shown = {"q": q, "status_filter": status, "sandbox": sandbox, "states": STATES}
     try:
         after = decode_cursor(cursor) if cursor else None
         found = await log.page(viewer.ident.account_id, status=status if status in STATES else None, after=after,
-                               limit=PAGE + 1, query=q.strip() or None)
+                               limit=PAGE + 1, query=q.strip() or None, sandbox=sandbox)
     except REFUSALS as exc:
         err = refusal(exc)
         return page(request, "messages.html", viewer, status=err.status, title="Messages", error=err.message,
-                    found=[], q=q, status_filter=status, states=STATES, next_cursor=None)
+                    found=[], next_cursor=None, **shown)
     more = len(found) > PAGE
     found = found[:PAGE]
-    return page(request, "messages.html", viewer, title="Messages", found=found, q=q, status_filter=status,
-                states=STATES, next_cursor=encode_cursor(found[-1]) if more else None)
+    return page(request, "messages.html", viewer, title="Messages", found=found,
+                next_cursor=encode_cursor(found[-1]) if more else None, **shown)
 
 
 def timelines(msg: TrackedMessage) -> dict[str, list[TrackedEvent]]:
