@@ -50,6 +50,15 @@ async def test_login_sets_an_httponly_lax_cookie_and_me_names_the_user(api: Api)
         assert s.scalar(sa.select(m.User.password_hash)).startswith("$argon2")
 
 
+async def test_the_cookie_is_secure_when_the_gateway_is_published_over_https(gateway_factory, sink_factory):
+    api = await start_api(gateway_factory, sink_factory, api={"public_url": "https://relay.example.com"})
+    async with api.client:
+        await add_user(api, "owner@acme.test", "owner")
+        r = await login(api, "owner@acme.test", PASSWORD, headers={"Origin": "https://relay.example.com"})
+        assert r.status_code == OK, r.text
+        assert "secure" in {a.strip().lower() for a in r.headers["set-cookie"].split(";")}
+
+
 async def test_wrong_password_and_unknown_email_are_the_same_401(api: Api):
     await add_user(api, "owner@acme.test", "owner")
     wrong = await login(api, "owner@acme.test", PASSWORD + "x")
