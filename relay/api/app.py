@@ -43,7 +43,7 @@ def create_app(services: ApiServices | GatewayParts) -> FastAPI:
     app.state.body_budget = MemoryBudget(services.settings.api.body_memory_budget)
     app.add_middleware(BodyLimit, limit=lambda: cap, budget=app.state.body_budget)
     # outermost: a cross-site state change with the session cookie is refused before anything else
-    app.add_middleware(SameOrigin, public_url=lambda: services.settings.public_url)
+    app.add_middleware(SameOrigin, public_url=lambda: services.users.settings.public_url)  # follows a reload
     common.install(app)  # the seeds' error format, 400 for bad input, the OpenAPI document
     for router in ROUTERS:
         app.include_router(router)

@@ -15,9 +15,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from relay.api.common import Body, Ok, errors, iso, line, refusals, text
+from relay.api.common import ApiError, Body, Ok, errors, iso, line, refusals, text
 from relay.api.deps import Services
-from relay.api.session import COOKIE, AnySession, clear_session_cookie, cookie_secure, set_session_cookie
+from relay.api.session import COOKIE, NOT_LOGGED_IN, AnySession, clear_session_cookie, cookie_secure, set_session_cookie
 from relay.services.users import SessionIdentity
 from relay.vocab import RelayError
 
@@ -58,9 +58,10 @@ async def login(request: Request, body: LoginIn, svc: Services) -> JSONResponse:
     if old:
         await svc.users.logout(old)  # one browser, one session
     session = await svc.users.identity(token)
-    assert session is not None
+    if session is None:  # removed in between
+        raise ApiError(401, NOT_LOGGED_IN)
     response = JSONResponse({"success": True, "user": user_json(session), "expires_at": iso(expires)})
-    set_session_cookie(response, token, expires, cookie_secure(request, svc.settings.public_url))
+    set_session_cookie(response, token, expires, cookie_secure(request, svc.users.settings.public_url))
     return response
 
 

@@ -16,7 +16,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from relay.api.common import ApiError
-from relay.api.session import ROLE_REFUSED, SAFE_METHODS, session_identity
+from relay.api.session import COOKIE, ROLE_REFUSED, SAFE_METHODS, session_identity
 from relay.delivery.router import Router
 from relay.events.webhooks import WebhookService
 from relay.ops.config import Settings
@@ -171,6 +171,8 @@ async def _session(request: Request, needed: frozenset[str], change: bool) -> Id
             if not session.identity.permits(needed, change=change):
                 raise ApiError(403, ROLE_REFUSED)
             return session.identity
+        if COOKIE in request.cookies:
+            raise ApiError(401, "Not logged in (the session ended): log in again, or send Authorization: Bearer <key>")
     raise ApiError(401, "Missing API key: send Authorization: Bearer <key>")
 
 

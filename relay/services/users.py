@@ -45,6 +45,7 @@ ROLE_SCOPES = {"owner": FULL_SCOPES, "admin": FULL_SCOPES, "member": frozenset({
 MANAGES = {"owner": frozenset(ROLES), "admin": frozenset({"admin", "member"}), "member": frozenset()}
 MIN_PASSWORD, MAX_PASSWORD = 10, 1024
 MAX_TOKEN = 200  # a cookie or link longer than any token we make is not looked up
+MAX_HASHING = 2  # argon2 hashes computed at once (each holds 64 MiB): a burst of logins waits, memory is bounded
 
 LOGIN_FAILED = RelayError(535, "5.7.8", "Invalid email or password", http_status=401)
 LOGIN_LOCKED = RelayError(421, "4.7.0", "Too many failed authentication attempts, try again later", http_status=429)
@@ -108,6 +109,7 @@ class Users:
         self.clock = clock
         self.hasher = hasher or PasswordHasher()
         self._dummy: str | None = None  # verified against for unknown emails (about the same time)
+        self._hashing = asyncio.Semaphore(MAX_HASHING)
 
     def apply(self, settings: Settings) -> None:
         """A reload: the TTLs and public_url of the next logins and links."""
@@ -115,7 +117,12 @@ class Users:
 
     # -- secrets -------------------------------------------------------------------------------
     async def _hash(self, password: str) -> str:
-        return await asyncio.to_thread(self.hasher.hash, password)
+        async with self._hashing:
+            return await asyncio.to_thread(self.hasher.hash, password)
+
+    async def _check(self, password_hash: str | None, password: str) -> bool:
+        async with self._hashing:
+            return await asyncio.to_thread(self._verify, password_hash, password)
 
     def _verify(self, password_hash: str | None, password: str) -> bool:
         if password_hash is None:
@@ -205,8 +212,8 @@ class Users:
             raise LOGIN_LOCKED
         email = (email or "").strip().lower()
         rec = await self.runner.read(self.store.users.find_by_email, email) if 0 < len(email) <= 320 else None
-        ok = len(password or "") <= MAX_PASSWORD and await asyncio.to_thread(
-            self._verify, rec.password_hash if rec is not None else None, password or "")
+        ok = len(password or "") <= MAX_PASSWORD and await self._check(
+            rec.password_hash if rec is not None else None, password or "")
         if rec is None or rec.password_hash is None or not ok:
             self.throttle.failure(peer)
             raise LOGIN_FAILED

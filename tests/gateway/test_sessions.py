@@ -5,6 +5,7 @@ routes. Each refusal asserts the exact status and that nothing changed in the st
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
 import httpx
 import pytest
@@ -14,6 +15,7 @@ from relay.api.session import COOKIE
 from relay.store import models as m
 from relay.vocab import Forbidden, Invalid, utcnow
 from tests.conftest import provision
+from tests.gateway.test_secrets_leak import leaks, record_texts
 from tests.support.api import Api, start_api
 from tests.support.sessions import PASSWORD, add_user, browser, login_token
 
@@ -48,6 +50,15 @@ async def test_login_sets_an_httponly_lax_cookie_and_me_names_the_user(api: Api)
     with api.gw.store.sessions() as s:  # stored: the token's hash, never the token
         assert s.scalar(sa.select(m.UserSession.token_hash)) != r.cookies[COOKIE]
         assert s.scalar(sa.select(m.User.password_hash)).startswith("$argon2")
+
+
+async def test_the_cookie_is_secure_when_the_gateway_is_published_over_https(gateway_factory, sink_factory):
+    api = await start_api(gateway_factory, sink_factory, api={"public_url": "https://relay.example.com"})
+    async with api.client:
+        await add_user(api, "owner@acme.test", "owner")
+        r = await login(api, "owner@acme.test", PASSWORD, headers={"Origin": "https://relay.example.com"})
+        assert r.status_code == OK, r.text
+        assert "secure" in {a.strip().lower() for a in r.headers["set-cookie"].split(";")}
 
 
 async def test_wrong_password_and_unknown_email_are_the_same_401(api: Api):
@@ -167,3 +178,26 @@ async def test_a_set_password_link_works_once_and_then_the_user_logs_in(gateway_
         now[0] += dt.timedelta(days=7, seconds=1)
         with pytest.raises(Invalid):
             await users.set_password(again.rsplit("/", 1)[1], PASSWORD)
+
+
+async def test_no_password_token_link_or_hash_in_a_log_line_or_the_database(api: Api, caplog):
+    caplog.set_level(logging.DEBUG)
+    users = api.gw.users
+    rec, link = await users.add("acme", "new@acme.test", "admin", None)
+    link_token = link.rsplit("/", 1)[1]
+    await users.set_password(link_token, PASSWORD)
+    assert (await login(api, "new@acme.test", PASSWORD + "!")).status_code == UNAUTHORIZED
+    token = await login_token(api, "new@acme.test")
+    async with browser(api, token) as c:
+        assert (await c.post("/api/auth/logout")).status_code == OK
+    again = (await users.reset_password(rec.account_id, rec.id)).rsplit("/", 1)[1]
+    with api.gw.store.sessions() as s:
+        stored_hash = s.scalar(sa.select(m.User.password_hash).where(m.User.id == rec.id)) or "$argon2-was-reset"
+    found = {"password": PASSWORD, "token": token, "link": link_token, "link2": again}
+    # every logger but the test's own HTTP client (httpx/httpcore log the Set-Cookie they receive)
+    texts = [t for r in caplog.records if not r.name.startswith(("httpx", "httpcore")) for t in record_texts(r)]
+    assert any("logged in" in t for t in texts)
+    assert not leaks(texts, found)
+    assert "$argon2" not in "".join(texts) and stored_hash not in "".join(texts)
+    db = b"".join(p.read_bytes() for p in api.gw.settings.data_dir.glob("relay.db*"))
+    assert not [name for name, value in found.items() if value.encode() in db]

@@ -21,7 +21,7 @@ from relay.submission.pipeline import API_MAX_RECIPIENTS
 from relay.vocab import RelayError
 
 RESOURCES = ("aliases", "domains", "keys", "upstreams", "suppressions", "usage", "messages", "send", "webhooks",
-             "health")
+             "health", "auth")
 
 
 @pytest.mark.parametrize("name", RESOURCES)
