@@ -72,7 +72,7 @@ async def login_page(request: Request, session: MaybeSession, done: str = "") ->
 
 
 @router.post("/login", response_class=HTMLResponse)
-async def login(request: Request, users: Users, svc: Services, email: Annotated[str, Form(max_length=320)] = "",
+async def login(request: Request, users: Users, email: Annotated[str, Form(max_length=320)] = "",
                 password: Annotated[str, Form(max_length=1000)] = "") -> Response:
     """The form's POST: a session cookie and 303 to the overview; a refusal (401, 429) shows the form again."""
     peer = request.client.host if request.client else ""
@@ -85,7 +85,7 @@ async def login(request: Request, users: Users, svc: Services, email: Annotated[
     if old:
         await users.logout(old)  # one browser, one session
     response = redirect("/")
-    set_session_cookie(response, token, expires, cookie_secure(request, svc.settings.public_url))
+    set_session_cookie(response, token, expires, cookie_secure(request, users.settings.public_url))  # follows a reload
     return response
 
 
