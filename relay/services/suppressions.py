@@ -195,6 +195,16 @@ class SuppressionList:
         """NotFound when the address is not on the list."""
         await self.book.remove(account_id, [email])
 
+    async def import_rows(self, account_id: str, text: str, default_reason: str = "manual") -> tuple[int, int]:
+        """A CSV upload (the dashboard): all rows or none (:func:`read_csv`; Invalid names the first
+        bad row). Returns (added, updated)."""
+        now = utcnow()
+        return await self._put(account_id, read_csv(text, default_reason, now), now)
+
+    async def export_csv(self, account_id: str) -> str:
+        """The active entries as the CLI's export writes them (:func:`csv_lines`)."""
+        return "".join(csv_lines(await self.book.list(account_id)))
+
     # -- the sysadmin (an account by name) -------------------------------------------------------------
     async def add_addresses(self, account: str, emails: Iterable[str], *, reason: str = "manual",
                             expires: str | None = None, detail: str | None = None) -> tuple[Changed, list[str]]:
