@@ -263,5 +263,7 @@ async def test_usage_shows_the_warmup_of_a_pool_as_a_chart(gateway_factory, sink
     assert r.status_code == 200
     chart = r.text.split("Warm-up</h2>", 1)[1].split("</svg>", 1)[0]
     # the operator's pool is shared: its cap is shown, what other accounts sent there is not
-    assert "<svg" in chart and "default, shared (day 1): 50 cap" in chart
+    assert "<svg" in chart and "default, shared: day 1 of the warm-up (last listed day 5)" in chart
+    # the whole schedule, each day's cap: where the warm-up stands and what comes
+    assert all(f"day {d}: {cap} cap" in chart for d, cap in ((1, 50), (2, 100), (5, 2000)))
     assert "day 1: 50 a day" in r.text
