@@ -69,7 +69,6 @@ class Scheduler:
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
         self._next_due: dt.datetime | None = None
-        self._next_renewal = clock()
         self._busy = 0
         self._stopping = False
         self._releasing: set[asyncio.Task[None]] = set()  # release_held updates under way
@@ -120,6 +119,7 @@ class Scheduler:
         self.writer.start()
         self._tasks = [asyncio.create_task(self._worker(), name=f"delivery-{i}") for i in range(self.concurrency)]
         self._tasks.append(asyncio.create_task(self._poller(), name="delivery-poller"))
+        self._tasks.append(asyncio.create_task(self._heartbeat(), name="delivery-heartbeat"))
         self._tasks.append(asyncio.create_task(self._reaper(), name="delivery-reaper"))
         self._tasks.append(asyncio.create_task(self._prober(), name="delivery-prober"))
 
@@ -178,15 +178,27 @@ class Scheduler:
                 log.exception("queue poll failed")
 
     async def _poll_once(self) -> None:
-        now = self.clock()
-        if self.inflight and now >= self._next_renewal:
-            self._next_renewal = now + dt.timedelta(seconds=self.lease / 3)
-            await self.runner.write(self.store.queue.renew_leases, self.store.node_id, self.lease)
         claimed = await self.runner.write(self.store.queue.claim_due, self.store.node_id, self.lease, 500)
         for msg in claimed:
             self.push(msg)
         if len(claimed) >= 500:
             self._wake.set()
+
+    async def _heartbeat(self) -> None:
+        """Renew this node's leases every third of a lease while it holds work, on its own clock: not
+        the poller's, which may wait longer than a lease (``poll_interval``), nor stop with it (the
+        drain of a graceful stop). A lease that lapses while its node still works lets another node
+        take the mail over and send it a second time."""
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            if not self.inflight:
+                continue
+            try:
+                await self.runner.write(self.store.queue.renew_leases, self.store.node_id, self.lease)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the next beat tries again (within the lease)
+                log.exception("lease renewal failed")
 
     async def _prober(self) -> None:
         """Probe the upstreams whose breaker is open once its cooldown is over, with a connection test
