@@ -430,7 +430,8 @@ def main() -> None:
     sigterm_as_interrupt()
     runs = asyncio.run(main_async(args))
     print(table(runs, ["scenario", "lease_seconds", "accepted", "stranded_at_stop", "dots_awaiting_reply_at_stop",
-                       "b_first_s", "b_last_s", "a_delivered_after_stop", "lost", "duplicated", "resend_events"]))
+                       "b_first_s", "b_last_s", "a_delivered_after_stop", "a_exited_s", "last_stranded_s", "lost",
+                       "duplicated", "resend_events"]))
     for r in runs:
         print(f"{r['scenario']} lease {r['lease_seconds']:g}: reply->outcome window {r['window_s']}")
     if args.json:
