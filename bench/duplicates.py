@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from takeover import (  # noqa: E402
     Node, TimedSink, create_database, dist, drop_database, free_port, new_master_key, provision, resent_events,
-    sigterm_as_interrupt, store_url, submit, table, window,
+    resent_mids, sigterm_as_interrupt, store_url, submit, table, window,
 )
 
 import sqlalchemy as sa  # noqa: E402
@@ -94,6 +94,11 @@ async def one_round(k: int, kind: str, a: Node, sink: TimedSink, read_url: str, 
     resent = len(await asyncio.to_thread(resent_events, read_url)) - resent_before
     row = {"kill": k, "accepted": len(accepted), "dots_awaiting_reply": answering, "resent": resent,
            "duplicated": sum(1 for c in mine.values() if len(c) > 1),
+           # a second final dot, answered or not: each should have been counted as a resend
+           "dot_twice": sum(1 for mid, n in sink.dots.items() if mid.startswith(tag) and n > 1),
+           # ... and those of them that arrived twice: a duplicate that no counter saw
+           "uncounted_duplicates": len({mid for mid, c in mine.items() if len(c) > 1}
+                                       - await asyncio.to_thread(resent_mids, read_url)),
            "lost": sum(1 for mid in accepted if mid not in seen)}
     if kind == "sqlite":
         row["possible_duplicates_total"] = a.metric("relay_possible_duplicates_total")
@@ -178,7 +183,8 @@ def main() -> None:
     results = asyncio.run(main_async(args))
     for r in results:
         print(f"\n{r['store']}")
-        print(table(r["kills"], ["kill", "accepted", "dots_awaiting_reply", "resent", "duplicated", "lost"]))
+        print(table(r["kills"], ["kill", "accepted", "dots_awaiting_reply", "resent", "dot_twice", "duplicated",
+                                       "uncounted_duplicates", "lost"]))
         print(f"duplicates per kill {r['duplicates_per_kill']}; resent {r['resent_total']}, dots awaiting their "
               f"reply at the kills {r['dots_awaiting_reply_total']}, lost {r['lost_total']} of {r['accepted_total']}; "
               f"relay_possible_duplicates_total {r['survivor_possible_duplicates_total']}, "

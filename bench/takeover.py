@@ -80,18 +80,20 @@ class TimedSink(DiscardingSink):
         super().__init__(port)
         self.delay = delay
         self.copies: list[tuple[str, float, str]] = []
+        self.dots: dict[str, int] = {}  # final dots received per Message-ID, answered or not
         self.answering = 0
 
     async def handle_DATA(self, server: AioSMTP, session: Session, envelope: Envelope) -> str:
+        found = MID.search(envelope.original_content or b"")
+        mid = found.group(1).decode() if found else ""
+        self.dots[mid] = self.dots.get(mid, 0) + 1
         self.answering += 1
         try:
             reply = await super().handle_DATA(server, session, envelope)
         finally:
             self.answering -= 1
         if reply.startswith("250"):  # (no await since DiscardingSink appended it: this copy is the last)
-            found = MID.search(envelope.original_content or b"")
-            self.copies.append((found.group(1).decode() if found else "", self.received[-1].at,
-                                session.host_name or ""))
+            self.copies.append((mid, self.received[-1].at, session.host_name or ""))
         return reply
 
     def by_mid(self) -> dict[str, list[tuple[float, str]]]:
@@ -291,6 +293,18 @@ def resent_events(url: str) -> list[dt.datetime]:
         with engine.connect() as c:
             return [a if a.tzinfo else a.replace(tzinfo=dt.timezone.utc) for a in c.scalars(
                 sa.select(m.Event.at).where(m.Event.reply == RESENT_REPLY))]
+    finally:
+        engine.dispose()
+
+
+def resent_mids(url: str) -> set[str]:
+    """Message-IDs of the messages the store sent again after a dot without its reply (counted)."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as c:
+            return {(mid or "").strip() for mid in c.scalars(
+                sa.select(m.Message.header_message_id).join(m.Event, m.Event.message_id == m.Message.id)
+                .where(m.Event.reply == RESENT_REPLY))}
     finally:
         engine.dispose()
 
