@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Collection, Iterable, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
@@ -328,6 +328,17 @@ class Queue:
                       .where(m.Recipient.lease_owner == owner, m.Recipient.state.in_(PENDING))
                       .values(lease_owner=None, lease_until=None), execution_options={"synchronize_session": False})
             return resent
+
+    def hand_back(self, owner: str, keep: Collection[str] = ()) -> int:
+        """A graceful stop: ``owner``'s claims on queued and deferred recipients go back (no lease),
+        except those of the messages in ``keep`` (attempts in flight). Returns how many."""
+        with self._sessions.begin() as s:
+            q = sa.update(m.Recipient).where(m.Recipient.lease_owner == owner,
+                                             m.Recipient.state.in_(("queued", "deferred")))
+            if keep:
+                q = q.where(m.Recipient.message_id.not_in(sorted(keep)))
+            return s.execute(q.values(lease_owner=None, lease_until=None),
+                             execution_options={"synchronize_session": False}).rowcount
 
     def _send_again(self, s: Session, rows: Iterable, now: dt.datetime) -> list[tuple[str, str]]:
         """Recipients whose final dot went without the upstream's reply: due again now (a possible
