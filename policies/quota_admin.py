@@ -14,6 +14,7 @@ from typing import Any
 
 from policies.options import Options
 from policies.quota_rules import (
+    Effective,
     KeyedError,
     LimitSpec,
     parse_defaults,
@@ -267,8 +268,14 @@ def report(store: Store, settings: Any, *, account: str | None = None, ip_pool: 
                         "available_now": None if e.rate is None else (e.rate.count if u.tokens is None else int(u.tokens)),
                         "daily": e.daily, "used_today": u.used_today,
                         "remaining_today": None if e.daily is None else max(0, e.daily - u.used_today),
-                        "warmup_day": e.warmup_day, "warmup_cap": e.warmup_cap})
+                        **warmup_fields(e)})
     return {"enforced": "quota" in settings.policies.enabled, "day": today.isoformat(), "targets": targets}
+
+
+def warmup_fields(e: Effective) -> dict[str, Any]:
+    """Where a warming pool stands today, and its whole schedule ([day, cap] pairs)."""
+    return {"warmup_day": e.warmup_day, "warmup_cap": e.warmup_cap,
+            "warmup_schedule": [list(x) for x in e.warmup_schedule] if e.warmup_schedule else None}
 
 
 def account_limits(directory: Directory, qs: QuotaStore, defaults: dict[str, Any], account: AccountRec,
@@ -304,5 +311,5 @@ def account_limits(directory: Directory, qs: QuotaStore, defaults: dict[str, Any
             "available_now": None if shared else available, "daily": e.daily,
             "used_today": None if shared else u.used_today,
             "remaining_today": None if e.daily is None or shared else max(0, e.daily - u.used_today),
-            "warmup_day": e.warmup_day, "warmup_cap": e.warmup_cap, "shared": shared})
+            **warmup_fields(e), "shared": shared})
     return out

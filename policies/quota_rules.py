@@ -132,6 +132,7 @@ class Effective:
     daily: int | None  # including the warm-up cap of today
     warmup_day: int | None = None  # day N of the pool's life when a warm-up cap applies today
     warmup_cap: int | None = None
+    warmup_schedule: tuple[tuple[int, int], ...] | None = None  # (day, cap) of the whole warm-up
 
     @property
     def limited(self) -> bool:
@@ -162,16 +163,17 @@ def effective(kind: str, target: str, row: LimitSpec | None, default: LimitSpec 
     rate = None if rate is None or rate == UNLIMITED else rate
     daily = None if daily is None or daily == UNLIMITED else daily
     wday = wcap = None
+    plan = None
     if schedule and kind in ("pool", "account_pool"):
         start = row.warmup_start or pool_start
         if start is not None:
             day = pool_day(start, today)
             cap = warmup_cap(schedule, day) if day >= 1 else schedule[0][1]
             if cap is not None:
-                wday, wcap = day, cap
+                wday, wcap, plan = day, cap, tuple((int(d), int(c)) for d, c in schedule)
                 daily = cap if daily is None else min(daily, cap)
     assert rate is None or isinstance(rate, Rate)
-    return Effective(target, kind, rate, daily, wday, wcap)
+    return Effective(target, kind, rate, daily, wday, wcap, plan)
 
 
 def parse_defaults(options: Mapping[str, Any], policy: str = "quota") -> dict[str, LimitSpec]:

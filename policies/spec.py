@@ -50,6 +50,16 @@ Front doors
     quota, 400 over a limit). A public message never names the mechanism that produced it
     (``Verdict.reason`` is for logs and ``relay route explain`` only).
 
+What a policy provides
+    Besides hooks, a policy may provide one of the gateway's services, as an attribute:
+
+    - ``suppression_book``: a :class:`SuppressionBook`, the accounts' suppression lists. The core
+      reaches suppressions only through it: ``/api/v1/suppressions`` and ``relay suppression`` (list,
+      add, remove, CSV import and export) and the automatic suppression of hard bounces. The first
+      enabled policy that provides one is used (:attr:`relay.submission.policyset.PolicySet.suppression_book`);
+      with none, the API answers ``501`` "suppression policy is not enabled", the CLI exits 1 with
+      that message, and hard bounces are not recorded. The built-in ``suppression`` policy provides it.
+
 Context
     ``ctx`` is a :class:`relay.submission.pipeline.Context`, the same for SMTP and HTTP: ``listener``
     (``submission``, ``smtps``, ``relay``, ``api``), ``peer``, ``identity`` (account id and name,
@@ -71,6 +81,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 if TYPE_CHECKING:
     import datetime as dt
+    from collections.abc import Sequence
     from email.message import EmailMessage
 
     from sqlalchemy.orm import Session, sessionmaker
@@ -90,6 +101,60 @@ class PolicyServices:
     runner: "DbRunner"
     clock: "Callable[[], dt.datetime]"
     max_message_size: "Callable[[], int | None]" = lambda: None  # smtp.max_message_size, as reloaded
+
+
+SUPPRESSION_REASONS = ("hard_bounce", "complaint", "unsubscribe", "manual")
+
+
+@dataclass(frozen=True)
+class SuppressionEntry:
+    """One address on an account's suppression list (``address`` in lower case)."""
+
+    address: str
+    reason: str  # one of SUPPRESSION_REASONS
+    detail: str | None
+    expires_at: "dt.datetime | None"
+    created_at: "dt.datetime"
+
+    def active(self, now: "dt.datetime") -> bool:
+        return self.expires_at is None or self.expires_at > now
+
+
+@dataclass(frozen=True)
+class NewSuppression:
+    """An entry to add: ``address`` already checked and in lower case, ``expires_at`` aware (None: never)."""
+
+    address: str
+    reason: str = "manual"
+    detail: str | None = None
+    expires_at: "dt.datetime | None" = None
+
+
+class SuppressionBook(Protocol):
+    """The accounts' suppression lists, as a policy provides them (``policy.suppression_book``).
+
+    Addresses match case-insensitively; an entry whose ``expires_at`` has passed no longer
+    suppresses. The rules that are not storage stay in the core (:mod:`relay.services.suppressions`):
+    the address check, the expiry syntax, CSV parsing and writing, the ``complained`` webhook event.
+    A CSV import is one :meth:`add` of all its rows; an export is :meth:`list` with ``include_expired``."""
+
+    async def list(self, account_id: str, *, reason: str | None = None, include_expired: bool = False,
+                   limit: int | None = None) -> "list[SuppressionEntry]":
+        """The account's entries, newest first: the active ones, or all with ``include_expired``."""
+
+    async def get(self, account_id: str, address: str, *, include_expired: bool = False) -> SuppressionEntry | None:
+        """The entry for ``address`` (any case): the active one, or also a lapsed one with ``include_expired``."""
+
+    async def add(self, account_id: str, entries: "Sequence[NewSuppression]") -> tuple[int, int]:
+        """Insert or update entries, all or none (one transaction). Returns (added, updated)."""
+
+    async def remove(self, account_id: str, addresses: "Sequence[str]") -> int:
+        """Delete entries, all or none; :class:`relay.vocab.NotFound` names the first address that is
+        not listed. Returns how many."""
+
+    async def record(self, account_id: str, address: str, reason: str, detail: str | None = None) -> None:
+        """Automatic suppression (a hard bounce, a complaint): the address is suppressed from now on,
+        without expiry, whatever entry it had."""
 
 
 class Action(enum.Enum):
@@ -171,7 +236,8 @@ class PolicySpec(Protocol):
 
     async def after_bounce(self, ctx: "Context", recipient: str, reply: str, hard: bool) -> None:
         """A recipient bounced (5xx, or expired after retries); ``hard`` for a permanent address
-        failure (5.1.x, 5.2.1), which has already put it on the account's suppression list.
+        failure (5.1.x, 5.2.1), which the bounce stage has already recorded in the suppression book
+        (when an enabled policy provides one).
         Counters only; ``ctx`` as in :meth:`after_delivery`."""
 
 

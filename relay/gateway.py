@@ -15,8 +15,8 @@ import uvicorn
 
 from policies.spec import PolicyServices
 from relay import asyncio_compat
-from relay.api.app import create_app
 from relay.api.deps import from_gateway
+from relay.dashboard.app import create_web_app
 from relay.delivery import aiosmtplib_compat
 from relay.delivery.active import ActiveQueue
 from relay.delivery.journal import DotJournal
@@ -35,8 +35,8 @@ from relay.services import housekeeping
 from relay.services.admin import Admin
 from relay.services.sealed import check_master_key
 from relay.services.upstreams import connection, upstream_config
-from relay.smtp import aiosmtpd_compat
-from relay.smtp import session as smtp
+from relay.services.users import Users
+from relay.smtp import aiosmtpd_compat, session as smtp
 from relay.store import Store, node_id, utcnow
 from relay.store.runner import DbRunner
 from relay.submission import dkimpy_compat
@@ -105,6 +105,7 @@ class Gateway:
             connections=ConnectionLimits(settings.smtp.max_connections, settings.smtp.max_connections_per_ip),
             data_budget=MemoryBudget(settings.smtp.data_memory_budget),
             on_queued=self.active.push, on_suppressed=self.webhooks.suppressed)
+        self.users = Users(self.runner, self.store, settings, self.pipeline.auth_throttle, clock=clock)
         self.router = Router(threshold=d.breaker_threshold, cooldown=d.breaker_cooldown)
         self.scheduler = Scheduler(
             store=self.store, runner=self.runner, writer=self.pipeline.writer, router=self.router, active=self.active,
@@ -115,7 +116,8 @@ class Gateway:
             markers=self.store.dialect != "sqlite",
             orphans=DotJournal.orphans(settings.data_dir / "journal", node_id(settings.data_dir),
                                        settings.smtp.workers) if worker == 0 else (),
-            bounce=Bouncer(hostname=settings.hostname, submit=self.pipeline.submit_system),
+            bounce=Bouncer(hostname=settings.hostname, submit=self.pipeline.submit_system,
+                           suppressions=self.policies.suppression_book),  # hard bounces: None records none
             policies=self.policies)  # after_delivery / after_bounce
         self.servers: dict[str, asyncio.AbstractServer] = {}
         self.handlers: dict[str, smtp.SubmissionHandler] = {}
@@ -195,7 +197,7 @@ class Gateway:
             # the client address (lockouts, /metrics from loopback) comes from X-Forwarded-For only
             # when the peer is a configured proxy; uvicorn alone would believe any loopback peer
             # bounded: connections (503 over it), a request's headers (size: 400; time: closed)
-            config = uvicorn.Config(create_app(from_gateway(self)), host=host, port=port, log_level="warning",
+            config = uvicorn.Config(create_web_app(from_gateway(self)), host=host, port=port, log_level="warning",
                                     lifespan="off", access_log=False, proxy_headers=bool(proxies),
                                     forwarded_allow_ips=proxies or None, limit_concurrency=s.api.max_connections,
                                     http=uvicorn_compat.header_timeout_protocol(s.api.header_timeout),
@@ -217,6 +219,7 @@ class Gateway:
         """A reload: every component takes the reloadable values it uses."""
         self.settings = settings
         self.admin.apply(settings)
+        self.users.apply(settings)
         for handler in self.handlers.values():
             handler.apply(settings.smtp)
         self.pipeline.apply(settings)
@@ -371,8 +374,7 @@ def _event_loop_policy() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-COMPAT_CHECKS = (aiosmtpd_compat.check, aiosmtplib_compat.check, asyncio_compat.check, dkimpy_compat.check,
-                 uvicorn_compat.check)
+COMPAT_CHECKS = (aiosmtpd_compat.check, aiosmtplib_compat.check, asyncio_compat.check, dkimpy_compat.check, uvicorn_compat.check)
 
 
 def check_libraries() -> None:

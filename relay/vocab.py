@@ -1,7 +1,8 @@
 """The shared vocabulary: the words every layer uses, with no I/O (the lowest layer).
 
 - identity and context: who submits (:class:`Identity`) and one transaction (:class:`Context`);
-- scopes and IP pools: :data:`SEND_SCOPES`, :data:`POOL_SCOPES`, :data:`DEFAULT_IP_POOL`, :data:`OPERATOR_POOLS`;
+- scopes and IP pools: :data:`SEND_SCOPES`, :data:`READ_SCOPE`, :data:`POOL_SCOPES`, :data:`DEFAULT_IP_POOL`,
+  :data:`OPERATOR_POOLS`;
 - ids: :func:`new_id`, :func:`new_queue_id`; time: :func:`utcnow`;
 - queue states: :data:`STATES`, :data:`PENDING`, :data:`FINAL`;
 - one error family (aiosmtplib's model: the SMTP code rides on the exception).
@@ -27,6 +28,10 @@ DEFAULT_IP_POOL = "default"
 OPERATOR_POOLS = frozenset({DEFAULT_IP_POOL, *POOL_SCOPES.values()})
 """IP pool names only the operator may own: system mail (DSNs, verification) goes through
 ``default``, and the ``send:transactional|marketing`` scopes name the other two."""
+
+READ_SCOPE = "read"
+"""A dashboard member's only scope: every read (GET) of its account's objects, no change at all. Never
+a key's: only a session of a ``member`` user holds it (relay.services.users.ROLE_SCOPES)."""
 
 STATES = ("queued", "deferred", "delivering", "delivered", "bounced", "suppressed", "expired", "sandbox")
 PENDING = ("queued", "deferred", "delivering")
@@ -58,6 +63,14 @@ class Identity:
     def operator(self) -> bool:
         """The gateway's administrator (an ``operator`` key, made only by the CLI), not one account's."""
         return "operator" in self.scopes
+
+    def permits(self, needed: frozenset[str], *, change: bool) -> bool:
+        """May this identity use a route that needs one of ``needed`` (nothing: any identity)?
+        ``change``: the request changes state (POST, PUT, PATCH, DELETE). :data:`READ_SCOPE` (a dashboard
+        member) passes every read except the operator's own and no change at all."""
+        if READ_SCOPE in self.scopes:
+            return not change and (not needed or bool(needed - {"operator"}))
+        return not needed or bool(self.scopes & needed)
 
 
 @dataclass
@@ -156,6 +169,11 @@ class Expired(LookupError):
 class Unavailable(RuntimeError):
     """A service the operation needs did not answer (a DNS resolver timed out): nothing was decided,
     try again (CLI exit 1, HTTP 503)."""
+
+
+class NotEnabled(RuntimeError):
+    """The configuration turned off what the operation needs, e.g. no enabled policy provides the
+    suppression list: nothing was done, and asking again will not help (CLI exit 1, HTTP 501)."""
 
 
 class Conflict(ValueError):

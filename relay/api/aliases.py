@@ -117,8 +117,10 @@ _PAGE = """<!doctype html>
 button{{font:inherit;padding:.5em 1.5em}}</style></head>
 <body><h1>{title}</h1>{body}</body></html>
 """
-# no script, no outside resource; the form posts to this very URL (no action attribute)
-_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
+# no script, no outside resource; the form posts to this very URL (no action attribute). same-origin, not
+# no-referrer: with no-referrer a browser sends "Origin: null" on the POST, and the app-wide origin check
+# (relay.api.csrf) refuses it when the same browser has a dashboard session (found by the browser test)
+_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "same-origin",
             "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'"}
 NOT_VALID = ("This verification link is not valid", "<p>It may have been used already. Links work once.</p>")
 EXPIRED = ("This verification link has expired",

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from relay.api import (
     aliases,
+    auth,
     common,
     domains,
     health,
@@ -22,11 +23,13 @@ from relay.api import (
     webhooks,
 )
 from relay.api.deps import ApiServices, GatewayParts, from_gateway
+from relay.api.csrf import SameOrigin
 from relay.api.limits import BodyLimit, body_cap
 from relay.throttle import MemoryBudget
 
 ROUTERS = (health.router, aliases.verify_router, send.router, aliases.router, upstreams.router, domains.router,
-           suppressions.router, keys.router, usage.router, messages.router, webhooks.router)
+           suppressions.router, keys.router, usage.router, messages.router, webhooks.router, auth.router,
+           upstreams.session_router)
 
 
 def create_app(services: ApiServices | GatewayParts) -> FastAPI:
@@ -39,6 +42,8 @@ def create_app(services: ApiServices | GatewayParts) -> FastAPI:
     cap = body_cap(services.settings.smtp.max_message_size)
     app.state.body_budget = MemoryBudget(services.settings.api.body_memory_budget)
     app.add_middleware(BodyLimit, limit=lambda: cap, budget=app.state.body_budget)
+    # outermost: a cross-site state change with the session cookie is refused before anything else
+    app.add_middleware(SameOrigin, public_url=lambda: services.users.settings.public_url)  # follows a reload
     common.install(app)  # the seeds' error format, 400 for bad input, the OpenAPI document
     for router in ROUTERS:
         app.include_router(router)

@@ -25,14 +25,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from relay.submission.pipeline import SUPPRESSION_STATUS
 from relay.submission.compose import ComposeError
-from relay.vocab import Conflict, Forbidden, Invalid, NotFound, RelayError, Unavailable
+from relay.vocab import Conflict, Forbidden, Invalid, NotEnabled, NotFound, RelayError, Unavailable
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/api/v1"
 SUPPRESSED_MESSAGE = "Send suppressed — recipient unsubscribed or bounced"
 _ID = re.compile(r"^[A-Za-z0-9_.@+-]{1,320}$")
-ADMIN_ERRORS = (Conflict, Forbidden, Invalid, NotFound, Unavailable)  # the refusals of relay.services
+ADMIN_ERRORS = (Conflict, Forbidden, Invalid, NotEnabled, NotFound, Unavailable)  # the refusals of relay.services
 
 
 # -- errors -------------------------------------------------------------------------------------------
@@ -73,7 +73,8 @@ def relay_error(exc: RelayError) -> ApiError:
 
 
 def admin_error(exc: Exception, not_found: str = "Not found") -> ApiError:
-    """An admin operation's refusal (relay.services.admin): 404, 409, 403 or 400 with the field."""
+    """An admin operation's refusal (relay.services.admin): 404, 409, 403, 503, 501 (turned off by the
+    configuration) or 400 with the field."""
     if isinstance(exc, NotFound):
         return ApiError(404, not_found)
     if isinstance(exc, Conflict):
@@ -82,6 +83,8 @@ def admin_error(exc: Exception, not_found: str = "Not found") -> ApiError:
         return ApiError(403, str(exc))
     if isinstance(exc, Unavailable):
         return ApiError(503, str(exc))
+    if isinstance(exc, NotEnabled):
+        return ApiError(501, str(exc))
     if isinstance(exc, Invalid):
         return field_error(exc.field or "body", str(exc))
     if isinstance(exc, RelayError):
@@ -192,7 +195,7 @@ class Ok(BaseModel):
 
 _DESCRIPTIONS = {400: "Validation failed", 401: "Missing or invalid API key", 403: "Forbidden (scope or rule)",
                  404: "Not found", 409: "Conflict", 422: "Suppressed", 429: "Rate or quota exceeded",
-                 503: "Temporarily unavailable"}
+                 501: "Not enabled on this gateway (e.g. no suppression policy)", 503: "Temporarily unavailable"}
 
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:

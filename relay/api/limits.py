@@ -19,7 +19,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-PUBLIC_PREFIXES = ("/api/v1/aliases/verify/",)  # the verification link needs no key
+PUBLIC_PREFIXES = ("/api/v1/aliases/verify/", "/api/auth/login")  # the verification link, a login: no key
 _WRITES = {"POST", "PUT", "PATCH", "DELETE"}
 
 
@@ -28,7 +28,7 @@ def body_cap(max_message_size: int) -> int:
     return max_message_size * 4 // 3 + (1 << 20)
 
 
-async def _answer(send: Send, status: int, message: str, *extra: tuple[bytes, bytes]) -> None:
+async def answer(send: Send, status: int, message: str, *extra: tuple[bytes, bytes]) -> None:
     body = json.dumps({"success": False, "error": message}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
@@ -50,14 +50,14 @@ class BodyLimit:
         path, method = scope.get("path", ""), scope.get("method", "GET")
         if (method in _WRITES and path.startswith("/api/") and not path.startswith(PUBLIC_PREFIXES)
                 and not headers.get(b"authorization", b"").strip() and not headers.get(b"cookie", b"").strip()):
-            return await _answer(send, 401, "Missing API key: send Authorization: Bearer <key>")
+            return await answer(send, 401, "Missing API key: send Authorization: Bearer <key>")
         limit = self.limit()
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            return await _answer(send, 413, f"Request body too large (at most {limit} bytes)")
+            return await answer(send, 413, f"Request body too large (at most {limit} bytes)")
         size = int(declared) if declared is not None else limit if b"transfer-encoding" in headers else 0
         if not self.budget.reserve(size):
-            return await _answer(send, 503, "Too many request bodies in flight, try again later", (b"retry-after", b"1"))
+            return await answer(send, 503, "Too many request bodies in flight, try again later", (b"retry-after", b"1"))
         try:
             await self._bounded(scope, receive, send, limit)
         finally:
@@ -82,8 +82,8 @@ class BodyLimit:
                 return await send(message)
             if not state["answered"]:
                 state["answered"] = True
-                await _answer(send, 413, f"Request body too large (at most {limit} bytes)")
+                await answer(send, 413, f"Request body too large (at most {limit} bytes)")
 
         await self.app(scope, counted, guarded)
         if state["over"] and not state["answered"]:
-            await _answer(send, 413, f"Request body too large (at most {limit} bytes)")
+            await answer(send, 413, f"Request body too large (at most {limit} bytes)")

@@ -33,7 +33,8 @@ from relay.api.common import (
 from relay.api.deps import AdminKey, AnyKey, Services
 from relay.services.queue_admin import QueueAdmin
 from relay.store.queue import STATES
-from relay.store.tracking import TrackedMessage, Tracking
+from relay.services.messages import MessageLog
+from relay.store.tracking import TrackedMessage
 from relay.vocab import Identity
 from relay.vocab import NotFound
 
@@ -148,18 +149,13 @@ def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
         raise field_error("cursor", "invalid cursor") from None
 
 
-def _tracking(svc: Services) -> Tracking:
-    return Tracking(svc.store.sessions, svc.store.reads)
-
-
 async def page(svc: Services, ident: Identity, *, sandbox: bool, status: str | None = None, tag: str | None = None,
                since: dt.datetime | None = None, cursor: str | None = None, limit: int = 50
                ) -> tuple[list[dict[str, Any]], str | None]:
-    if since is not None and since.tzinfo is None:
-        since = since.replace(tzinfo=dt.UTC)
     after = decode_cursor(cursor) if cursor else None
-    msgs = await svc.runner.read(_tracking(svc).page, ident.account_id, status=status, tag=tag, since=since,
-                                 sandbox=sandbox, after=after, limit=limit + 1)
+    log = MessageLog(svc.runner, svc.store)
+    msgs = await log.page(ident.account_id, status=status, tag=tag, since=since, sandbox=sandbox, after=after,
+                          limit=limit + 1)
     more = len(msgs) > limit
     msgs = msgs[:limit]
     return [message_json(x, detail=False) for x in msgs], encode_cursor(msgs[-1]) if more else None
@@ -183,7 +179,7 @@ async def get_message(message_id: str, ident: AnyKey, svc: Services) -> dict[str
     expired, sandbox) and every event."""
     check_id(message_id, "Message not found")
     try:
-        msg = await svc.runner.read(_tracking(svc).get, ident.account_id, message_id)
+        msg = await MessageLog(svc.runner, svc.store).get(ident.account_id, message_id)
     except NotFound:
         raise ApiError(404, "Message not found") from None
     return {"success": True, "message": message_json(msg, detail=True)}
@@ -218,4 +214,4 @@ async def list_sandbox(ident: AnyKey, svc: Services, cursor: str | None = Query(
 @router.delete("/sandbox", tags=["sandbox"], response_model=Cleared, responses=errors())
 async def clear_sandbox(ident: AnyKey, svc: Services) -> dict[str, Any]:
     """Delete every sandbox send of the account."""
-    return {"success": True, "deleted": await svc.runner.write(_tracking(svc).clear_sandbox, ident.account_id)}
+    return {"success": True, "deleted": await MessageLog(svc.runner, svc.store).clear_sandbox(ident.account_id)}

@@ -3,9 +3,10 @@ deliver the mail of an IP pool. The seeds call an upstream relay an "SMTP pool";
 and the field names are theirs.
 
 Scope ``admin`` (an account's own upstreams, in its own IP pools) or ``operator`` (every upstream;
-those it adds are the operator's). Another account's upstream answers 404. The password is stored
-encrypted and never returned (``has_password`` says whether one is set). The rules are in
-:class:`relay.services.upstreams_api.UpstreamAdmin`.
+those it adds are the operator's). The dashboard's session routes of seed 001 (``/api/smtp-pools``:
+the session cookie only, the seed's fields only) call the same handlers with the session's identity.
+Another account's upstream answers 404. The password is stored encrypted and never returned
+(``has_password`` says whether one is set). The rules are in :class:`relay.services.upstreams_api.UpstreamAdmin`.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ from pydantic import BaseModel, Field
 
 from relay.api.common import PREFIX, Body, Ok, check_id, errors, iso, line, refusals
 from relay.api.deps import AdminKey, UpstreamsDep
+from relay.api.session import AdminSession
 from relay.store.directory import UpstreamRec
 from relay.vocab import DEFAULT_IP_POOL
 
 router = APIRouter(prefix=PREFIX, tags=["smtp-pools"])
+session_router = APIRouter(prefix="/api", tags=["dashboard session"])
+SEED_FIELDS = ("id", "name", "host", "port", "username", "encryption", "is_active", "created_at")
 NOT_FOUND = "SMTP pool not found"
 ENCRYPTION = Literal["tls", "ssl", "none"]
 
@@ -41,6 +45,19 @@ class PoolOut(BaseModel):
     max_connections: int | None = None
     verify_tls: bool
     has_password: bool
+    is_active: bool
+    created_at: str
+
+
+class SeedPool(BaseModel):
+    """An SMTP pool as seed 001's session routes show it. The password is never returned."""
+
+    id: str
+    name: str
+    host: str
+    port: int
+    username: str | None = None
+    encryption: str
     is_active: bool
     created_at: str
 
@@ -142,3 +159,36 @@ async def test_upstream(pool_id: str, ident: AdminKey, upstreams: UpstreamsDep) 
     check_id(pool_id, NOT_FOUND)
     with refusals(NOT_FOUND):
         return await upstreams.probe(ident, pool_id)
+
+
+# -- seed 001's session routes: the dashboard's cookie, the same handlers ------------------------------
+def _seed(pool: dict[str, Any]) -> dict[str, Any]:
+    return {f: pool[f] for f in SEED_FIELDS}
+
+
+@session_router.get("/smtp-pools", response_model=list[SeedPool], responses=errors())
+async def session_list_upstreams(session: AdminSession, upstreams: UpstreamsDep) -> list[dict[str, Any]]:
+    """The session's account's SMTP pools, a bare array (seed 001). Passwords are never included."""
+    return [_seed(p) for p in await list_upstreams(session.identity, upstreams)]
+
+
+@session_router.post("/smtp-pools", response_model=SeedPool, responses=errors(403, 409))
+async def session_create_upstream(body: PoolIn, session: AdminSession, upstreams: UpstreamsDep) -> dict[str, Any]:
+    return _seed(await create_upstream(body, session.identity, upstreams))
+
+
+@session_router.patch("/smtp-pools/{pool_id}", response_model=SeedPool, responses=errors(403, 404, 409))
+async def session_update_upstream(pool_id: str, body: PoolPatch, session: AdminSession,
+                              upstreams: UpstreamsDep) -> dict[str, Any]:
+    return _seed(await update_upstream(pool_id, body, session.identity, upstreams))
+
+
+@session_router.delete("/smtp-pools/{pool_id}", response_model=Ok, responses=errors(404))
+async def session_delete_upstream(pool_id: str, session: AdminSession, upstreams: UpstreamsDep) -> dict[str, Any]:
+    return await delete_upstream(pool_id, session.identity, upstreams)
+
+
+@session_router.post("/smtp-pools/{pool_id}/test", response_model=PoolTest, responses=errors(404))
+async def session_test_upstream(pool_id: str, session: AdminSession, upstreams: UpstreamsDep) -> dict[str, Any]:
+    """EHLO, TLS and AUTH against the relay, no mail: ``{success, message, latencyMs, error}``."""
+    return await test_upstream(pool_id, session.identity, upstreams)

@@ -7,14 +7,13 @@ stored encrypted under the master key. Scope: ``admin``. The rules are in
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from relay.api.common import PREFIX, Body, Ok, check_id, errors, iso, line, refusals
-from relay.api.deps import AdminKey, Services
-from relay.services.webhooks_api import WebhookAdmin
+from relay.api.deps import AdminKey, WebhooksDep
 from relay.store.webhooks import EVENTS, DeliveryRec, WebhookRec
 
 router = APIRouter(prefix=PREFIX, tags=["webhooks"])
@@ -86,11 +85,7 @@ def delivery_json(d: DeliveryRec) -> dict[str, Any]:
             "created_at": iso(d.created_at), "delivered_at": iso(d.delivered_at)}
 
 
-def _webhooks(svc: Services) -> WebhookAdmin:
-    return WebhookAdmin(svc.runner, svc.webhooks, svc.master_key, max_per_account=svc.settings.webhooks.max_per_account)
-
-
-Webhooks = Annotated[WebhookAdmin, Depends(_webhooks)]
+Webhooks = WebhooksDep
 
 
 @router.get("/webhooks", response_model=WebhookList, responses=errors())

@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from relay.ops.files import private_dir, private_process
-from relay.vocab import ConfigError, Conflict, Forbidden, Invalid, NotFound, Unavailable
+from relay.vocab import ConfigError, Conflict, Forbidden, Invalid, NotEnabled, NotFound, Unavailable
 
 #: The exit codes of every command (README "Commands", ``relay --help``).
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_STORE = 0, 1, 2, 3
@@ -35,7 +35,7 @@ class StoreUnreachable(Exception):
 # refusals -> exit code (2: the input is wrong; 1: the state does not allow it; 3: no store to ask)
 EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
     (Invalid, EXIT_USAGE), (ConfigError, EXIT_USAGE), (NotFound, EXIT_REFUSED), (Conflict, EXIT_REFUSED),
-    (Forbidden, EXIT_REFUSED), (Unavailable, EXIT_REFUSED), (StoreUnreachable, EXIT_STORE))
+    (Forbidden, EXIT_REFUSED), (Unavailable, EXIT_REFUSED), (NotEnabled, EXIT_REFUSED), (StoreUnreachable, EXIT_STORE))
 REFUSALS = tuple(cls for cls, _ in EXIT_CODES)
 
 

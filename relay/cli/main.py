@@ -20,11 +20,12 @@ from relay.cli import (
     serve,
     suppressions,
     upstreams,
+    users,
 )
 from relay.cli.base import main
 
 for _cmd in (*serve.COMMANDS, accounts.account, keys.key, domains.domain, upstreams.upstream, upstreams.pool, ip_pools.ip_pool,
-             aliases.alias, queue.queue, suppressions.suppression, route.route):
+             aliases.alias, queue.queue, suppressions.suppression, route.route, users.user):
     main.add_command(_cmd)
 for _ep in entry_points(group=COMMANDS_ENTRY_POINT_GROUP):  # commands that installed policies bring (relay quota)
     if _ep.name not in main.commands:

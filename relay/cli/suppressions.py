@@ -1,5 +1,6 @@
 """``relay suppression``: per-account suppression lists, with CSV import and export
-(:mod:`relay.services.suppressions` reads and writes the CSV)."""
+(:mod:`relay.services.suppressions` reads and writes the CSV, and reaches the list through the
+enabled policy that keeps it: without one, every command exits 1, "suppression policy is not enabled")."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import click
 from relay.cli.base import Ctx, command, table
 from relay.cli.progress import progress
 from relay.services import suppressions as svc
-from relay.store.suppressions import REASONS
+from relay.services.suppressions import REASONS
 
 
 @click.group("suppression")
@@ -33,7 +34,8 @@ def _changed(c: svc.Changed) -> str:
 def suppression_add(ctx: Ctx, emails: tuple[str, ...], account: str, reason: str, expires: str | None,
                     detail: str | None):
     """Add addresses (or update their entries). New sessions see the change within seconds."""
-    c, addrs = svc.add(ctx.store, account, emails, reason=reason, expires=expires, detail=detail)
+    c, addrs = svc.from_cli(ctx.store, ctx.settings,
+                            lambda s: s.add_addresses(account, emails, reason=reason, expires=expires, detail=detail))
     return ({"success": True, "account": c.account, "added": c.added, "updated": c.updated, "emails": addrs},
             _changed(c))
 
@@ -45,7 +47,8 @@ def suppression_add(ctx: Ctx, emails: tuple[str, ...], account: str, reason: str
 @click.option("--limit", default=1000, show_default=True, type=click.IntRange(min=1), help="At most this many entries.")
 def suppression_list(ctx: Ctx, account: str, reason: str | None, include_expired: bool, limit: int):
     """The account's suppressed addresses, with reason, dates and detail."""
-    recs = svc.listing(ctx.store, account, reason=reason, include_expired=include_expired, limit=limit)
+    recs = svc.from_cli(ctx.store, ctx.settings,
+                        lambda s: s.listing(account, reason=reason, include_expired=include_expired, limit=limit))
     return ([svc.entry_dict(r) for r in recs],
             table([[r.address, r.reason, r.created_at.strftime("%Y-%m-%d %H:%M"),
                     r.expires_at.strftime("%Y-%m-%d %H:%M") if r.expires_at else "never", r.detail]
@@ -57,7 +60,7 @@ def suppression_list(ctx: Ctx, account: str, reason: str | None, include_expired
 @click.option("--account", required=True, metavar="NAME", help="Whose suppression list.")
 def suppression_remove(ctx: Ctx, emails: tuple[str, ...], account: str):
     """Take addresses off the list: mail to them is accepted again."""
-    name, n, addrs = svc.remove(ctx.store, account, emails)
+    name, n, addrs = svc.from_cli(ctx.store, ctx.settings, lambda s: s.remove_addresses(account, emails))
     return ({"success": True, "account": name, "removed": n, "emails": addrs},
             f"{n} removed from the suppression list of {name}")
 
@@ -71,7 +74,8 @@ def suppression_import(ctx: Ctx, file: Any, account: str, reason: str):
     """Import the CSV file FILE ("-" for stdin): email[,reason[,expires_at[,detail]]], header row optional.
 
     All rows or none: a bad row stops the import and names the row."""
-    c = svc.import_csv(ctx.store, account, file.read(), default_reason=reason)
+    text = file.read()
+    c = svc.from_cli(ctx.store, ctx.settings, lambda s: s.import_csv(account, text, default_reason=reason))
     return {"success": True, "account": c.account, "added": c.added, "updated": c.updated}, _changed(c)
 
 
@@ -82,7 +86,7 @@ def suppression_import(ctx: Ctx, file: Any, account: str, reason: str):
 @click.option("--all", "include_expired", is_flag=True, help="Include expired entries.")
 def suppression_export(ctx: Ctx, account: str, output: str | None, include_expired: bool):
     """Export the list as CSV (email,reason,expires_at,detail,created_at), as "relay suppression import" reads it back."""
-    name, recs = svc.export(ctx.store, account, include_expired=include_expired)
+    name, recs = svc.from_cli(ctx.store, ctx.settings, lambda s: s.export(account, include_expired=include_expired))
     # a bar on a terminal; nothing under --json or in a pipe
     text = "".join(progress(svc.csv_lines(recs), label="exporting", length=len(recs) + 1, as_json=ctx.as_json))
     if output:

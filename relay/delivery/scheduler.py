@@ -430,8 +430,6 @@ class Scheduler:
             if self._next_due is None or o.next_attempt_at < self._next_due:
                 self._next_due = o.next_attempt_at
                 self._wake.set()  # re-arm the poller's timer
-        elif state == "bounced" and msg.account_id and is_hard_bounce(code, reply):
-            o.suppress_account_id = msg.account_id
         return o
 
 

@@ -3,8 +3,8 @@
 - the webhook delivery worker (:class:`relay.events.webhooks.WebhookService`);
 - DKIM rotation: every ``DKIM_CHECK_INTERVAL`` seconds, domains with a pending selector switch
   signing to it once its DNS record is seen, and keys past their grace period are dropped;
-- pruning of expired idempotency keys, and of delivery events older than ``[store] events_retention``
-  (in batches of :data:`EVENT_BATCH`, one short transaction each).
+- pruning of expired idempotency keys, dashboard sessions and set-password links, and of delivery
+  events older than ``[store] events_retention`` (in batches of :data:`EVENT_BATCH`, one short transaction each).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from relay.ops.config import Settings
 from relay.services.admin import Admin
 from relay.store import Store, utcnow
 from relay.store.runner import DbRunner
+from relay.services.users import Users
 from relay.submission.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class TaskParts(Protocol):
     admin: Admin
     pipeline: Pipeline
     webhooks: WebhookService
+    users: Users
 
 
 def start(gateway: TaskParts) -> list[asyncio.Task[Any]]:
@@ -96,6 +98,7 @@ async def _housekeeping(gateway: TaskParts) -> None:
             if loop.time() >= next_prune:
                 next_prune = loop.time() + PRUNE_INTERVAL
                 await gateway.runner.write(gateway.pipeline.idempotency.store.prune)
+                await gateway.users.prune()
                 await prune_events(gateway)
         except asyncio.CancelledError:
             raise

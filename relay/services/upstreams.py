@@ -6,9 +6,12 @@ connection test (EHLO, TLS, AUTH, no mail) that the CLI (``relay upstream test``
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from relay.delivery import probe as probing
+from relay.delivery.router import Router
 from relay.delivery.upstream import Upstream, UpstreamConfig
 from relay.ops.config import Settings
 from relay.ops.targets import resolve_checked
@@ -44,3 +47,30 @@ async def probe(settings: Settings, admin: Admin, rec: UpstreamRec) -> dict[str,
     """EHLO, TLS and AUTH against the upstream, no mail: ``{success, message, latencyMs[, error]}``."""
     cfg = upstream_config(rec, admin.upstream_password(rec), default_max_connections=1)
     return await probing.probe(connection(settings, cfg))
+
+
+@dataclass(frozen=True)
+class PoolHealth:
+    """An IP pool's upstreams as one account may see them: its own by name, the operator's only counted."""
+
+    ip_pool: str
+    own: bool  # the account's own pool
+    healthy: int
+    total: int
+    down: tuple[str, ...] = ()  # names of the account's own upstreams whose breaker is open
+
+
+def pool_health(router: Router, account_id: str, ip_pools: Iterable[str]) -> list[PoolHealth]:
+    """Health of the pools an account sends through (its aliases' pools and its own), by the delivery
+    router's breakers; another owner's upstreams are never named."""
+    out = []
+    for pool in sorted(set(ip_pools)):
+        owner = router.owners.get(pool)
+        if owner is not None and owner != account_id:
+            continue  # another account's pool: not this account's to see
+        members = list(router.ip_pools.get(pool, ()))
+        down = [u for u in members if router.breakers[u.cfg.id].failures >= router.threshold]
+        own = owner == account_id
+        out.append(PoolHealth(pool, own, len(members) - len(down), len(members),
+                              tuple(u.name for u in down) if own else ()))
+    return out

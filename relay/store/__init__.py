@@ -1,7 +1,7 @@
 """The durable store: engine set-up, versioned migrations, and the two halves of the data.
 
 ``Store.directory`` holds who may send what (accounts, keys, domains, aliases, pools, upstreams);
-``Store.queue`` holds the mail (messages, recipients, events, suppressions). Both are synchronous
+``Store.queue`` holds the mail (messages, recipients, events). Both are synchronous
 SQLAlchemy code; the async side calls them through :class:`relay.store.runner.DbRunner`.
 """
 
@@ -147,6 +147,7 @@ class Store:
         from relay.store.directory import Directory
         from relay.store.ip_pools import Pools
         from relay.store.queue import Queue
+        from relay.store.users import UserStore
         from relay.store.webhooks import Outbox, WebhookStore
 
         self.url = url
@@ -157,6 +158,7 @@ class Store:
         self.node_id = node_id or new_id("node")
         self.directory = Directory(self.sessions, self.reads)
         self.ip_pools = Pools(self.sessions, self.reads)
+        self.users = UserStore(self.sessions, self.reads)
         self.webhook_outbox = Outbox(WebhookStore(self.sessions, self.reads))
         self.queue = Queue(self.sessions, self.reads, on_outcomes=self.webhook_outbox.on_outcomes)
 

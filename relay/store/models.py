@@ -211,6 +211,10 @@ class Event(Base):
 
 
 class Suppression(Base):
+    """An account's suppressed address. The table is the suppression policy's: every query on it is
+    in policies.suppression_store (the core reaches it through policies.spec.SuppressionBook); it is
+    declared here because the core migrations (0001, 0002) create it, as the quota tables below."""
+
     __tablename__ = "suppressions"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False)
@@ -319,3 +323,36 @@ class WebhookDelivery(Base):
     created_at: Mapped[dt.datetime] = _ts()
     delivered_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     __table_args__ = (Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),)
+
+
+class User(Base):
+    """A person who logs in to the dashboard (0007): one account, a role (owner | admin | member), an
+    argon2 password hash (NULL until set through a one-time link)."""
+
+    __tablename__ = "users"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # usr_...
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    email: Mapped[str] = mapped_column(String(320), nullable=False)  # lower-cased
+    role: Mapped[str] = mapped_column(String(16), nullable=False)
+    password_hash: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = _ts()
+    __table_args__ = (UniqueConstraint("email", name="uq_users_email"),)
+
+
+class UserSession(Base):
+    """A logged-in session: the SHA-256 of the ``sb-access-token`` cookie, never the token itself."""
+
+    __tablename__ = "user_sessions"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[dt.datetime] = _ts()
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False, index=True)
+
+
+class PasswordLink(Base):
+    """A one-time set-password link (its token's SHA-256), consumed when the password is set."""
+
+    __tablename__ = "password_links"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False, index=True)

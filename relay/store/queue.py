@@ -1,4 +1,4 @@
-"""The durable queue: messages (body included), per-recipient state, events, suppressions.
+"""The durable queue: messages (body included), per-recipient state, events.
 
 Hot-path writes take whole batches (one transaction, one fsync for many messages): the async
 side groups concurrent work through :class:`relay.store.runner.Batcher`. Recipient rows are
@@ -62,7 +62,6 @@ class Outcome:
     upstream: str | None = None
     next_attempt_at: dt.datetime | None = None  # deferred only
     attempted: bool = True
-    suppress_account_id: str | None = None  # hard bounce: add to that account's suppression list
 
 
 @dataclass
@@ -266,34 +265,20 @@ class Queue:
         self._sql.mark.run(conn, [{"mid": i, "addr": a, "up": u, "now": now} for i, a, u in items])
 
     def record_outcomes(self, outcomes: Sequence[Outcome], now: dt.datetime | None = None) -> None:
-        """Write results and their events; release the leases; suppress hard bounces."""
+        """Write results and their events; release the leases."""
         self.apply(outcomes=outcomes, now=now)
 
     def _record(self, conn: sa.Connection, outcomes: Sequence[Outcome], now: dt.datetime) -> None:
-        rows, events, suppress = [], [], []
+        rows, events = [], []
         for o in outcomes:
             rows.append({"mid": o.message_id, "addr": o.address, "st": o.state, "code": o.code, "reply": o.reply,
                          "up": o.upstream, "nxt": o.next_attempt_at or now, "inc": 1 if o.attempted else 0,
                          "now": now})
             events.append(_event(o.message_id, o.address, o.state, now, o.upstream, o.code, o.reply))
-            if o.suppress_account_id:
-                suppress.append((o.suppress_account_id, o.address, o.reply))
         self._sql.outcome.run(conn, rows)
         self._sql.events.run(conn, events)
-        for account_id, address, reply in suppress:
-            self._suppress(conn, account_id, address, "hard_bounce", reply, now)
         if self.on_outcomes is not None:
             self.on_outcomes(conn, outcomes, now)
-
-    @staticmethod
-    def _suppress(conn: sa.Connection, account_id: str, address: str, reason: str, detail: str | None,
-                  now: dt.datetime) -> None:
-        t = m.Suppression.__table__
-        address = address.lower()  # one entry per address whatever its case (the policy matches lower())
-        where = (t.c.account_id == account_id, sa.func.lower(t.c.address) == address)
-        if conn.execute(sa.update(t).where(*where).values(reason=reason, detail=detail, expires_at=None)).rowcount == 0:
-            conn.execute(sa.insert(t).values(account_id=account_id, address=address, reason=reason, detail=detail,
-                                             created_at=now))
 
     def recover(self, owner: str, dots: Sequence[tuple[str, str, int]] = (),
                 now: dt.datetime | None = None) -> list[tuple[str, str]]:
@@ -478,12 +463,3 @@ class Queue:
     def count_by_state(self) -> dict[str, int]:
         with self._reads() as s:
             return dict(s.execute(sa.select(m.Recipient.state, sa.func.count()).group_by(m.Recipient.state)).all())
-
-    # -- suppressions -------------------------------------------------------------------------
-    def suppressed(self, account_id: str, addresses: Sequence[str], now: dt.datetime | None = None) -> dict[str, str]:
-        now = now or utcnow()
-        with self._reads() as s:
-            rows = s.execute(sa.select(m.Suppression.address, m.Suppression.reason, m.Suppression.expires_at)
-                             .where(m.Suppression.account_id == account_id,
-                                    m.Suppression.address.in_(list(addresses)))).all()
-            return {a: r for a, r, exp in rows if exp is None or aware(exp) > now}

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from relay.vocab import NotFound
 from relay.store import aware
 from relay.store import models as m
-from relay.store.queue import STATES, EventView, RecipientView
+from relay.store.queue import PENDING, STATES, EventView, RecipientView
 
 _ORDER = {s: i for i, s in enumerate(STATES)}
 SUBMITTED = ("api", "smtp")  # the account's own mail; not system mail (alias verification) or DSNs
@@ -49,9 +49,23 @@ class TrackedMessage:
         return min((r.state for r in self.recipients), key=lambda s: _ORDER.get(s, 0), default="queued")
 
 
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 def _like_tag(tag: str) -> str:
-    escaped = tag.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f'%"{escaped}"%'
+    return f'%"{_escape_like(tag)}"%'
+
+
+def _matching(query: str) -> sa.ColumnElement[bool]:
+    """A search: the queue id or Message-ID exactly; a recipient, the subject or a tag containing it."""
+    like = f"%{_escape_like(query.lower())}%"
+    header_id = query.strip("<>")
+    return sa.or_(m.Message.id == query, m.Message.header_message_id.in_((header_id, f"<{header_id}>")),
+                  sa.func.lower(m.Message.subject).like(like, escape="\\"),
+                  sa.func.lower(sa.cast(m.Message.tags, sa.Text)).like(like, escape="\\"),
+                  m.Message.id.in_(sa.select(m.Recipient.message_id)
+                                   .where(sa.func.lower(m.Recipient.address).like(like, escape="\\"))))
 
 
 class Tracking:
@@ -82,8 +96,9 @@ class Tracking:
 
     def page(self, account_id: str, *, status: str | None = None, tag: str | None = None,
              since: dt.datetime | None = None, sandbox: bool = False, after: tuple[dt.datetime, str] | None = None,
-             limit: int = 50) -> list[TrackedMessage]:
-        """Newest first; ``after`` is the (created_at, id) of the last message of the previous page."""
+             limit: int = 50, query: str | None = None) -> list[TrackedMessage]:
+        """Newest first; ``after`` is the (created_at, id) of the last message of the previous page;
+        ``query`` searches (see :func:`_matching`)."""
         q = sa.select(m.Message).where(m.Message.account_id == account_id, m.Message.sandbox.is_(sandbox),
                                        m.Message.source.in_(SUBMITTED))
         if status:
@@ -92,6 +107,8 @@ class Tracking:
             q = q.where(sa.cast(m.Message.tags, sa.Text).like(_like_tag(tag), escape="\\"))
         if since:
             q = q.where(m.Message.created_at >= since)
+        if query:
+            q = q.where(_matching(query))
         if after:
             at, mid = after
             q = q.where(sa.or_(m.Message.created_at < at, sa.and_(m.Message.created_at == at, m.Message.id < mid)))
@@ -134,4 +151,44 @@ class Tracking:
             prefix = "sandbox_" if sandbox else ""
             out[prefix + "messages"] += int(msgs)
             out[prefix + "recipients"] += int(rcpts)
+        return out
+
+    def headers(self, account_id: str, message_id: str, limit: int = 65536) -> bytes:
+        """The header section of the account's message as stored (signed), at most ``limit`` bytes read."""
+        with self._reads() as s:
+            row = s.execute(sa.select(m.Message.account_id, sa.func.substr(m.Message.body, 1, limit))
+                            .where(m.Message.id == message_id)).first()
+        if row is None or row[0] != account_id:
+            raise NotFound(f"no message {message_id!r}")
+        head = bytes(row[1] or b"")
+        end = head.find(b"\r\n\r\n")
+        return head if end < 0 else head[:end + 2]
+
+    def states(self, account_id: str, since: dt.datetime) -> dict[str, int]:
+        """The account's recipients per state: every pending one, and the others of messages since ``since``."""
+        own = sa.select(m.Message.id).where(m.Message.account_id == account_id, m.Message.sandbox.is_(False),
+                                            m.Message.source.in_(SUBMITTED))
+        q = (sa.select(m.Recipient.state, sa.func.count())
+             .where(m.Recipient.message_id.in_(own.where(m.Message.created_at >= since))
+                    | (m.Recipient.state.in_(PENDING) & m.Recipient.message_id.in_(own)))
+             .group_by(m.Recipient.state))
+        with self._reads() as s:
+            counts = {str(state): int(n) for state, n in s.execute(q).all()}
+        return {state: counts.get(state, 0) for state in STATES if state != "sandbox"}
+
+    def hourly(self, account_id: str, start: dt.datetime, hours: int,
+               types: tuple[str, ...] = ("delivered", "deferred", "bounced")) -> list[dict[str, int]]:
+        """Events of ``types`` per hour from ``start`` (``hours`` buckets, oldest first)."""
+        edges = [start + dt.timedelta(hours=h + 1) for h in range(hours)]
+        bucket = sa.case(*[(m.Event.at < edge, i) for i, edge in enumerate(edges)], else_=hours)
+        q = (sa.select(bucket, m.Event.type, sa.func.count())
+             .join(m.Message, m.Message.id == m.Event.message_id)
+             .where(m.Event.at >= start, m.Event.type.in_(types), m.Message.account_id == account_id,
+                    m.Message.source.in_(SUBMITTED))
+             .group_by(bucket, m.Event.type))
+        out = [{t: 0 for t in types} for _ in range(hours)]
+        with self._reads() as s:
+            for i, type_, n in s.execute(q).all():
+                if 0 <= int(i) < hours:
+                    out[int(i)][str(type_)] = int(n)
         return out

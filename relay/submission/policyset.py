@@ -12,7 +12,7 @@ import logging
 from importlib.metadata import entry_points
 from typing import Any, Mapping, Sequence
 
-from policies.spec import ENTRY_POINT_GROUP, HOOKS, PolicyServices, Verdict
+from policies.spec import ENTRY_POINT_GROUP, HOOKS, PolicyServices, SuppressionBook, Verdict
 from relay.vocab import ConfigError
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,10 @@ class PolicySet:
         self.policies = list(policies)
         self._by_hook = {h: [(n, getattr(p, h)) for n, p in self.policies if callable(getattr(p, h, None))]
                          for h in HOOKS}
+        #: the accounts' suppression lists, from the first enabled policy that provides them (None: no
+        #: suppression list; see policies.spec, "What a policy provides")
+        self.suppression_book: SuppressionBook | None = next(
+            (book for _, p in self.policies if (book := getattr(p, "suppression_book", None)) is not None), None)
 
     def has(self, hook: str) -> bool:
         return bool(self._by_hook[hook])

@@ -45,7 +45,7 @@ async def test_get_shows_a_page_and_only_its_post_verifies(gateway_factory, sink
             page = await anonymous.get(link)
             assert page.status_code == OK and stored(api, "new@example.com")[0] is False
         assert page.headers["content-type"].startswith("text/html")
-        assert page.headers["cache-control"] == "no-store" and page.headers["referrer-policy"] == "no-referrer"
+        assert page.headers["cache-control"] == "no-store" and page.headers["referrer-policy"] == "same-origin"
         assert '<form method="post"><button type="submit">Verify new@example.com</button></form>' in page.text
         assert "<script" not in page.text and "http" not in page.text.split("<body>")[1]  # self-contained
         head = await anonymous.head(link)

@@ -183,3 +183,33 @@ async def test_a_complaint_raises_the_complained_event_through_cli_and_api(api: 
         assert got == [("complained", "api@dest.org"), ("complained", "cli@dest.org")]
     finally:
         await receiver.stop()
+
+
+# -- the queue: relay.services.queue_admin.QueueAdmin ----------------------------------------------------------
+async def test_retry_and_delete_through_cli_and_api(api: Api):
+    api.gw.scheduler.retry_base = api.gw.scheduler.retry_max = 3600.0
+    api.sink.rcpt_replies["later@dest.org"] = "451 4.2.0 Try again later"
+    mids = [(await api.client.post("/api/v1/send", json=send_body(api.p, to=[{"email": "later@dest.org"}])))
+            .json()["message_id"] for _ in range(2)]
+    for _ in range(200):
+        if all(api.gw.store.queue.show(m).recipients[0].state == "deferred" for m in mids):
+            break
+        await asyncio.sleep(0.05)
+    r = await relay(api, "queue", "retry", mids[0], "--json")
+    assert (r.code, r.json()) == (EXIT_OK, {"success": True, "recipients": 1})
+    resp = await api.client.post(f"/api/v1/messages/{mids[1]}/retry")
+    assert (resp.status_code, resp.json()) == (OK, {"success": True, "recipients": 1})
+    r = await relay(api, "queue", "retry", "msg_0000000000000000", "--json")  # unknown: refused alike
+    assert r.code == EXIT_REFUSED and r.json()["success"] is False
+    assert (await api.client.post("/api/v1/messages/msg_0000000000000000/retry")).status_code == NOT_FOUND
+    for _ in range(200):  # the retried attempts end (deferred again) before the deletes
+        if all(api.gw.store.queue.show(m).recipients[0].attempts == 2 and
+               api.gw.store.queue.show(m).recipients[0].state == "deferred" for m in mids):
+            break
+        await asyncio.sleep(0.05)
+    r = await relay(api, "queue", "delete", mids[0], "--json")
+    assert (r.code, r.json()) == (EXIT_OK, {"success": True, "deleted": mids[0]})
+    resp = await api.client.delete(f"/api/v1/messages/{mids[1]}")
+    assert (resp.status_code, resp.json()) == (OK, {"success": True, "deleted": mids[1]})
+    for mid in mids:
+        assert (await api.client.get(f"/api/v1/messages/{mid}")).status_code == NOT_FOUND

@@ -18,6 +18,7 @@ import aiosmtplib
 import pytest
 from aiosmtpd.smtp import SMTP as AioSMTP, Envelope, Session
 
+from policies.suppression_store import Suppressions
 from relay.delivery.probe import probe
 from relay.delivery.upstream import Upstream, UpstreamConfig
 from relay.store import utcnow
@@ -51,6 +52,12 @@ async def submit(gw, key: str, batch: list[tuple[list[str], bytes]]) -> list[str
     finally:
         await smtp.quit()
     return ids
+
+
+def suppressed(gw, account_id: str, addresses: list[str]) -> dict[str, str]:
+    """address -> reason of the account's active suppression entries (the suppression policy's store)."""
+    book = Suppressions(gw.store.sessions, gw.store.reads)
+    return {a: rec.reason for a in addresses if (rec := book.lookup(account_id, a)) is not None}
 
 
 def pending(gw) -> int:
@@ -225,7 +232,7 @@ async def test_5xx_bounces_sends_one_dsn_and_suppresses(gateway_factory, sink_fa
     assert dmsg.mail_from == "" and dmsg.account_id == view.account_id
     assert [(x.address, x.state) for x in dmsg.recipients] == [(SENDER, "delivered")]
 
-    assert gw.store.queue.suppressed(view.account_id, ["gone@dest.org", "other@dest.org"]) == {
+    assert suppressed(gw, view.account_id, ["gone@dest.org", "other@dest.org"]) == {
         "gone@dest.org": "hard_bounce"}
 
 
@@ -239,7 +246,7 @@ async def test_soft_5xx_bounces_without_suppression(gateway_factory, sink_factor
     (view,) = await wait_final(gw, qid)
     assert rcpt_view(view, "x@dest.org").state == "bounced"
     await wait_for(lambda: len(dsns(sink)) == 1)
-    assert gw.store.queue.suppressed(view.account_id, ["x@dest.org"]) == {}
+    assert suppressed(gw, view.account_id, ["x@dest.org"]) == {}
 
 
 async def test_a_bouncing_dsn_gets_no_dsn(gateway_factory, sink_factory):
@@ -288,7 +295,7 @@ async def test_rcpt_level_550_bounces_one_recipient_delivers_the_other(gateway_f
         .get_payload()
     assert [b["Final-Recipient"] for b in blocks] == ["rfc822; bad@dest.org"]
     assert len(dsn_messages(gw)) == 1
-    assert gw.store.queue.suppressed(view.account_id, ["bad@dest.org", "good@dest.org"]) == {
+    assert suppressed(gw, view.account_id, ["bad@dest.org", "good@dest.org"]) == {
         "bad@dest.org": "hard_bounce"}
 
 
@@ -575,7 +582,7 @@ async def test_expiry_marks_expired_and_queues_a_dsn(gateway_factory):
         # one deferral per failed attempt, and one per wait for the breaker (not attempts)
         assert types == ["accepted"] + ["deferred"] * (len(types) - 2) + ["expired"]
         assert len(types) - 2 >= r.attempts - 1
-        assert gw.store.queue.suppressed(view.account_id, ["late@dest.org"]) == {}
+        assert suppressed(gw, view.account_id, ["late@dest.org"]) == {}
 
         def my_dsn():
             return [m for m in dsn_messages(gw) if [x.address for x in m.recipients] == [SENDER]]

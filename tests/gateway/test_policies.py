@@ -21,7 +21,7 @@ from policies.spec import HOOKS, SIZE, PolicySpec
 from relay.vocab import ConfigError
 from relay.submission.policyset import load as load_policies
 from relay.store import utcnow
-from relay.store.suppressions import NewSuppression, Suppressions
+from policies.suppression_store import NewSuppression, Suppressions
 from tests.conftest import port_of, provision, wait_for
 from tests.gateway.test_submission import client, message, received_from, reply, smtp_messages
 from tests.support.replies import (

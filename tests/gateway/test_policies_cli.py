@@ -155,6 +155,7 @@ def test_quota_set_show_remove(site):
     assert (show[f"key:{site.key_id}"]["daily"], show[f"key:{site.key_id}"]["source"]) == (20, "set")
     pool = show["pool:default"]
     assert (pool["daily"], pool["used_today"], pool["warmup_day"], pool["warmup_cap"]) == (50, 3, 1, 50)
+    assert pool["warmup_schedule"] == [[1, 50], [2, 100], [5, 1000]]  # the dashboard draws the whole warm-up
     assert show[f"account_pool:{site.account_id}/default"]["daily"] == 300
     alias = next(t for t in show.values() if t["kind"] == "alias")
     assert alias["rate"] is None and alias["label"] == "app@example.com"

@@ -26,7 +26,7 @@ from relay.vocab import StoreError
 from relay.secrets import load_or_create_master_key
 from relay.store import Store, utcnow
 from policies.quota_store import QuotaStore
-from relay.store.suppressions import NewSuppression, Suppressions
+from policies.suppression_store import NewSuppression, Suppressions
 from tests.conftest import free_port, port_of, provision, wait_for
 from tests.gateway.test_policies import OK_MAIL, OK_RCPT, delivered, fold, send, words
 from tests.gateway.test_submission import message, reply, smtp_messages

@@ -1,5 +1,6 @@
-"""Tenant isolation, generated from the OpenAPI route list: a second account's keys, one per scope,
-go through EVERY route of ``/api/v1`` with the first account's objects in the path. Each answer must be
+"""Tenant isolation, generated from the OpenAPI route list: a second account's keys, one per scope, and
+its dashboard sessions (a member's and an admin's cookie) go through EVERY route of ``/api/v1`` and the
+session routes (``/api/smtp-pools``...) with the first account's objects in the path. Each answer must be
 403 or 404, and afterwards the first account sees exactly what it saw before (routes without an
 object in the path included: a bulk delete or a list must not reach across accounts, and a list
 must not show the first account's ids). A new route is covered without editing this test; a route
@@ -16,9 +17,15 @@ import pytest
 from relay.services.admin import CLI_ONLY_SCOPES, SCOPES
 from tests.conftest import provision, wait_for
 from tests.support.api import Api, send_body, start_api
+from tests.support.sessions import as_user
 
 ATTACKER_SCOPES = [s for s in SCOPES if s not in CLI_ONLY_SCOPES]
 CAPABILITY_PARAMS = {"token"}  # /aliases/verify/{token}: the unguessable link itself is the credential
+OWN_SESSION = {"/api/auth/login", "/api/auth/logout"}  # act on the caller's own session only
+SESSION_ROLES = ("member", "admin")
+# free from loopback by design (the operator's own host; elsewhere an operator key): the test's clients
+# are on loopback, and the upstream gauges name acme's pool once the periodic reload (10 s) saw it
+LOOPBACK_OPERATOR_VIEWS = {"/metrics"}
 SAMPLES = {"string": "attacker", "integer": 2, "number": 2, "boolean": False}
 
 
@@ -111,34 +118,79 @@ async def victim(gateway_factory, sink_factory):
         yield a, victims
 
 
+async def attackers(a: Api) -> list[tuple[str, httpx.AsyncClient]]:
+    """globex's clients: a key of every scope, and a logged-in session of every role."""
+    out = []
+    for scope in ATTACKER_SCOPES:
+        key, _ = a.gw.admin.create_key("globex", [scope])
+        out.append((f"key:{scope}", a.as_key(key)))
+    for role in SESSION_ROLES:
+        out.append((f"session:{role}", await as_user(a, f"{role}@globex.test", role, account="globex")))
+    return out
+
+
+async def snapshots(a: Api, doc: dict[str, Any], victims: dict[str, str], owner: httpx.AsyncClient) -> dict[str, Any]:
+    """What the victim sees with its key and with its owner's session."""
+    return {"key": await snapshot(a.client, doc, victims), "session": await snapshot(owner, doc, victims)}
+
+
 async def test_every_route_keeps_a_second_account_out(victim: tuple[Api, dict[str, str]]):
     a, victims = victim
     gw = a.gw
     doc = (await a.client.get("/api/v1/openapi.json")).json()
+    assert any(path == "/api/smtp-pools/{pool_id}" for _, path, _ in routes(doc))  # the session routes too
     operator_upstream = gw.store.directory.get_upstream("sink").id
-    before = await snapshot(a.client, doc, victims)
+    owner = await as_user(a, "owner@acme.test", "owner")
+    before = await snapshots(a, doc, victims, owner)
     checked = 0
-    for scope in ATTACKER_SCOPES:
-        key, _ = gw.admin.create_key("globex", [scope])
-        async with a.as_key(key) as attacker:
+    for who, attacker in await attackers(a):
+        async with attacker:
             for method, path, op in routes(doc):
                 params = [p["name"] for p in op.get("parameters", []) if p.get("in") == "path"]
-                if set(params) & CAPABILITY_PARAMS:
+                if set(params) & CAPABILITY_PARAMS or path in OWN_SESSION:
                     continue
                 missing = [p for p in params if p not in victims]
                 assert not missing, f"{method} {path}: no victim object for {missing}: add one to the fixture"
                 body = body_of(doc, op)
+                # a key on a session route (the cookie only): 401
+                allowed = (403, 404) if who.startswith("session") or path.startswith("/api/v1/") else (401,)
                 targets = [victims] if params != ["pool_id"] else [victims, {"pool_id": operator_upstream}]
                 for values in targets:
                     url = path.format(**values)
                     r = await attacker.request(method, url, json=body)
                     if params:
-                        assert r.status_code in (403, 404), (scope, method, url, body, r.status_code, r.text)
+                        assert r.status_code in allowed, (who, method, url, body, r.status_code, r.text)
                         checked += 1
-                    elif method == "GET":
+                    elif method == "GET" and path not in LOOPBACK_OPERATOR_VIEWS:
                         leaked = [v for v in (*victims.values(), operator_upstream, "acme") if v in r.text]
-                        assert not leaked, (scope, path, leaked, r.text[:500])
-    after = await snapshot(a.client, doc, victims)
-    assert after == before, json.dumps({k: (before.get(k), after.get(k)) for k in before if before[k] != after.get(k)},
-                                       default=str)[:3000]
-    assert checked >= len(ATTACKER_SCOPES) * 10
+                        assert not leaked, (who, path, leaked, r.text[:500])
+    after = await snapshots(a, doc, victims, owner)
+    await owner.aclose()
+    for view in before:
+        assert after[view] == before[view], json.dumps(
+            {k: (before[view].get(k), after[view].get(k)) for k in before[view] if before[view][k] != after[view].get(k)},
+            default=str)[:3000]
+    assert checked >= (len(ATTACKER_SCOPES) + len(SESSION_ROLES)) * 10
+
+
+async def test_a_member_reads_its_own_account_and_changes_nothing(victim: tuple[Api, dict[str, str]]):
+    """acme's own member, with the right Origin: every GET answers, every change is 403 and changes nothing."""
+    a, victims = victim
+    doc = (await a.client.get("/api/v1/openapi.json")).json()
+    before = await snapshot(a.client, doc, victims)
+    writes = 0
+    async with await as_user(a, "member@acme.test", "member") as member:
+        for method, path, op in routes(doc):
+            params = [p["name"] for p in op.get("parameters", []) if p.get("in") == "path"]
+            if set(params) & CAPABILITY_PARAMS or path in OWN_SESSION or not path.startswith("/api/"):
+                continue
+            r = await member.request(method, path.format(**victims), json=body_of(doc, op))
+            if method == "GET":
+                assert r.status_code == 200, (method, path, r.status_code, r.text)
+            else:
+                assert r.status_code == 403, (method, path, r.status_code, r.text)
+                assert r.json()["success"] is False
+                writes += 1
+        assert (await member.get("/api/smtp-pools")).json()[0]["id"] == victims["pool_id"]
+    assert writes >= 20
+    assert await snapshot(a.client, doc, victims) == before

@@ -32,6 +32,8 @@ RELOADABLE: frozenset[str] = frozenset(
         "smtp.shutdown_timeout",
         "smtp.hide_client_address",
         "api.public_url",
+        "api.session_ttl",
+        "api.password_link_ttl",
         "delivery.retry_base",
         "delivery.retry_max",
         "delivery.max_age",

@@ -25,6 +25,7 @@ from pydantic import (
 
 from relay.ops.config.values import (
     WILDCARD_HOSTS,
+    Duration,
     Float,
     Int,
     Listener,
@@ -135,6 +136,10 @@ class ApiSettings(_Model):
     header_timeout: Float = Field(default=20.0, gt=0)
     # bytes the request bodies being read and handled may hold together: each reserves its length
     body_memory_budget: Int = Field(default=134_217_728, gt=0)
+    # how long a dashboard login lasts (the sb-access-token cookie and its session in the store)
+    session_ttl: Duration = Field(default=12 * 3600.0, gt=0)
+    # how long a one-time set-password link (relay user add / reset-password) works
+    password_link_ttl: Duration = Field(default=7 * 86400.0, gt=0)
 
     @field_validator("public_url", mode="before")
     @classmethod

@@ -18,6 +18,7 @@ from pydantic import BeforeValidator, PlainSerializer
 
 __all__ = [
     "WILDCARD_HOSTS",
+    "Duration",
     "Float",
     "Int",
     "Listener",
@@ -124,6 +125,23 @@ def _no_bool_float(value: Any) -> Any:
     return value
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(value: Any) -> Any:
+    """Seconds as a number, or a string with a unit: ``"90s"``, ``"30m"``, ``"12h"``, ``"7d"``."""
+    if isinstance(value, bool):
+        raise ValueError("expected seconds or a duration such as 30m, 12h or 7d, not true/false")
+    if isinstance(value, str):
+        text = value.strip().lower()
+        unit = _UNITS.get(text[-1:]) if text else None
+        try:
+            return float(text[:-1]) * unit if unit else float(text)
+        except ValueError:
+            raise ValueError("expected seconds or a duration such as 30m, 12h or 7d") from None
+    return value
+
+
 def _network(value: Any) -> IPv4Network | IPv6Network:
     if isinstance(value, (IPv4Network, IPv6Network)):
         return value
@@ -137,6 +155,7 @@ def _network(value: Any) -> IPv4Network | IPv6Network:
 
 Int = Annotated[int, BeforeValidator(_no_bool_int)]
 Float = Annotated[float, BeforeValidator(_no_bool_float)]
+Duration = Annotated[float, BeforeValidator(_duration)]  # seconds; "12h", "7d" in a file
 Listener = Annotated[str | None, BeforeValidator(_listener)]
 OptionalPath = Annotated[Path | None, BeforeValidator(_optional_path)]
 Network = Annotated[

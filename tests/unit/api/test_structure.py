@@ -20,7 +20,7 @@ from relay.submission.pipeline import API_MAX_RECIPIENTS, is_suppression
 from relay.vocab import RelayError
 
 RESOURCES = ("aliases", "domains", "keys", "upstreams", "suppressions", "usage", "messages", "send", "webhooks",
-             "health")
+             "health", "auth")
 
 
 @pytest.mark.parametrize("name", RESOURCES)

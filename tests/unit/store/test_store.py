@@ -282,28 +282,22 @@ def test_claim_due_leases_recipients_until_the_lease_expires(store):
     assert len(q.claim_due("node_d", 60, limit=1, now=at(300))) == 1
 
 
-def test_record_outcomes_with_suppress_account_id_adds_a_suppression(store):
+def test_record_outcomes_writes_states_and_events_and_leaves_suppression_to_the_bounce_stage(store):
+    # hard bounces reach the suppression list through the bounce stage and the policies' suppression
+    # book (tests/unit/events/test_bounces.py, tests/unit/policies/test_suppression_store.py), not here
     acc = store.directory.create_account("acme")
     q = store.queue
-    q.enqueue([new("msg_1", ["bad@dest.org", "good@dest.org"], account_id=acc.id),
-               new("msg_2", ["bad@dest.org"], account_id=acc.id)])
+    q.enqueue([new("msg_1", ["bad@dest.org", "good@dest.org"], account_id=acc.id)])
     q.record_outcomes([
-        Outcome("msg_1", "bad@dest.org", "bounced", 550, "5.1.1 no such user", "up1", suppress_account_id=acc.id),
+        Outcome("msg_1", "bad@dest.org", "bounced", 550, "5.1.1 no such user", "up1"),
         Outcome("msg_1", "good@dest.org", "delivered", 250, "2.0.0 OK", "up1"),
     ], now=at(10))
     assert rcpts(store, "msg_1") == {"bad@dest.org": ("bounced", 1, "up1", 550),
                                      "good@dest.org": ("delivered", 1, "up1", 250)}
     assert events(store, "msg_1")[2:] == [("bounced", "bad@dest.org", "up1", 550),
                                           ("delivered", "good@dest.org", "up1", 250)]
-    assert q.suppressed(acc.id, ["bad@dest.org", "good@dest.org"]) == {"bad@dest.org": "hard_bounce"}
-    assert q.suppressed("acc_other", ["bad@dest.org"]) == {}
-    # the same address bouncing again updates the entry instead of failing on the unique key
-    q.record_outcomes([Outcome("msg_2", "bad@dest.org", "bounced", 550, "5.1.1 still no such user", "up1",
-                               suppress_account_id=acc.id)], now=at(20))
-    assert q.suppressed(acc.id, ["bad@dest.org"]) == {"bad@dest.org": "hard_bounce"}
     with store.sessions() as s:
-        rows = s.execute(sa.select(m.Suppression.address, m.Suppression.detail)).all()
-    assert [tuple(r) for r in rows] == [("bad@dest.org", "5.1.1 still no such user")]
+        assert s.execute(sa.select(m.Suppression.address)).all() == []
 
 
 def test_retry_makes_deferred_recipients_due_and_delete_removes_everything(store):

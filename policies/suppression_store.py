@@ -1,49 +1,31 @@
-"""An account's suppression list: lookups for the policy, and the sysadmin's add/remove/import/export.
+"""The suppression policy's storage: the accounts' lists in the ``suppressions`` table.
 
 Addresses are matched case-insensitively (``lower(address)``, indexed per account); entries whose
-``expires_at`` has passed no longer suppress. Hard bounces are added by the delivery side
-(:meth:`relay.store.queue.Queue.record_outcomes`).
+``expires_at`` has passed no longer suppress. The table is created by the core migrations (0001,
+0002) and declared with the store's other tables (``relay.store.models.Suppression``), as the
+quota tables are; the policy owns every query on it. Synchronous SQLAlchemy code: the policy's
+:class:`policies.suppression.StoredBook` runs it in the gateway's threads.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from relay.vocab import NotFound
+from policies.spec import NewSuppression, SuppressionEntry
 from relay.store import aware, utcnow
 from relay.store import models as m
+from relay.vocab import NotFound
 
-REASONS = ("hard_bounce", "complaint", "unsubscribe", "manual")
 _S = m.Suppression
+__all__ = ["NewSuppression", "SuppressionEntry", "Suppressions"]
 
 
-@dataclass(frozen=True)
-class SuppressionRec:
-    address: str
-    reason: str
-    detail: str | None
-    expires_at: dt.datetime | None
-    created_at: dt.datetime
-
-    def active(self, now: dt.datetime) -> bool:
-        return self.expires_at is None or self.expires_at > now
-
-
-@dataclass(frozen=True)
-class NewSuppression:
-    address: str  # already normalized (lower case)
-    reason: str = "manual"
-    detail: str | None = None
-    expires_at: dt.datetime | None = None
-
-
-def _rec(r: m.Suppression) -> SuppressionRec:
-    return SuppressionRec(r.address.lower(), r.reason, r.detail, aware(r.expires_at), aware(r.created_at))
+def _rec(r: m.Suppression) -> SuppressionEntry:
+    return SuppressionEntry(r.address.lower(), r.reason, r.detail, aware(r.expires_at), aware(r.created_at))
 
 
 class Suppressions:
@@ -51,14 +33,15 @@ class Suppressions:
         self._sessions = sessions
         self._reads = reads or sessions
 
-    def lookup(self, account_id: str, address: str, now: dt.datetime | None = None) -> SuppressionRec | None:
-        """The active entry for ``address`` (any case), or None."""
+    def lookup(self, account_id: str, address: str, now: dt.datetime | None = None, *,
+               include_expired: bool = False) -> SuppressionEntry | None:
+        """The active entry for ``address`` (any case; a lapsed one too with ``include_expired``), or None."""
         now = now or utcnow()
         with self._reads() as s:
             rows = s.scalars(sa.select(_S).where(_S.account_id == account_id,
                                                  sa.func.lower(_S.address) == address.lower())).all()
             recs = [_rec(r) for r in rows]
-        return next((r for r in recs if r.active(now)), None)
+        return next((r for r in recs if include_expired or r.active(now)), None)
 
     def add(self, account_id: str, entries: Iterable[NewSuppression], now: dt.datetime | None = None) -> tuple[int, int]:
         """Insert or update entries (one transaction). Returns (added, updated)."""
@@ -101,7 +84,7 @@ class Suppressions:
             return total
 
     def list(self, account_id: str, *, reason: str | None = None, include_expired: bool = False,
-             now: dt.datetime | None = None, limit: int | None = None) -> list[SuppressionRec]:
+             now: dt.datetime | None = None, limit: int | None = None) -> list[SuppressionEntry]:
         now = now or utcnow()
         with self._reads() as s:
             q = sa.select(_S).where(_S.account_id == account_id).order_by(_S.created_at.desc(), _S.id.desc())
@@ -112,3 +95,17 @@ class Suppressions:
             if limit:
                 q = q.limit(limit)
             return [_rec(r) for r in s.scalars(q)]
+
+    def record(self, account_id: str, address: str, reason: str, detail: str | None,
+               now: dt.datetime | None = None) -> None:
+        """Suppress ``address`` from now on, without expiry (one entry whatever its case): the
+        automatic suppression of a hard bounce or a complaint."""
+        now = now or utcnow()
+        address = address.lower()
+        where = (_S.account_id == account_id, sa.func.lower(_S.address) == address)
+        with self._sessions.begin() as s:
+            updated = s.execute(sa.update(_S).where(*where).values(reason=reason, detail=detail, expires_at=None),
+                                execution_options={"synchronize_session": False}).rowcount
+            if updated == 0:
+                s.execute(sa.insert(_S).values(account_id=account_id, address=address, reason=reason, detail=detail,
+                                               created_at=now))
