@@ -234,14 +234,20 @@ class Gateway:
     async def stop(self, grace: float | None = None) -> None:
         """Graceful stop: no new connections; idle sessions get ``421 4.3.2`` at once, open SMTP
         transactions may finish for ``grace`` seconds (``smtp.shutdown_timeout``), then the rest get
-        the 421. In-flight deliveries finish within what is left of it (at least a second), or are
-        released; the store is flushed and this node's leases are handed back."""
+        the 421. Mail waiting for delivery is handed back at once (other nodes take it at their next
+        poll; a single node delivers it when it starts again); deliveries in flight finish within
+        what is left of the grace (at least a second), or are released; the store is flushed and
+        this node's remaining leases (mail committed meanwhile) are handed back."""
         self.stopping = True
         grace = self.settings.smtp.shutdown_timeout if grace is None else grace
         for server in self.servers.values():
             server.close()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
+        try:  # what waits goes to the other nodes now; attempts in flight finish below
+            await self.scheduler.hand_back()
+        except Exception:
+            log.exception("could not hand back this node's mail; it is released when the node stops")
         await self._close_sessions(deadline)
         await self.scheduler.stop(timeout=max(1.0, deadline - loop.time()))
         await self.pipeline.close()

@@ -69,10 +69,10 @@ class Scheduler:
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
         self._next_due: dt.datetime | None = None
-        self._next_renewal = clock()
         self._busy = 0
         self._stopping = False
         self._releasing: set[asyncio.Task[None]] = set()  # release_held updates under way
+        self._attempting: set[str] = set()  # messages a worker is attempting now (kept at a graceful stop)
         self.policies = policies
 
     def apply(self, settings: Settings) -> None:
@@ -120,20 +120,33 @@ class Scheduler:
         self.writer.start()
         self._tasks = [asyncio.create_task(self._worker(), name=f"delivery-{i}") for i in range(self.concurrency)]
         self._tasks.append(asyncio.create_task(self._poller(), name="delivery-poller"))
+        self._tasks.append(asyncio.create_task(self._heartbeat(), name="delivery-heartbeat"))
         self._tasks.append(asyncio.create_task(self._reaper(), name="delivery-reaper"))
         self._tasks.append(asyncio.create_task(self._prober(), name="delivery-prober"))
 
-    async def stop(self, timeout: float = 10.0) -> None:
-        """Stop claiming; deliver what is in flight and already in the active queue (bounded by
-        *timeout*), then stop. Leases of the rest are released by the caller or recovered at start."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+    async def hand_back(self) -> int:
+        """The start of a graceful stop: no new claim and no new attempt; this node's claims on mail
+        it is not attempting right now go back to the store at once, for the other nodes' next poll
+        (one alone delivers them at its restart). Returns how many recipients went back."""
+        self._stopping = True
         for t in self._tasks:
             if t.get_name() == "delivery-poller":
                 t.cancel()
-        while (self._busy or not self.active.empty()) and loop.time() < deadline:
-            await asyncio.sleep(0.01)
-        self._stopping = True
+        n: int = await self.runner.write(self.store.queue.hand_back, self.store.node_id, frozenset(self._attempting))
+        log.info("stopping: %d recipient(s) handed back, %d message(s) in flight finish first", n,
+                 len(self._attempting))
+        return n
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Hand back what waits (:meth:`hand_back`, unless done already), let the attempts in flight
+        finish (bounded by *timeout*), then stop. The caller releases what is left (recover)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if not self._stopping:
+            try:
+                await self.hand_back()
+            except Exception:  # noqa: BLE001 - the final recover (or the lease's expiry) releases them
+                log.exception("could not hand back this node's mail")
         while self._busy and loop.time() < deadline:
             await asyncio.sleep(0.01)
         for t in self._tasks:
@@ -151,6 +164,7 @@ class Scheduler:
             if self._stopping:
                 continue
             self._busy += 1
+            self._attempting.add(msg.id)
             try:
                 await self.deliver(msg)
             except asyncio.CancelledError:
@@ -160,6 +174,7 @@ class Scheduler:
                 await self._defer_after_fault(msg, exc)
             finally:
                 self._busy -= 1
+                self._attempting.discard(msg.id)
                 self.active.done(msg.id)
 
     async def _poller(self) -> None:
@@ -178,15 +193,27 @@ class Scheduler:
                 log.exception("queue poll failed")
 
     async def _poll_once(self) -> None:
-        now = self.clock()
-        if self.inflight and now >= self._next_renewal:
-            self._next_renewal = now + dt.timedelta(seconds=self.lease / 3)
-            await self.runner.write(self.store.queue.renew_leases, self.store.node_id, self.lease)
         claimed = await self.runner.write(self.store.queue.claim_due, self.store.node_id, self.lease, 500)
         for msg in claimed:
             self.push(msg)
         if len(claimed) >= 500:
             self._wake.set()
+
+    async def _heartbeat(self) -> None:
+        """Renew this node's leases every third of a lease while it holds work, on its own clock: not
+        the poller's, which may wait longer than a lease (``poll_interval``), nor stop with it (the
+        drain of a graceful stop). A lease that lapses while its node still works lets another node
+        take the mail over and send it a second time."""
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            if not self.inflight:
+                continue
+            try:
+                await self.runner.write(self.store.queue.renew_leases, self.store.node_id, self.lease)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the next beat tries again (within the lease)
+                log.exception("lease renewal failed")
 
     async def _prober(self) -> None:
         """Probe the upstreams whose breaker is open once its cooldown is over, with a connection test

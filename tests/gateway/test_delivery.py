@@ -23,7 +23,7 @@ from relay.delivery.probe import probe
 from relay.delivery.upstream import Upstream, UpstreamConfig
 from relay.store import utcnow
 from relay.store.queue import FINAL, PENDING
-from tests.conftest import Sink, free_port, port_of, provision, wait_for
+from tests.conftest import Received, Sink, free_port, port_of, provision, wait_for
 
 SENDER = "app@example.com"
 
@@ -689,6 +689,36 @@ async def test_a_retry_that_falls_due_before_the_attempt_has_finished_is_not_str
     (view,) = await wait_final(gw, qid, timeout=4)
     assert (view.recipients[0].state, view.recipients[0].attempts) == ("delivered", 2)
     assert by_message_id(sink)[mid] == 1
+
+
+class SlowReplySink(Sink):
+    """Takes the message at its final dot and answers 2.5 s later (an upstream slow to answer)."""
+
+    async def handle_DATA(self, server: AioSMTP, session: Session, envelope: Envelope) -> str:
+        self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content,
+                                      session.peer))
+        await asyncio.sleep(2.5)
+        return "250 2.0.0 OK stored"
+
+
+async def test_a_node_keeps_its_leases_while_it_works_whatever_its_poll_interval(gateway_factory, db_url):
+    """The heartbeat renews the leases on its own clock: with a poll interval longer than the lease
+    (60 s here, against 0.6 s), another node must still not take over mail this node is delivering."""
+    sink = await start_sink(SlowReplySink)
+    try:
+        gw, p = await start_gw(gateway_factory, sink.port, db_url, lease_seconds=0.6, poll_interval=60)
+        raw, mid = make_msg(["r@dest.org"], "held")
+        (qid,) = await submit(gw, p.key, [(["r@dest.org"], raw)])
+        await wait_for(lambda: by_message_id(sink)[mid] == 1, 5)  # the dot is in, the reply 2.5 s away
+        await asyncio.sleep(1.5)  # more than two leases
+        taken = await asyncio.to_thread(gw.store.queue.claim_due, "node_other", 30)
+        assert qid not in [m.id for m in taken]  # (the alias's verification mail waits for a poll: it may be)
+        (view,) = await wait_final(gw, qid)
+        assert [(r.state, r.attempts) for r in view.recipients] == [("delivered", 1)]
+        assert [e.type for e in view.events] == ["accepted", "delivered"]  # nothing sent again
+        assert by_message_id(sink)[mid] == 1
+    finally:
+        await sink.stop()
 
 
 class RawUpstream:

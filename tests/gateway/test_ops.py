@@ -13,6 +13,7 @@ import json
 import logging
 import ssl
 
+import aiosmtplib
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -436,3 +437,46 @@ async def test_readyz_from_elsewhere_says_only_ready_or_not(gateway_factory, sin
         r = await c.get("/readyz", headers={"Authorization": f"Bearer {p.key}"})  # a send key: still no detail
         assert r.json() == {"status": "ready"}
         assert (await c.get("/metrics")).status_code == 401
+
+
+async def test_a_graceful_stop_hands_waiting_mail_back_at_once(gateway_factory):
+    """SIGTERM's first step: no new attempt; what waits in this node's active queue loses its lease
+    at once (another node's next poll takes it), while the attempt in flight keeps its lease and
+    finishes; nothing is marked delivered that the upstream did not answer."""
+    import sqlalchemy as sa
+
+    from relay.store import models as m
+    from tests.support.crash import SlowSink
+
+    sink = SlowSink(free_port())
+    sink.delay = 1.0  # the attempt in flight lasts a second after its dot
+    await sink.start()
+    try:
+        gw = await gateway_factory(delivery={"concurrency": 1})
+        p = provision(gw, sink.port)
+        await settled(gw)
+        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port_of(gw, "smtps"), use_tls=True,
+                                   validate_certs=False) as smtp:
+            await smtp.login("apikey", p.key)
+            for i in range(6):
+                await smtp.sendmail(p.alias, [f"r{i}@dest.org"], message(from_=p.alias, to=f"r{i}@dest.org"))
+        await wait_for(lambda: any(r.mail_from == p.alias for r in sink.received), timeout=10)
+
+        def leases() -> dict[str, tuple[str, str | None]]:
+            with gw.store.sessions() as s:
+                rows = s.execute(sa.select(m.Recipient.address, m.Recipient.state, m.Recipient.lease_owner)
+                                 .where(m.Recipient.address.like("r%@dest.org"))).all()
+            return {a: (st, o) for a, st, o in rows}
+
+        stop = asyncio.create_task(gw.stop(grace=5.0))
+        await wait_for(lambda: sum(1 for _, o in leases().values() if o is None) >= 5, timeout=0.9)  # at once
+        assert not stop.done()  # the attempt in flight keeps its lease until its reply is in
+        await asyncio.wait_for(stop, 10)
+        got = {r.rcpt_tos[0] for r in sink.received if r.mail_from == p.alias}
+        final = leases()
+        assert {a for a, (st, _) in final.items() if st == "delivered"} <= got  # only what was answered
+        assert all(st in ("queued", "deferred", "delivered") for st, _ in final.values())
+        assert all(o is None for _, o in final.values())  # nothing left leased to the stopped node
+        assert len([a for a, (st, _) in final.items() if st != "delivered"]) >= 4  # for another node
+    finally:
+        await sink.stop()
