@@ -196,6 +196,10 @@ class Users:
         check_password(password)
         if not link_token or len(link_token) > MAX_TOKEN:
             raise Invalid(BAD_LINK, field="token")
+        # no argon2 for a link that does not open: anyone may post here, and a stream of junk links would
+        # otherwise hold the MAX_HASHING slots every login waits for
+        if not await self.runner.read(self.store.users.link_open, token_hash(link_token), self.clock()):
+            raise Invalid(BAD_LINK, field="token")
         password_hash = await self._hash(password)
         try:
             user_id = await self.runner.write(self.store.users.consume_link, token_hash(link_token), password_hash,
