@@ -4,6 +4,7 @@ routes. Each refusal asserts the exact status and that nothing changed in the st
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 
@@ -238,3 +239,25 @@ async def test_junk_set_password_links_cost_no_argon2_so_they_cannot_starve_logi
             r = await c.post(f"/set-password/{again}", data={"password": PASSWORD, "confirm": PASSWORD})  # expired
             assert r.status_code == 400 and hashed == [1]
         assert (await login(api, "new@acme.test", PASSWORD)).status_code == UNAUTHORIZED  # the reset ended it
+
+
+async def test_a_burst_of_guesses_from_one_address_gets_no_more_tries_than_the_lockout_allows(gateway_factory,
+                                                                                              sink_factory):
+    """Checked concurrently, every guess of a burst passed the lockout check before the first one failed:
+    50 simultaneous guesses from one address were all answered 401 (50 tries, where 5 lock it out).
+    Now a burst gets exactly ``auth_max_failures`` tries, the rest 429 without a hash; another address
+    still logs in."""
+    api = await start_api(gateway_factory, sink_factory, smtp={"auth_max_failures": 5, "auth_lockout": 60})
+    async with api.client:
+        await add_user(api, "owner@acme.test", "owner")
+        transport = httpx.AsyncHTTPTransport(local_address="127.0.0.3")
+        async with httpx.AsyncClient(base_url=api.base, timeout=120, transport=transport,
+                                     limits=httpx.Limits(max_connections=30)) as c:
+            burst = await asyncio.gather(*(c.post("/api/auth/login", json={"email": "owner@acme.test",
+                                                                             "password": f"guess number {i}"})
+                                           for i in range(20)))
+        codes = sorted(r.status_code for r in burst)
+        assert codes == [UNAUTHORIZED] * 5 + [TOO_MANY] * 15, codes
+        assert (await login(api, "owner@acme.test", PASSWORD, "127.0.0.3")).status_code == TOO_MANY
+        assert (await login(api, "owner@acme.test", PASSWORD, "127.0.0.1")).status_code == OK
+        assert api.gw.users._peers == {}  # nothing left behind per address
