@@ -14,10 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from starlette.requests import cookie_parser
-
 from relay.api.limits import ASGIApp, Receive, Scope, Send, answer
-from relay.api.session import COOKIE, SAFE_METHODS
+from relay.api.session import SAFE_METHODS, has_session_cookie
 
 REFUSED = "Cross-site request refused"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -33,13 +31,6 @@ def origin_of(url: str) -> str | None:
     if parts.scheme.lower() not in _DEFAULT_PORTS or not parts.hostname:
         return None
     return f"{parts.scheme.lower()}://{parts.hostname.lower()}:{port}"
-
-
-def has_session_cookie(raws: list[str]) -> bool:
-    """Whether any ``Cookie`` header carries the session cookie, read by the parser the routes use
-    (Starlette's, lenient): a stricter one (``http.cookies``) gives up on a sibling cookie such as
-    ``expires=x`` or ``a="b`` that a same-site page can plant, and would let the session through unseen."""
-    return any(cookie_parser(raw).get(COOKIE) for raw in raws)
 
 
 class SameOrigin:
