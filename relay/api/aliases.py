@@ -120,8 +120,11 @@ button{{font:inherit;padding:.5em 1.5em}}</style></head>
 # no script, no outside resource; the form posts to this very URL (no action attribute). same-origin, not
 # no-referrer: with no-referrer a browser sends "Origin: null" on the POST, and the app-wide origin check
 # (relay.api.csrf) refuses it when the same browser has a dashboard session (found by the browser test)
-_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "same-origin",
-            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'"}
+# and never in a frame: a page that framed it could have its one button clicked by a decoy (clickjacking)
+_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "same-origin", "X-Frame-Options": "DENY",
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+                                       "frame-ancestors 'none'; base-uri 'none'"}
 NOT_VALID = ("This verification link is not valid", "<p>It may have been used already. Links work once.</p>")
 EXPIRED = ("This verification link has expired",
            "<p>Nothing was verified. Ask for a new verification email (or ask the gateway's operator).</p>")

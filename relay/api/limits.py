@@ -1,9 +1,10 @@
-"""Request bodies are bounded before they are read (:func:`body_cap`: the largest message as base64
-JSON, plus room): a declared length over the cap is 413 at once, a body that grows past it (chunked)
-is cut off with 413, and a state-changing /api/ request without credentials is 401 before a byte of
-its body is read (no unauthenticated upload costs memory). Bodies being read and handled draw on one
-budget (``api.body_memory_budget``): a request reserves its declared length (the cap when chunked)
-before its body is read and gives it back once answered; one that does not fit is 503."""
+"""Request bodies are bounded before they are read (:func:`body_cap`: the largest message as base64 JSON,
+plus room): a declared length over the cap is 413 at once, a body that grows past it (chunked) is cut
+off with 413, and a state-changing /api/ request without credentials is 401 before a byte of its body
+is read (no unauthenticated upload costs memory; credentials are a Bearer key or the session cookie,
+not just any cookie). Bodies being read and handled draw on one budget (``api.body_memory_budget``): a
+request reserves its declared length (the cap when chunked) before its body is read and gives it back
+once answered; one that does not fit is 503."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from relay.api.session import has_session_cookie
 from relay.throttle import MemoryBudget
 
 Scope = MutableMapping[str, Any]
@@ -49,7 +51,8 @@ class BodyLimit:
         headers = dict(scope.get("headers") or [])
         path, method = scope.get("path", ""), scope.get("method", "GET")
         if (method in _WRITES and path.startswith("/api/") and not path.startswith(PUBLIC_PREFIXES)
-                and not headers.get(b"authorization", b"").strip() and not headers.get(b"cookie", b"").strip()):
+                and not headers.get(b"authorization", b"").strip()
+                and not has_session_cookie(v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"cookie")):
             return await answer(send, 401, "Missing API key: send Authorization: Bearer <key>")
         limit = self.limit()
         declared = headers.get(b"content-length")

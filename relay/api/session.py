@@ -10,10 +10,11 @@ The cookie is HttpOnly, SameSite=Lax, Path=/, and Secure when the request came o
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Annotated, Any
 
 from fastapi import Depends, Request, Response
+from starlette.requests import cookie_parser
 
 from relay.api.common import ApiError
 from relay.services.users import SessionIdentity, Users
@@ -22,6 +23,14 @@ COOKIE = "sb-access-token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 NOT_LOGGED_IN = "Not logged in"
 ROLE_REFUSED = "Your role does not allow this (members have read-only access)"
+
+
+def has_session_cookie(raws: Iterable[str]) -> bool:
+    """Whether any ``Cookie`` header carries the session cookie, read by the parser the routes use
+    (Starlette's, lenient): a stricter one (``http.cookies``) gives up on a sibling cookie such as
+    ``expires=x`` or ``a="b`` that a same-site page can plant, and would let the session through unseen.
+    For the middlewares, which see the raw headers before any route."""
+    return any(cookie_parser(raw).get(COOKIE) for raw in raws)
 
 
 def _users(request: Request) -> Users:

@@ -26,6 +26,7 @@ from relay.dashboard.web import (
     redirect,
     refusal,
 )
+from relay.services.users import MAX_PASSWORD, MIN_PASSWORD
 from relay.services.users import Users as UsersService
 
 router = APIRouter(include_in_schema=False)
@@ -73,7 +74,7 @@ async def login_page(request: Request, session: MaybeSession, done: str = "") ->
 
 @router.post("/login", response_class=HTMLResponse)
 async def login(request: Request, users: Users, email: Annotated[str, Form(max_length=320)] = "",
-                password: Annotated[str, Form(max_length=1000)] = "") -> Response:
+                password: Annotated[str, Form(max_length=MAX_PASSWORD)] = "") -> Response:
     """The form's POST: a session cookie and 303 to the overview; a refusal (401, 429) shows the form again."""
     peer = request.client.host if request.client else ""
     try:
@@ -98,21 +99,27 @@ async def logout(request: Request, users: Users, _viewer: Annotated[Viewer, Depe
     return response
 
 
+def _set_password_page(request: Request, token: str, status: int = 200, error: str | None = None) -> Response:
+    """The form, with the service's own length limits (the browser checks them before it posts)."""
+    return page(request, "set_password.html", None, status=status, token=token, error=error,
+                min_password=MIN_PASSWORD, max_password=MAX_PASSWORD)
+
+
 @router.get("/set-password/{token}", response_class=HTMLResponse)
 async def set_password_page(request: Request, token: str) -> Response:
     """The one-time link's page: a form (opening it changes nothing)."""
-    return page(request, "set_password.html", None, token=token)
+    return _set_password_page(request, token)
 
 
 @router.post("/set-password/{token}", response_class=HTMLResponse)
 async def set_password(request: Request, token: str, users: Users,
-                       password: Annotated[str, Form(max_length=1000)] = "",
-                       confirm: Annotated[str, Form(max_length=1000)] = "") -> Response:
+                       password: Annotated[str, Form(max_length=MAX_PASSWORD)] = "",
+                       confirm: Annotated[str, Form(max_length=MAX_PASSWORD)] = "") -> Response:
     if password != confirm:
-        return page(request, "set_password.html", None, status=400, token=token, error="The two passwords differ.")
+        return _set_password_page(request, token, 400, "The two passwords differ.")
     try:
         await users.set_password(token, password)
     except REFUSALS as exc:
         err = refusal(exc)
-        return page(request, "set_password.html", None, status=err.status, token=token, error=err.message)
+        return _set_password_page(request, token, err.status, err.message)
     return redirect("/login?done=password")

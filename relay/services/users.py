@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import datetime as dt
 import hashlib
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
@@ -110,6 +111,7 @@ class Users:
         self.hasher = hasher or PasswordHasher()
         self._dummy: str | None = None  # verified against for unknown emails (about the same time)
         self._hashing = asyncio.Semaphore(MAX_HASHING)
+        self._peers: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # address -> its lock, [logins waiting]
 
     def apply(self, settings: Settings) -> None:
         """A reload: the TTLs and public_url of the next logins and links."""
@@ -196,6 +198,10 @@ class Users:
         check_password(password)
         if not link_token or len(link_token) > MAX_TOKEN:
             raise Invalid(BAD_LINK, field="token")
+        # no argon2 for a link that does not open: anyone may post here, and a stream of junk links would
+        # otherwise hold the MAX_HASHING slots every login waits for
+        if not await self.runner.read(self.store.users.link_open, token_hash(link_token), self.clock()):
+            raise Invalid(BAD_LINK, field="token")
         password_hash = await self._hash(password)
         try:
             user_id = await self.runner.write(self.store.users.consume_link, token_hash(link_token), password_hash,
@@ -205,9 +211,27 @@ class Users:
         log.info("password set", extra={"user": user_id})
 
     # -- sessions ------------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def _one_at_a_time(self, peer: str) -> AsyncIterator[None]:
+        """The logins of one client address, one after another: each sees the failures of those before
+        it (checked concurrently, a burst of guesses all passed the lockout check before any failed)."""
+        lock, waiting = self._peers.setdefault(peer, (asyncio.Lock(), [0]))
+        waiting[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            waiting[0] -= 1
+            if not waiting[0]:
+                del self._peers[peer]
+
     async def login(self, email: str, password: str, peer: str) -> tuple[str, dt.datetime]:
         """A new session (its token, shown once as the cookie, and its expiry). LOGIN_FAILED (401) for a
         wrong email or password, counted per client address; LOGIN_LOCKED (429) while it is locked out."""
+        async with self._one_at_a_time(peer):
+            return await self._login(email, password, peer)
+
+    async def _login(self, email: str, password: str, peer: str) -> tuple[str, dt.datetime]:
         if self.throttle.locked(peer):
             raise LOGIN_LOCKED
         email = (email or "").strip().lower()

@@ -109,6 +109,12 @@ class UserStore:
                 s.execute(sa.update(m.User).where(m.User.id == user_id).values(password_hash=None))
             s.add(m.PasswordLink(token_hash=link_hash, user_id=user_id, expires_at=expires_at))
 
+    def link_open(self, link_hash: str, now: dt.datetime) -> bool:
+        """Whether the link exists and has not expired (a read; :meth:`consume_link` decides again)."""
+        with self._reads() as s:
+            expires_at = s.scalar(sa.select(m.PasswordLink.expires_at).where(m.PasswordLink.token_hash == link_hash))
+        return expires_at is not None and (aware(expires_at) or expires_at) > now
+
     def consume_link(self, link_hash: str, password_hash: str, now: dt.datetime) -> str:
         """Set the password of the link's user and delete the link (and the user's sessions); returns the
         user's id. NotFound for an unknown link, Expired for one past its time (deleted too)."""

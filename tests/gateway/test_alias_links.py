@@ -103,3 +103,19 @@ async def test_unknown_tokens_and_the_operator_override(api: Api):
     age(api, "ops@example.com", 30 * 86400)
     assert api.gw.admin.verify_alias(email="ops@example.com").verified is True
     assert stored(api, "ops@example.com") == (True, None)
+
+
+async def test_the_link_page_cannot_be_framed_whatever_its_answer(gateway_factory, sink_factory):
+    """The verification page is one button that changes state: a page that frames it could lay a decoy
+    over the button (clickjacking). Every answer of the link, the page, its refusals and its success,
+    forbids framing, like the dashboard's pages."""
+    api = await start_api(gateway_factory, sink_factory, aliases={"verify_link_ttl": TTL})
+    api.gw.admin.add_alias("framed@example.com", account=api.p.account)
+    link = f"/api/v1/aliases/verify/{token_of(api, 'framed@example.com')}"
+    async with api.as_key(None) as anonymous:
+        answers = [await anonymous.get(link), await anonymous.post(link), await anonymous.get(link),
+                   await anonymous.get("/api/v1/aliases/verify/" + "x" * 43)]
+    assert [r.status_code for r in answers] == [OK, OK, NOT_FOUND, NOT_FOUND]
+    for r in answers:
+        assert r.headers["x-frame-options"] == "DENY", r.headers
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"], r.headers

@@ -94,3 +94,15 @@ async def test_bodies_in_flight_share_a_budget_503_when_spent_and_it_comes_back(
         writer.close()
         assert (await c.post("/api/v1/send", content=b"{}", headers=auth)).status_code == 400  # admitted again
     holders[1][1].close()
+
+
+async def test_any_cookie_is_not_a_credential_a_huge_body_with_one_is_still_401_unread(gateway_factory, sink_factory):
+    """The rule "no credentials, 401 before the body is read" took any Cookie header for a credential:
+    ``Cookie: a=b`` was enough to have a 20 MB body read and parsed (400) without a key or a session.
+    Only the session cookie (``sb-access-token``, as the routes read it) counts; a planted cookie that
+    trips a strict parser does not hide it."""
+    gw = await gateway_factory()
+    for cookie in ("a=b", "sb-access-token=", "sb-access-tokenx=1", "SB-ACCESS-TOKEN=1"):
+        status, body = await head_only(gw, "POST /api/v1/send HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                           f"Cookie: {cookie}\r\nContent-Length: 20000000\r\n\r\n")
+        assert (status, body["error"]) == (UNAUTHORIZED, "Missing API key: send Authorization: Bearer <key>"), cookie

@@ -4,11 +4,13 @@ routes. Each refusal asserts the exact status and that nothing changed in the st
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 
 import httpx
 import pytest
+from argon2 import PasswordHasher
 import sqlalchemy as sa
 
 from relay.api.session import COOKIE
@@ -201,3 +203,61 @@ async def test_no_password_token_link_or_hash_in_a_log_line_or_the_database(api:
     assert "$argon2" not in "".join(texts) and stored_hash not in "".join(texts)
     db = b"".join(p.read_bytes() for p in api.gw.settings.data_dir.glob("relay.db*"))
     assert not [name for name, value in found.items() if value.encode() in db]
+
+
+async def test_junk_set_password_links_cost_no_argon2_so_they_cannot_starve_logins(gateway_factory, sink_factory):
+    """Anyone may POST /set-password/ANYTHING. Each such post used to hash the password (argon2, 64 MiB,
+    at most two at once) before looking at the link: forty junk posts held a real login ~7 s, and a
+    steady stream held it forever. A link that does not open (unknown, used or expired) is refused
+    before any hash; a good one still sets the password."""
+    now = [utcnow()]
+    api = await start_api(gateway_factory, sink_factory, clock=lambda: now[0])
+    async with api.client:
+        users = api.gw.users
+        rec, link = await users.add("acme", "new@acme.test", "admin", None)
+        token = link.rsplit("/", 1)[1]
+        hashed: list[int] = []
+
+        class Counting(PasswordHasher):
+            def hash(self, password, *, salt=None):  # type: ignore[no-untyped-def]
+                hashed.append(1)
+                return super().hash(password, salt=salt)
+
+        users.hasher = Counting()
+        async with httpx.AsyncClient(base_url=api.base, timeout=30) as c:
+            for junk in ("guess", "x" * 43, token[:-1] + ("A" if token[-1] != "A" else "B")):
+                r = await c.post(f"/set-password/{junk}", data={"password": PASSWORD, "confirm": PASSWORD})
+                assert r.status_code == 400 and "This link is invalid or has expired" in r.text, r.text
+            assert hashed == []
+            r = await c.post(f"/set-password/{token}", data={"password": PASSWORD, "confirm": PASSWORD})
+            assert (r.status_code, r.headers["location"]) == (303, "/login?done=password")
+            assert hashed == [1]
+            r = await c.post(f"/set-password/{token}", data={"password": PASSWORD, "confirm": PASSWORD})  # used
+            assert r.status_code == 400 and hashed == [1]
+            again = (await users.reset_password(rec.account_id, rec.id)).rsplit("/", 1)[1]
+            now[0] += dt.timedelta(days=7, seconds=1)
+            r = await c.post(f"/set-password/{again}", data={"password": PASSWORD, "confirm": PASSWORD})  # expired
+            assert r.status_code == 400 and hashed == [1]
+        assert (await login(api, "new@acme.test", PASSWORD)).status_code == UNAUTHORIZED  # the reset ended it
+
+
+async def test_a_burst_of_guesses_from_one_address_gets_no_more_tries_than_the_lockout_allows(gateway_factory,
+                                                                                              sink_factory):
+    """Checked concurrently, every guess of a burst passed the lockout check before the first one failed:
+    50 simultaneous guesses from one address were all answered 401 (50 tries, where 5 lock it out).
+    Now a burst gets exactly ``auth_max_failures`` tries, the rest 429 without a hash; another address
+    still logs in."""
+    api = await start_api(gateway_factory, sink_factory, smtp={"auth_max_failures": 5, "auth_lockout": 60})
+    async with api.client:
+        await add_user(api, "owner@acme.test", "owner")
+        transport = httpx.AsyncHTTPTransport(local_address="127.0.0.3")
+        async with httpx.AsyncClient(base_url=api.base, timeout=120, transport=transport,
+                                     limits=httpx.Limits(max_connections=30)) as c:
+            burst = await asyncio.gather(*(c.post("/api/auth/login", json={"email": "owner@acme.test",
+                                                                             "password": f"guess number {i}"})
+                                           for i in range(20)))
+        codes = sorted(r.status_code for r in burst)
+        assert codes == [UNAUTHORIZED] * 5 + [TOO_MANY] * 15, codes
+        assert (await login(api, "owner@acme.test", PASSWORD, "127.0.0.3")).status_code == TOO_MANY
+        assert (await login(api, "owner@acme.test", PASSWORD, "127.0.0.1")).status_code == OK
+        assert api.gw.users._peers == {}  # nothing left behind per address

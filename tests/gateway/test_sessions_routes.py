@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import httpx
 
+from relay.api.session import COOKIE
 from relay.store import models as m
 from tests.conftest import provision
 from tests.support.api import Api
@@ -127,3 +128,26 @@ async def test_another_accounts_user_never_reaches_acmes_pools(api: Api):
     after = api.gw.store.directory.get_upstream(own.id)
     assert (after.name, after.ip_pool, after.account_id) == ("acme relay", "acme-own", own.account_id)
     assert [u.id for u in api.gw.store.directory.list_upstreams() if u.ip_pool == "acme-own"] == [own.id]
+
+
+async def test_a_planted_sibling_cookie_does_not_hide_the_session_from_the_origin_check(api: Api):
+    """A same-site page (another port of the host, a sibling subdomain) can plant cookies that Python's
+    strict ``http.cookies`` gives up on (``expires=x``, ``a="b``, a name with a space), while the routes'
+    parser still finds the session in the same header: the check must read it as the routes do, so a
+    change without Origin or Referer stays refused. Two Cookie headers and a lower-case or unusual
+    method do not slip past it either."""
+    await add_user(api, "owner@acme.test", "owner")
+    token = await login_token(api, "owner@acme.test")
+    async with httpx.AsyncClient(base_url=api.base, timeout=30) as c:
+        for planted in ("expires=x", 'a="b', "a b=c", "$Version=1", "x=[1]"):
+            r = await c.post("/api/v1/suppressions", json={"email": "csrf@dest.org"},
+                             headers={"Cookie": f"{planted}; {COOKIE}={token}"})
+            assert (r.status_code, r.json()) == (FORBIDDEN, CROSS_SITE), (planted, r.text)
+        r = await c.request("POST", "/api/v1/suppressions", json={"email": "csrf@dest.org"},
+                            headers=[("Cookie", "other=1"), ("Cookie", f"{COOKIE}={token}")])
+        assert (r.status_code, r.json()) == (FORBIDDEN, CROSS_SITE), r.text
+        for method in ("post", "PROPFIND"):
+            r = await c.request(method, "/api/v1/suppressions", headers={"Cookie": f"{COOKIE}={token}",
+                                                                         "Origin": EVIL})
+            assert (r.status_code, r.json()) == (FORBIDDEN, CROSS_SITE), (method, r.text)
+    assert api.count(m.Suppression) == 0
