@@ -97,7 +97,7 @@ def _row(n: int, rec: dict[str, str], default_reason: str, now: dt.datetime) -> 
     if reason not in REASONS:
         raise Invalid(f"{where}: invalid reason {reason!r} (expected one of {', '.join(REASONS)})", field=where)
     expires = parse_expiry(rec.get("expires_at") or None, now, field=where)
-    return NewSuppression(email, reason, rec.get("detail") or None, expires)
+    return NewSuppression(email, reason, _uncell(rec.get("detail") or "") or None, expires)
 
 
 def read_csv(text: str, default_reason: str, now: dt.datetime) -> list[NewSuppression]:
@@ -119,6 +119,22 @@ def read_csv(text: str, default_reason: str, now: dt.datetime) -> list[NewSuppre
     return out
 
 
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet would run as a formula (OWASP CSV injection)
+
+
+def _cell(value: Any) -> Any:
+    """A text cell that a spreadsheet would take for a formula (a bounce's detail comes from a
+    remote server) is exported behind a ``'``, as is one starting with ``'`` itself, so that
+    :func:`_uncell` can take one off on import (as spreadsheets read a leading ``'``: text)."""
+    if isinstance(value, str) and value.startswith((*_FORMULA, "'")):
+        return "'" + value
+    return "" if value is None else value
+
+
+def _uncell(value: str) -> str:
+    return value[1:] if value.startswith("'") else value
+
+
 def csv_lines(recs: Iterable[SuppressionEntry]) -> Iterator[str]:
     """The export: a header line, then one line per entry (each ends with a newline)."""
     buf = io.StringIO()
@@ -126,7 +142,7 @@ def csv_lines(recs: Iterable[SuppressionEntry]) -> Iterator[str]:
     writer.writeheader()
     for r in [None, *recs]:
         if r is not None:
-            writer.writerow({k: v if v is not None else "" for k, v in entry_dict(r).items()})
+            writer.writerow({k: _cell(v) for k, v in entry_dict(r).items()})
         yield buf.getvalue()
         buf.seek(0)
         buf.truncate()
