@@ -123,6 +123,15 @@ def refusal(exc: Exception) -> ApiError:
     return err
 
 
+def refused(exc: Exception, not_found: str) -> ApiError:
+    """A refused change of one object: its 404 is the page's own (:class:`PageError`, raised), any
+    other refusal is returned, for the page to show."""
+    err = refusal(exc)
+    if err.status == 404:
+        raise PageError(404, not_found) from None
+    return err
+
+
 def validated(model: type[BaseModel], fields: Mapping[str, Any]) -> Any:
     """A form checked by the API's request model (the same limits as the JSON body); ApiError 400 otherwise."""
     try:

@@ -69,7 +69,6 @@ class Scheduler:
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
         self._next_due: dt.datetime | None = None
-        self._busy = 0
         self._stopping = False
         self._releasing: set[asyncio.Task[None]] = set()  # release_held updates under way
         self._attempting: set[str] = set()  # messages a worker is attempting now (kept at a graceful stop)
@@ -147,7 +146,7 @@ class Scheduler:
                 await self.hand_back()
             except Exception:  # noqa: BLE001 - the final recover (or the lease's expiry) releases them
                 log.exception("could not hand back this node's mail")
-        while self._busy and loop.time() < deadline:
+        while self._attempting and loop.time() < deadline:
             await asyncio.sleep(0.01)
         for t in self._tasks:
             t.cancel()
@@ -163,8 +162,7 @@ class Scheduler:
             msg = await self.active.get()
             if self._stopping:
                 continue
-            self._busy += 1
-            self._attempting.add(msg.id)
+            self._attempting.add(msg.id)  # (the active queue holds one attempt per message)
             try:
                 await self.deliver(msg)
             except asyncio.CancelledError:
@@ -173,7 +171,6 @@ class Scheduler:
                 log.exception("delivery failed unexpectedly", extra={"queue_id": msg.id})
                 await self._defer_after_fault(msg, exc)
             finally:
-                self._busy -= 1
                 self._attempting.discard(msg.id)
                 self.active.done(msg.id)
 

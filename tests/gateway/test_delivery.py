@@ -692,25 +692,27 @@ async def test_a_retry_that_falls_due_before_the_attempt_has_finished_is_not_str
 
 
 class SlowReplySink(Sink):
-    """Takes the message at its final dot and answers 2.5 s later (an upstream slow to answer)."""
+    """Takes the message at its final dot and answers ``delay`` seconds later (an upstream slow to answer)."""
+
+    delay = 1.2
 
     async def handle_DATA(self, server: AioSMTP, session: Session, envelope: Envelope) -> str:
         self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content,
                                       session.peer))
-        await asyncio.sleep(2.5)
+        await asyncio.sleep(self.delay)
         return "250 2.0.0 OK stored"
 
 
 async def test_a_node_keeps_its_leases_while_it_works_whatever_its_poll_interval(gateway_factory, db_url):
     """The heartbeat renews the leases on its own clock: with a poll interval longer than the lease
-    (60 s here, against 0.6 s), another node must still not take over mail this node is delivering."""
+    (60 s here, against 0.3 s), another node must still not take over mail this node is delivering."""
     sink = await start_sink(SlowReplySink)
     try:
-        gw, p = await start_gw(gateway_factory, sink.port, db_url, lease_seconds=0.6, poll_interval=60)
+        gw, p = await start_gw(gateway_factory, sink.port, db_url, lease_seconds=0.3, poll_interval=60)
         raw, mid = make_msg(["r@dest.org"], "held")
         (qid,) = await submit(gw, p.key, [(["r@dest.org"], raw)])
-        await wait_for(lambda: by_message_id(sink)[mid] == 1, 5)  # the dot is in, the reply 2.5 s away
-        await asyncio.sleep(1.5)  # more than two leases
+        await wait_for(lambda: by_message_id(sink)[mid] == 1, 5)  # the dot is in, the reply 1.2 s away
+        await asyncio.sleep(0.7)  # more than two leases (a lapsed one would be taken now)
         taken = await asyncio.to_thread(gw.store.queue.claim_due, "node_other", 30)
         assert qid not in [m.id for m in taken]  # (the alias's verification mail waits for a poll: it may be)
         (view,) = await wait_final(gw, qid)

@@ -449,7 +449,7 @@ async def test_a_graceful_stop_hands_waiting_mail_back_at_once(gateway_factory):
     from tests.support.crash import SlowSink
 
     sink = SlowSink(free_port())
-    sink.delay = 1.0  # the attempt in flight lasts a second after its dot
+    sink.delay = 1.0  # the attempt in flight waits that long for its reply after the dot
     await sink.start()
     try:
         gw = await gateway_factory(delivery={"concurrency": 1})

@@ -12,8 +12,8 @@ from relay.api.aliases import AliasIn
 from relay.api.common import check_id
 from relay.api.deps import ALIAS_SCOPES, DirectoryDep
 from relay.dashboard.auth import Current, editor
-from relay.dashboard.web import REFUSALS, PageError, Viewer, blank, page, redirect, refusal, validated
-from relay.vocab import DEFAULT_IP_POOL, NotFound
+from relay.dashboard.web import REFUSALS, Viewer, blank, page, redirect, refusal, refused, validated
+from relay.vocab import DEFAULT_IP_POOL
 
 router = APIRouter(include_in_schema=False)
 Editor = Annotated[Viewer, Depends(editor(*ALIAS_SCOPES))]
@@ -57,12 +57,8 @@ async def _change(request: Request, viewer: Viewer, directory: DirectoryDep, ali
             await directory.remove_alias(viewer.ident, alias_id)
         else:
             await directory.update_alias(viewer.ident, alias_id, {"is_default": True})
-    except NotFound:
-        raise PageError(404, "Alias not found") from None
     except REFUSALS as exc:
-        err = refusal(exc)
-        if err.status == 404:
-            raise PageError(404, "Alias not found") from None
+        err = refused(exc, "Alias not found")
         return await _page(request, viewer, directory, status=err.status, error=err.message)
     return redirect("/aliases?done=" + ("removed" if remove else "default"))
 

@@ -12,7 +12,7 @@ from relay.api.common import check_id
 from relay.api.deps import ADMIN_SCOPES, DirectoryDep
 from relay.api.domains import DomainIn
 from relay.dashboard.auth import Current, editor
-from relay.dashboard.web import REFUSALS, PageError, Viewer, page, redirect, refusal, validated
+from relay.dashboard.web import REFUSALS, PageError, Viewer, page, redirect, refusal, refused, validated
 from relay.vocab import NotFound
 
 router = APIRouter(include_in_schema=False)
@@ -69,12 +69,8 @@ async def _act(request: Request, viewer: Viewer, directory: DirectoryDep, domain
             await directory.verify_domain(viewer.ident, domain_id)
         else:
             await directory.rotate_dkim(viewer.ident, domain_id)
-    except NotFound:
-        raise PageError(404, NOT_FOUND) from None
     except REFUSALS as exc:
-        err = refusal(exc)
-        if err.status == 404:
-            raise PageError(404, NOT_FOUND) from None
+        err = refused(exc, NOT_FOUND)
         return await _show(request, viewer, directory, domain_id, status=err.status, error=err.message)
     return redirect(f"/domains/{domain_id}?done={action}")
 

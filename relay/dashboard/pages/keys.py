@@ -12,8 +12,8 @@ from relay.api.common import check_id
 from relay.api.deps import ADMIN_SCOPES, DirectoryDep
 from relay.api.keys import KeyIn
 from relay.dashboard.auth import Current, editor
-from relay.dashboard.web import REFUSALS, PageError, Viewer, blank, page, redirect, refusal, validated
-from relay.vocab import SEND_SCOPES, NotFound
+from relay.dashboard.web import REFUSALS, Viewer, blank, page, redirect, refusal, refused, validated
+from relay.vocab import SEND_SCOPES
 
 router = APIRouter(include_in_schema=False)
 Editor = Annotated[Viewer, Depends(editor(*ADMIN_SCOPES))]
@@ -52,11 +52,7 @@ async def revoke(request: Request, key_id: str, viewer: Editor, directory: Direc
     try:
         check_id(key_id, "API key not found")
         await directory.revoke_key(viewer.ident, key_id)
-    except NotFound:
-        raise PageError(404, "API key not found") from None
     except REFUSALS as exc:
-        err = refusal(exc)
-        if err.status == 404:
-            raise PageError(404, "API key not found") from None
+        err = refused(exc, "API key not found")
         return await _page(request, viewer, directory, status=err.status, error=err.message)
     return redirect("/keys?done=revoked")

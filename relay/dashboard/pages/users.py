@@ -10,10 +10,9 @@ from fastapi.responses import HTMLResponse, Response
 
 from relay.api.common import check_id
 from relay.dashboard.auth import Current, Users, editor
-from relay.dashboard.web import MANAGERS, REFUSALS, PageError, Viewer, page, redirect, refusal
+from relay.dashboard.web import MANAGERS, REFUSALS, Viewer, page, redirect, refusal, refused
 from relay.services.users import Users as UsersService
 from relay.store.users import UserRec
-from relay.vocab import NotFound
 
 router = APIRouter(include_in_schema=False)
 Manager = Annotated[Viewer, Depends(editor(roles=MANAGERS))]
@@ -55,10 +54,8 @@ async def remove(request: Request, user_id: str, viewer: Manager, users: Users) 
     try:
         rec = await _one(viewer, users, user_id)
         await users.remove(viewer.ident.account_id, rec.id, by=viewer.session)
-    except NotFound:
-        raise PageError(404, "User not found") from None
     except REFUSALS as exc:
-        err = refusal(exc)
+        err = refused(exc, "User not found")
         return await _page(request, viewer, users, status=err.status, error=err.message)
     return redirect("/users?done=removed")
 
@@ -69,10 +66,8 @@ async def reset(request: Request, user_id: str, viewer: Manager, users: Users) -
     try:
         rec = await _one(viewer, users, user_id)
         link = await users.reset_password(viewer.ident.account_id, rec.id, by=viewer.session)
-    except NotFound:
-        raise PageError(404, "User not found") from None
     except REFUSALS as exc:
-        err = refusal(exc)
+        err = refused(exc, "User not found")
         return await _page(request, viewer, users, status=err.status, error=err.message)
     return await _page(request, viewer, users, link=link,
                        notice=f"Send {rec.email} this link to set a new password (it works once).")
